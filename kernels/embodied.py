@@ -1,0 +1,27 @@
+"""Embodied (manufacturing) carbon of devices and hosts, amortised over the time a run uses them.
+
+Chip carbon (LLMCarbon §6; ACT, Gupta et al. ISCA 2022, eq. 2-3):
+    logic_kgco2e  = area_cm2 · cpa_kgco2e_per_cm2 / yield
+    memory_kgco2e = capacity_gb · kgco2e_per_gb
+A device is its dies, its HBM and (where the method counts it) packaging and board; a host is its
+CPUs, DRAM, SSD and the rest of the server. A run that uses hardware for ``hours`` of a
+``lifespan_years`` life is charged (LLMCarbon §6, with 365-day years):
+    embodied_tco2e = kgco2e · hours / (lifespan_years · 8760) / 1000
+"""
+
+HOURS_PER_YEAR = 8760.0  # 365-day year, as LLMCarbon (1825 days = 5 years) and Falk et al. 2025
+
+
+def logic_kgco2e(area_cm2, cpa_kgco2e_per_cm2, yield_=1.0):
+    """Manufacturing carbon of logic dies: area · CPA / yield (kg CO2e)."""
+    return area_cm2 * cpa_kgco2e_per_cm2 / yield_
+
+
+def memory_kgco2e(capacity_gb, kgco2e_per_gb):
+    """Manufacturing carbon of memory or storage: capacity · carbon per GB (kg CO2e)."""
+    return capacity_gb * kgco2e_per_gb
+
+
+def amortised_tco2e(kgco2e, hours, lifespan_years):
+    """Share charged to a run: kgco2e · hours / (lifespan_years · 8760) / 1000 (t CO2e)."""
+    return kgco2e * hours / (lifespan_years * HOURS_PER_YEAR) / 1000.0

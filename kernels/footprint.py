@@ -1,0 +1,187 @@
+"""The whole chain for one training run, as one function over broadcast arrays:
+
+architecture → parameters → FLOPs → step time and MFU (given, or from the layout model) → time →
+energy → operational carbon; hardware × time / lifespan → embodied carbon; FLOPs / (peak · MFU ·
+lifespan) → GPUs consumed → material mass.
+
+``footprint(x)`` takes a mapping of arrays that broadcast against each other (names as in the spec
+and in SCHEMA.md, SI units unless a name says otherwise) and returns a dict of arrays with units in
+the names. The sweep engine calls it once per chunk under ``jax.jit``; ``estimate`` calls it on
+scalars. NaN in an optional input means "not given":
+    params, active_params   NaN → counted from the architecture
+    flops                   NaN → from the architecture (kernels.flops)
+    mfu                     NaN → predicted by the layout model (kernels.layout)
+    avg_power_w             NaN → device and host power from idle, TDP and power_util
+"""
+
+import jax.numpy as jnp
+
+from . import architecture, embodied, energy, flops, materials
+from .reasons import CODE
+
+# Inputs the chain reads, grouped by where they come from (the sweep gathers the hardware and
+# site ones by index). Spec keys and database columns use the same names.
+DESIGN_KEYS = (
+    "layers", "d_model", "heads", "kv_heads", "head_dim", "d_ff", "ffn_matrices", "vocab", "seq_len",
+    "tied_embeddings", "experts", "top_k", "moe_every", "first_dense_layers", "shared_experts",
+    "expert_d_ff", "bias", "params", "active_params",
+)
+RUN_KEYS = (
+    "tokens", "global_batch", "flops", "bytes_per_value", "devices", "mfu", "avg_power_w",
+    "power_util", "tp", "pp", "ep", "microbatch", "recompute", "interleave", "shard_optimizer",
+    "sequence_parallel", "lifespan_years",
+)
+HARDWARE_KEYS = (
+    "peak_flops", "hbm_bytes", "hbm_bw_bytes_s", "intra_bw_bytes_s", "inter_bw_bytes_s",
+    "devices_per_node", "tdp_w", "idle_w", "host_power_w", "device_embodied_kgco2e",
+    "host_embodied_kgco2e", "material_kg_per_device",
+)
+SITE_KEYS = ("carbon_intensity_kg_per_kwh", "pue", "wue_l_per_kwh")
+INPUT_KEYS = DESIGN_KEYS + RUN_KEYS + HARDWARE_KEYS + SITE_KEYS
+
+# Outputs with their units and meaning: the contract for the CLI, the sweep's attributes and reports.
+OUTPUTS: dict[str, tuple[str, str]] = {
+    "params": ("1", "total parameters"),
+    "active_params": ("1", "parameters active per token"),
+    "train_flops": ("FLOP", "model FLOPs of the training run (forward + backward, no recomputation)"),
+    "mfu": ("1", "model FLOPs utilisation"),
+    "hfu": ("1", "hardware FLOPs utilisation (recomputation counted)"),
+    "step_time_s": ("s", "time of one training step"),
+    "compute_s": ("s", "compute part of one step"),
+    "comm_exposed_s": ("s", "communication not hidden behind compute, per step"),
+    "bubble_s": ("s", "pipeline bubble per step"),
+    "tokens_per_s": ("token/s", "training throughput"),
+    "memory_gb": ("GB", "memory needed per device"),
+    "dp": ("1", "data-parallel degree"),
+    "train_days": ("d", "wall-clock training time"),
+    "device_hours": ("h", "accelerator hours"),
+    "it_energy_mwh": ("MWh", "energy of devices and hosts, before PUE"),
+    "energy_mwh": ("MWh", "facility energy (PUE applied)"),
+    "operational_device_tco2e": ("t CO2e", "operational emissions of the accelerators"),
+    "operational_host_tco2e": ("t CO2e", "operational emissions of the hosts (CPU, DRAM, network, other)"),
+    "operational_tco2e": ("t CO2e", "operational emissions"),
+    "embodied_device_tco2e": ("t CO2e", "embodied emissions of the accelerators, amortised"),
+    "embodied_host_tco2e": ("t CO2e", "embodied emissions of the hosts, amortised"),
+    "embodied_tco2e": ("t CO2e", "embodied emissions, amortised over the lifespan"),
+    "total_tco2e": ("t CO2e", "operational + embodied emissions"),
+    "gpus_consumed": ("1", "device lifetimes used up by the run (Falk et al. 2025)"),
+    "material_kg": ("kg", "material mass of the devices consumed"),
+    "water_m3": ("m3", "on-site water (WUE × IT energy); NaN where WUE is unknown"),
+    "reason": ("1", "0 if feasible, else the code of the first rule broken (kernels.reasons)"),
+}
+
+
+def _given(value):
+    return jnp.isfinite(value)
+
+
+def design_params(x):
+    """(params, active_params): counted from the architecture unless given directly."""
+    counted, counted_active = architecture.param_counts(
+        x["layers"], x["d_model"], x["heads"], x["kv_heads"], x["head_dim"], x["d_ff"],
+        x["ffn_matrices"], x["vocab"], x["tied_embeddings"], x["experts"], x["top_k"],
+        x["moe_every"], x["first_dense_layers"], x["shared_experts"], x["expert_d_ff"], x["bias"],
+    )
+    given = _given(x["params"])
+    params = jnp.where(given, x["params"], counted)
+    active = jnp.where(given, jnp.where(_given(x["active_params"]), x["active_params"], x["params"]), counted_active)
+    return params, active
+
+
+def design_flops_per_token(x, active_params):
+    """Model FLOPs per training token: architecture count, or 6·active when only sizes are given."""
+    d_attn = x["heads"] * x["head_dim"]
+    arch = flops.train_flops_per_token(
+        active_params, x["vocab"], x["d_model"], x["tied_embeddings"], x["layers"], x["seq_len"], d_attn
+    )
+    return jnp.where(_given(x["params"]), flops.simple_train_flops_per_token(active_params), arch)
+
+
+def design_reason(x):
+    """Rules of the design alone (before any layout): top_k ≤ experts."""
+    return jnp.where(x["top_k"] > x["experts"], CODE["top_k_exceeds_experts"], 0).astype(jnp.int32)
+
+
+def footprint(x, cal=None):
+    """The footprint of a training run; see the module docstring for inputs and ``OUTPUTS``."""
+    params, active = design_params(x)
+    per_token = design_flops_per_token(x, active)
+    train_flops = jnp.where(_given(x["flops"]), x["flops"], flops.total_flops(per_token, x["tokens"]))
+    devices = x["devices"]
+    reason = design_reason(x)
+
+    step = _layout_step(x, params, active, cal) if cal is not None else None
+    mfu_given = _given(x["mfu"])
+    if step is None:
+        mfu, hfu = x["mfu"], jnp.full_like(x["mfu"], jnp.nan)
+        nan = jnp.nan * x["mfu"]
+        step = {k: nan for k in ("step_time_s", "compute_s", "comm_exposed_s", "bubble_s", "tokens_per_s",
+                                 "memory_bytes", "dp")}
+    else:
+        mfu = jnp.where(mfu_given, x["mfu"], step["mfu"])
+        hfu = jnp.where(mfu_given, jnp.nan, step["hfu"])
+        reason = jnp.where(reason != 0, reason, jnp.where(mfu_given, 0, step["reason"])).astype(jnp.int32)
+
+    seconds = train_flops / (devices * x["peak_flops"] * mfu)
+    hours = seconds / energy.SECONDS_PER_HOUR
+    measured = _given(x["avg_power_w"])
+    dev_w = energy.device_power_w(x["idle_w"], x["tdp_w"], x["power_util"])
+    nodes = energy.node_count(devices, x["devices_per_node"])
+    device_power = jnp.where(measured, devices * x["avg_power_w"], devices * dev_w)
+    host_power = jnp.where(measured, 0.0, nodes * x["host_power_w"])
+    it_device_kwh = energy.energy_kwh(device_power, hours)
+    it_host_kwh = energy.energy_kwh(host_power, hours)
+    it_kwh = it_device_kwh + it_host_kwh
+    ci, pue = x["carbon_intensity_kg_per_kwh"], x["pue"]
+    op_device = energy.operational_tco2e(it_device_kwh * pue, ci)
+    op_host = energy.operational_tco2e(it_host_kwh * pue, ci)
+    emb_device = embodied.amortised_tco2e(devices * x["device_embodied_kgco2e"], hours, x["lifespan_years"])
+    emb_host = embodied.amortised_tco2e(nodes * x["host_embodied_kgco2e"], hours, x["lifespan_years"])
+    gpus = materials.gpus_consumed(train_flops, x["peak_flops"], mfu, x["lifespan_years"])
+
+    out = {
+        "params": params,
+        "active_params": active,
+        "train_flops": train_flops,
+        "mfu": mfu,
+        "hfu": hfu,
+        "step_time_s": step["step_time_s"],
+        "compute_s": step["compute_s"],
+        "comm_exposed_s": step["comm_exposed_s"],
+        "bubble_s": step["bubble_s"],
+        "tokens_per_s": jnp.where(mfu_given, train_flops / seconds / per_token, step["tokens_per_s"]),
+        "memory_gb": step["memory_bytes"] / 1e9,
+        "dp": step["dp"],
+        "train_days": hours / 24.0,
+        "device_hours": devices * hours,
+        "it_energy_mwh": it_kwh / 1000.0,
+        "energy_mwh": it_kwh * pue / 1000.0,
+        "operational_device_tco2e": op_device,
+        "operational_host_tco2e": op_host,
+        "operational_tco2e": op_device + op_host,
+        "embodied_device_tco2e": emb_device,
+        "embodied_host_tco2e": emb_host,
+        "embodied_tco2e": emb_device + emb_host,
+        "total_tco2e": op_device + op_host + emb_device + emb_host,
+        "gpus_consumed": gpus,
+        "material_kg": materials.material_kg(gpus, x["material_kg_per_device"]),
+        "water_m3": energy.water_m3(it_kwh, x["wue_l_per_kwh"]),
+        "reason": reason,
+    }
+    return out
+
+
+def _layout_step(x, params, active, cal):
+    """Step time, MFU and memory of the layout (kernels.layout), fed from the chain's inputs."""
+    from . import layout
+
+    moe_layers = architecture.moe_layer_count(x["layers"], x["experts"], x["moe_every"], x["first_dense_layers"])
+    design = {k: x[k] for k in ("layers", "d_model", "heads", "kv_heads", "head_dim", "d_ff", "ffn_matrices",
+                                "vocab", "seq_len", "tied_embeddings", "experts", "top_k", "expert_d_ff",
+                                "shared_experts", "global_batch", "bytes_per_value")}
+    design.update(moe_layers=moe_layers, params=params, active_params=active)
+    hw = {k: x[k] for k in ("peak_flops", "hbm_bytes", "hbm_bw_bytes_s", "intra_bw_bytes_s",
+                            "inter_bw_bytes_s", "devices_per_node")}
+    lay = {k: x[k] for k in ("devices", "tp", "pp", "ep", "microbatch", "recompute", "interleave",
+                             "shard_optimizer", "sequence_parallel")}
+    return layout.step(design, hw, lay, cal)

@@ -1,0 +1,85 @@
+"""`carbon-sweep estimate`: the footprint of one training run from a validated spec."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import numpy as np
+
+import hardware_db
+from kernels.footprint import OUTPUTS, footprint
+
+from .inputs import as_arrays, point_inputs
+from .spec import LAYOUT_DEFAULTS, resolve
+
+LAYOUT_OUT = ("tp", "pp", "dp", "ep", "microbatch", "recompute", "interleave")
+RECOMPUTE_NAME = {0: "none", 1: "selective", 2: "full"}
+
+
+@functools.cache
+def jitted_footprint():
+    return jax.jit(footprint)
+
+
+def to_python(out: dict) -> dict:
+    """Arrays → floats/ints; NaN → None (JSON null)."""
+    res = {}
+    for k, val in out.items():
+        a = np.asarray(val)
+        f = float(a)
+        if k in ("reason",) or (k in ("gpus_consumed",) and math.isfinite(f)):
+            res[k] = int(f)
+        else:
+            res[k] = f if math.isfinite(f) else None
+    return res
+
+
+def evaluate(values: dict, db=None, *, file="<spec>", objective="co2e") -> dict:
+    """Footprint of one run. ``values``: spec key → value (resolved or not). Returns JSON-ready outputs.
+
+    ``mfu`` given: time from it, no layout model. Otherwise the layout model: with the spec's layout
+    if one is given, else the best layout for ``objective`` found by the layout optimiser.
+    """
+    db = db or hardware_db.load()
+    v = values if "layout_given" in values else resolve(file, values, db)
+    x = point_inputs(v, db)
+    layout = {}
+    if v.get("mfu") is not None:
+        out = to_python(jitted_footprint()(as_arrays(x), None))
+    elif v.get("layout_given"):
+        cal = db_calibration(db, v["hardware"])
+        out = to_python(jitted_footprint()(as_arrays(x), cal))
+        layout = {k: (v[k] if v.get(k) is not None else LAYOUT_DEFAULTS[k]) for k in LAYOUT_DEFAULTS}
+    else:
+        from .layouts import best_layouts
+
+        result = best_layouts(v, db, objective=objective, top=1)
+        out, layout = result["best_outputs"], result["layouts"][0] if result["layouts"] else {}
+    for k in LAYOUT_OUT:
+        if k == "dp":
+            out["dp"] = int(out["dp"]) if out.get("dp") is not None else None
+        elif k == "recompute":
+            out[k] = layout.get(k) if layout else None
+        else:
+            out[k] = int(layout[k]) if layout and layout.get(k) is not None else None
+    out["devices"] = int(v["devices"])
+    out["hardware"] = v["hardware"]
+    out["region"] = v.get("region")
+    out["precision"] = v["precision"]
+    out["embodied_method"] = v["embodied_method"]
+    out["lifespan_years"] = v["lifespan_years"]
+    out["carbon_intensity_kg_per_kwh"] = x["carbon_intensity_kg_per_kwh"]
+    out["pue"] = x["pue"]
+    return out
+
+
+def db_calibration(db, hw_id: str) -> dict:
+    """Calibrated layout-model constants for a device, as arrays (kernels.layout's ``cal``)."""
+    from .calibration import calibration_for
+
+    return {k: np.asarray(val) for k, val in calibration_for(db, hw_id).items()}
+
+
+UNITS = {k: u for k, (u, _) in OUTPUTS.items()}

@@ -1,0 +1,291 @@
+"""Spec files: one registry of keys, a TOML reader, and validation that names file, section and key.
+
+A spec is a TOML file with the sections ``[model]``, ``[training]``, ``[cluster]``, ``[site]``,
+``[lifecycle]`` and ``[quality]``; a study adds ``[grid]`` and ``[study]``, a search ``[search]``.
+Keys are unique across sections, so a grid key (``[grid] layers = [...]``) names its section.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hardware_db
+from hardware_db import closest
+
+
+class SpecError(ValueError):
+    """Bad input: the message names the file, the section, the key and what is allowed."""
+
+    def __init__(self, file, section, key, message):
+        self.file, self.section, self.key = file, section, key
+        where = f"{file}"
+        if section:
+            where += f": [{section}]"
+        if key:
+            where += f" {key}"
+        super().__init__(f"{where}: {message}")
+
+
+INT, NUM, STR, BOOL = "int", "number", "string", "bool"
+
+
+@dataclass(frozen=True)
+class Key:
+    section: str
+    kind: str  # INT, NUM, STR, BOOL
+    default: Any = None  # None: no default (required or optional as `required` says)
+    help: str = ""
+    choices: tuple = ()
+    minimum: float | None = None  # inclusive unless `positive`
+    maximum: float | None = None
+    positive: bool = False
+    unit: str = "1"
+
+
+def _k(section, kind, default=None, help="", **kw):
+    return Key(section, kind, default, help, **kw)
+
+
+KEYS: dict[str, Key] = {
+    # [model]
+    "name": _k("model", STR, "", "a label for the design"),
+    "layers": _k("model", INT, None, "transformer layers", positive=True),
+    "d_model": _k("model", INT, None, "hidden size", positive=True),
+    "heads": _k("model", INT, None, "attention (query) heads", positive=True),
+    "kv_heads": _k("model", INT, None, "key/value heads (GQA); default = heads", positive=True),
+    "head_dim": _k("model", INT, None, "size of one head; default = d_model / heads", positive=True),
+    "d_ff": _k("model", INT, None, "FFN width; default = 4·d_model", positive=True),
+    "ffn": _k("model", STR, "gelu", "FFN kind: gelu (2 matrices) or swiglu (3)", choices=("gelu", "swiglu")),
+    "vocab": _k("model", INT, None, "vocabulary size", positive=True),
+    "seq_len": _k("model", INT, None, "training sequence length (tokens)", positive=True),
+    "tied_embeddings": _k("model", BOOL, False, "input and output embeddings share one matrix"),
+    "bias": _k("model", BOOL, False, "linear layers and norms have biases"),
+    "experts": _k("model", INT, 1, "routed experts per MoE layer (1 = dense)", positive=True),
+    "top_k": _k("model", INT, 1, "experts each token is routed to", positive=True),
+    "moe_every": _k("model", INT, 1, "every n-th layer (after first_dense_layers) is an MoE layer", positive=True),
+    "first_dense_layers": _k("model", INT, 0, "leading dense layers before the MoE pattern", minimum=0),
+    "shared_experts": _k("model", INT, 0, "always-active experts per MoE layer", minimum=0),
+    "expert_d_ff": _k("model", INT, None, "FFN width of one expert; default = d_ff", positive=True),
+    "params": _k("model", NUM, None, "total parameters, for a model known only by size", positive=True),
+    "active_params": _k("model", NUM, None, "parameters active per token (default = params)", positive=True),
+    # [training]
+    "tokens": _k("training", NUM, None, "training tokens", positive=True, unit="token"),
+    "global_batch": _k("training", INT, None, "sequences per optimiser step", positive=True),
+    "precision": _k("training", STR, "bf16", "number format of the matrix multiplies",
+                    choices=hardware_db.PRECISIONS),
+    "flops": _k("training", NUM, None, "training FLOPs, overriding the architecture count", positive=True,
+                unit="FLOP"),
+    # [cluster]
+    "hardware": _k("cluster", STR, None, "accelerator id (carbon-sweep hardware list)"),
+    "devices": _k("cluster", INT, None, "accelerators in the run", positive=True),
+    "mfu": _k("cluster", NUM, None, "model FLOPs utilisation; given, it bypasses the layout model",
+              positive=True, maximum=1.0),
+    "avg_power_w": _k("cluster", NUM, None, "measured average power per device, host share included", positive=True,
+                      unit="W"),
+    "power_util": _k("cluster", NUM, None, "fraction of the idle-to-TDP range drawn in training", minimum=0.0,
+                     maximum=1.0),
+    "host": _k("cluster", STR, None, "host server id; default: the accelerator's reference server"),
+    "tp": _k("cluster", INT, None, "tensor-parallel degree", positive=True),
+    "pp": _k("cluster", INT, None, "pipeline-parallel degree", positive=True),
+    "ep": _k("cluster", INT, None, "expert-parallel degree", positive=True),
+    "microbatch": _k("cluster", INT, None, "sequences per micro-batch", positive=True),
+    "recompute": _k("cluster", STR, None, "activation recomputation", choices=("none", "selective", "full")),
+    "interleave": _k("cluster", INT, None, "virtual pipeline stages per device (1 = plain 1F1B)", positive=True),
+    "shard_optimizer": _k("cluster", BOOL, None, "shard optimizer states over data parallel (ZeRO-1)"),
+    "sequence_parallel": _k("cluster", BOOL, None, "sequence parallelism alongside tensor parallelism"),
+    # [site]
+    "region": _k("site", STR, None, "region id (carbon-sweep regions list)"),
+    "carbon_intensity": _k("site", NUM, None, "grid carbon intensity, kg CO2e/kWh", minimum=0.0,
+                           unit="kg/kWh"),
+    "pue": _k("site", NUM, None, "power usage effectiveness", minimum=1.0),
+    "wue": _k("site", NUM, None, "water usage effectiveness, L/kWh", minimum=0.0, unit="L/kWh"),
+    # [lifecycle]
+    "lifespan_years": _k("lifecycle", NUM, 5.0, "hardware lifespan", positive=True, unit="year"),
+    "embodied_method": _k("lifecycle", STR, "act", "embodied-carbon method",
+                          choices=("llmcarbon", "act", "vendor_pcf")),
+    # [quality]
+    "law": _k("quality", STR, "chinchilla", "scaling law for the predicted loss"),
+}
+SECTIONS = ("model", "training", "cluster", "site", "lifecycle", "quality")
+LAYOUT_KEYS = ("tp", "pp", "ep", "microbatch", "recompute", "interleave", "shard_optimizer", "sequence_parallel")
+LAYOUT_DEFAULTS = {"tp": 1, "pp": 1, "ep": 1, "microbatch": 1, "recompute": "selective", "interleave": 1,
+                   "shard_optimizer": True, "sequence_parallel": True}
+RECOMPUTE_CODE = {"none": 0, "selective": 1, "full": 2}
+ARCH_KEYS = ("layers", "d_model", "heads", "vocab", "seq_len")
+CATEGORICAL = ("hardware", "region", "host", "ffn", "precision", "recompute", "embodied_method", "law")
+
+
+def read_toml(path) -> dict:
+    """Read a TOML file; unreadable or invalid files are a SpecError naming the file."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise SpecError(path, None, None, "file not found") from None
+    except IsADirectoryError:
+        raise SpecError(path, None, None, "is a folder, not a TOML file") from None
+    except OSError as exc:
+        raise SpecError(path, None, None, f"cannot be read ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise SpecError(path, None, None, "is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(path, None, None, f"is not valid TOML: {exc}") from None
+
+
+def check_value(file, name: str, value, section=None):
+    """Check one value against its key's rule; returns it normalised (int/float/str/bool)."""
+    key = KEYS[name]
+    section = section or key.section
+    err = lambda msg: SpecError(file, section, name, msg)  # noqa: E731
+    if key.kind == BOOL:
+        if not isinstance(value, bool):
+            raise err(f"must be true or false, not {value!r}")
+        return value
+    if key.kind == STR:
+        if not isinstance(value, str):
+            raise err(f"must be a string, not {value!r}")
+        if key.choices and value not in key.choices:
+            raise err(f"'{value}' is not allowed{closest(value, key.choices)} (allowed: {', '.join(key.choices)})")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise err(f"must be a number, not {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise err(f"must be a finite number, not {value}")
+    if key.kind == INT:
+        if isinstance(value, float):
+            if value != int(value):
+                raise err(f"must be a whole number, not {value}")
+            value = int(value)
+    else:
+        value = float(value)
+    if key.positive and value <= 0:
+        raise err(f"must be greater than 0, not {value}")
+    if key.minimum is not None and value < key.minimum:
+        raise err(f"must be at least {key.minimum}, not {value}")
+    if key.maximum is not None and value > key.maximum:
+        raise err(f"must be at most {key.maximum}, not {value}")
+    return value
+
+
+def check_sections(file, doc: dict, allowed_extra=()) -> dict[str, dict]:
+    """Check section names and that every key belongs to its section; returns {section: {key: value}}."""
+    allowed = SECTIONS + tuple(allowed_extra)
+    out = {}
+    for section, body in doc.items():
+        if section not in allowed:
+            raise SpecError(file, section, None, f"unknown section{closest(section, allowed)} (allowed: "
+                            + ", ".join(f"[{s}]" for s in allowed) + ")")
+        if not isinstance(body, dict):
+            raise SpecError(file, None, section, f"must be a section [{section}], not a value")
+        if section in SECTIONS:
+            for key, value in body.items():
+                if key not in KEYS or KEYS[key].section != section:
+                    own = [k for k, v in KEYS.items() if v.section == section]
+                    hint = ""
+                    if key in KEYS:
+                        hint = f"; '{key}' belongs in [{KEYS[key].section}]"
+                    else:
+                        hint = closest(key, own)
+                    raise SpecError(file, section, key, f"unknown key{hint} (allowed in [{section}]: {', '.join(own)})")
+                check_value(file, key, value, section)
+        out[section] = body
+    return out
+
+
+def flat_values(doc: dict) -> dict[str, Any]:
+    """{key: value} over the estimate sections, normalised by check_value."""
+    flat = {}
+    for section in SECTIONS:
+        for key, value in doc.get(section, {}).items():
+            flat[key] = value
+    return flat
+
+
+def resolve(file, flat: dict[str, Any], db, *, where: dict[str, str] | None = None) -> dict[str, Any]:
+    """Fill defaults and check the rules that span keys; returns every key with a value (None = unset).
+
+    ``flat`` maps key → value (already type-checked). ``where`` maps key → the section it was given
+    in (``grid`` for grid keys) so errors point at the right place. Categorical keys may be given as
+    lists when called for a grid point; this function is called per distinct value combination.
+    """
+    where = where or {}
+    sec = lambda k: where.get(k, KEYS[k].section)  # noqa: E731
+    err = lambda k, msg: SpecError(file, sec(k), k, msg)  # noqa: E731
+    v = {k: (flat.get(k, KEYS[k].default)) for k in KEYS}
+    for k in KEYS:
+        if flat.get(k) is not None:
+            v[k] = check_value(file, k, flat[k], sec(k))
+
+    sized = v["params"] is not None
+    if not sized:
+        for k in ARCH_KEYS:
+            if v[k] is None:
+                raise err(k, "is required (or give [model] params and active_params for a model known only by size)")
+    if v["active_params"] is not None and not sized:
+        raise SpecError(file, sec("active_params"), "active_params", "needs [model] params as well")
+    if sized and v["active_params"] is not None and v["active_params"] > v["params"]:
+        raise err("active_params", f"({v['active_params']:g}) cannot exceed params ({v['params']:g})")
+    if v["d_model"] is not None and v["heads"] is not None:
+        if v["head_dim"] is None:
+            if v["d_model"] % v["heads"]:
+                raise err("heads", f"({v['heads']}) must divide d_model ({v['d_model']}) unless head_dim is given")
+            v["head_dim"] = v["d_model"] // v["heads"]
+        if v["kv_heads"] is None:
+            v["kv_heads"] = v["heads"]
+        if v["heads"] % v["kv_heads"]:
+            raise err("kv_heads", f"({v['kv_heads']}) must divide heads ({v['heads']})")
+    if v["d_ff"] is None and v["d_model"] is not None:
+        v["d_ff"] = 4 * v["d_model"]
+    if v["expert_d_ff"] is None:
+        v["expert_d_ff"] = v["d_ff"]
+    if v["top_k"] > v["experts"]:
+        raise err("top_k", f"({v['top_k']}) cannot exceed experts ({v['experts']})")
+    if v["tokens"] is None:
+        raise err("tokens", "is required")
+
+    for k in ("hardware", "devices"):
+        if v[k] is None:
+            raise err(k, "is required")
+    if v["hardware"] not in db.accelerators:
+        raise err("hardware", f"unknown hardware '{v['hardware']}'{closest(v['hardware'], db.accelerators)} "
+                  "(see: carbon-sweep hardware list)")
+    peaks = db.precisions(v["hardware"])
+    if v["precision"] not in peaks:
+        raise err("precision", f"'{v['precision']}': hardware '{v['hardware']}' has no published "
+                  f"{v['precision']} peak (allowed: {', '.join(peaks)})")
+    if v["host"] is not None and v["host"] not in db.hosts:
+        raise err("host", f"unknown host '{v['host']}'{closest(v['host'], db.hosts)} (allowed: {', '.join(db.hosts)})")
+
+    layout_given = any(v[k] is not None for k in LAYOUT_KEYS)
+    v["layout_given"] = layout_given
+    if v["mfu"] is None and sized and not _has_arch(v):
+        raise err("mfu", "is required when the model is given by params only (the layout model needs the architecture)")
+    if v["mfu"] is None and v["global_batch"] is None:
+        raise SpecError(file, sec("global_batch"), "global_batch",
+                        "is required to model the layout (or give [cluster] mfu)")
+
+    if v["region"] is None and (v["carbon_intensity"] is None or v["pue"] is None):
+        missing = "carbon_intensity" if v["carbon_intensity"] is None else "pue"
+        raise SpecError(file, sec("region"), "region",
+                        f"is required unless carbon_intensity and pue are given ({missing} is missing)")
+    if v["region"] is not None and v["region"] not in db.regions:
+        raise err("region", f"unknown region '{v['region']}'{closest(v['region'], db.regions)} "
+                  "(see: carbon-sweep regions list)")
+    return v
+
+
+def _has_arch(v) -> bool:
+    return all(v[k] is not None for k in ARCH_KEYS)
+
+
+def load_estimate(path, db=None) -> dict[str, Any]:
+    """Read and validate an estimate spec; returns the resolved values (see ``resolve``)."""
+    db = db or hardware_db.load()
+    doc = read_toml(path)
+    check_sections(path, doc)
+    return resolve(path, flat_values(doc), db)
