@@ -27,7 +27,7 @@ SCHEMAS: dict[str, dict[str, tuple[str, bool]]] = {
         "peak_fp32_tflops": (NUM, False), "peak_tf32_tflops": (NUM, False),
         "peak_fp16_tflops": (NUM, False), "peak_bf16_tflops": (NUM, False),
         "peak_fp8_tflops": (NUM, False), "hbm_gb": (NUM, True), "hbm_bw_gbs": (NUM, True),
-        "tdp_w": (NUM, True), "idle_w": (NUM, False), "devices_per_node": (INT, True),
+        "tdp_w": (NUM, False), "idle_w": (NUM, False), "devices_per_node": (INT, True),
         "intra_node_bw_gbs": (NUM, False), "inter_node_bw_gbs": (NUM, False),
         "die_area_mm2": (NUM, False), "process_node": (STR, False), "hbm_stacks": (INT, False),
         "mass_kg": (NUM, False), "pcf_kgco2e": (NUM, False), "host": (STR, False),

@@ -18,5 +18,8 @@ REASONS: dict[int, str] = {
     9: "interleave_invalid",
     10: "out_of_memory",
     11: "batch_too_small_for_dp",
+    12: "heads_not_dividing_d_model",
+    13: "kv_heads_not_dividing_heads",
+    14: "missing_data",
 }
 CODE: dict[str, int] = {name: code for code, name in REASONS.items()}
