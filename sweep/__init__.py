@@ -10,7 +10,7 @@ import kernels  # noqa: F401  (enables float64 before anything builds arrays)
 
 def estimate(spec, db=None):
     """Footprint of one run from a spec path or a {key: value} dict."""
-    from .estimate import evaluate
+    from .evaluate import evaluate
     from .spec import load_estimate
 
     if isinstance(spec, dict):

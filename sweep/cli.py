@@ -91,7 +91,7 @@ def print_estimate(out: dict, title: str) -> None:
 
 
 def cmd_estimate(args, db):
-    from .estimate import evaluate
+    from .evaluate import evaluate
     from .spec import load_estimate
 
     v = load_estimate(args.spec, db)

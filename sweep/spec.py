@@ -206,7 +206,8 @@ def flat_values(doc: dict) -> dict[str, Any]:
     return flat
 
 
-def resolve(file, flat: dict[str, Any], db, *, where: dict[str, str] | None = None) -> dict[str, Any]:
+def resolve(file, flat: dict[str, Any], db, *, where: dict[str, str] | None = None,
+            grid_keys: set[str] = frozenset()) -> dict[str, Any]:
     """Fill defaults and check the rules that span keys; returns every key with a value (None = unset).
 
     ``flat`` maps key → value (already type-checked). ``where`` maps key → the section it was given
@@ -232,18 +233,18 @@ def resolve(file, flat: dict[str, Any], db, *, where: dict[str, str] | None = No
         raise err("active_params", f"({v['active_params']:g}) cannot exceed params ({v['params']:g})")
     if v["d_model"] is not None and v["heads"] is not None:
         if v["head_dim"] is None:
-            if v["d_model"] % v["heads"]:
+            if v["d_model"] % v["heads"] and not grid_keys & {"d_model", "heads"}:
                 raise err("heads", f"({v['heads']}) must divide d_model ({v['d_model']}) unless head_dim is given")
-            v["head_dim"] = v["d_model"] // v["heads"]
+            v["head_dim"] = v["d_model"] // v["heads"] if not v["d_model"] % v["heads"] else v["d_model"] / v["heads"]
         if v["kv_heads"] is None:
             v["kv_heads"] = v["heads"]
-        if v["heads"] % v["kv_heads"]:
+        if v["heads"] % v["kv_heads"] and not grid_keys & {"heads", "kv_heads"}:
             raise err("kv_heads", f"({v['kv_heads']}) must divide heads ({v['heads']})")
     if v["d_ff"] is None and v["d_model"] is not None:
         v["d_ff"] = 4 * v["d_model"]
     if v["expert_d_ff"] is None:
         v["expert_d_ff"] = v["d_ff"]
-    if v["top_k"] > v["experts"]:
+    if v["top_k"] > v["experts"] and not grid_keys & {"top_k", "experts"}:
         raise err("top_k", f"({v['top_k']}) cannot exceed experts ({v['experts']})")
     if v["tokens"] is None:
         raise err("tokens", "is required")

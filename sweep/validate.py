@@ -18,7 +18,7 @@ import numpy as np
 import hardware_db
 from kernels import embodied, materials
 
-from . import estimate as est
+from . import evaluate as est
 from .inputs import host_embodied_kgco2e, device_embodied_kgco2e
 
 

@@ -1,0 +1,33 @@
+"""The layout model's calibrated constants (hardware_db/calibration.toml) for one accelerator.
+
+Top-level tables ``[name] value = …`` are the defaults; ``[class.X]`` tables with ``ids = [prefixes]``
+override them for accelerators whose id starts with one of the prefixes.
+"""
+
+from __future__ import annotations
+
+
+def _value(t):
+    if isinstance(t, dict):
+        return t.get("value")
+    if isinstance(t, (int, float)) and not isinstance(t, bool):
+        return t
+    return None
+
+
+def calibration_for(db, hw_id: str) -> dict[str, float]:
+    doc = db.docs.get("calibration.toml", {})
+    cal = {}
+    for k, t in doc.items():
+        if k == "class":
+            continue
+        v = _value(t)
+        if v is not None:
+            cal[k] = float(v)
+    for cls in doc.get("class", {}).values():
+        if any(hw_id.startswith(p) for p in cls.get("ids", [])):
+            for k, t in cls.items():
+                v = _value(t)
+                if v is not None and k != "ids":
+                    cal[k] = float(v)
+    return cal

@@ -1,0 +1,693 @@
+"""The sweep engine: a study's grid evaluated in chunks by one jitted kernel call each.
+
+Data flow: study spec → validated Study → per chunk: flat indices → coordinate values and gathered
+hardware / region figures → ``kernels.footprint`` (over a layout axis too when the layout is
+optimised per point) → outputs → per-chunk Pareto fronts, top-k and statistics written atomically
+to ``.chunks/`` → merged into the final files.
+
+Chunks are hyper-rectangles of the grid (a run of one axis times all later axes), so each is a
+contiguous range of flat indices and, for large grids, exactly one block of the Zarr store.
+A chunk counts as done only when its partial file has been renamed into place, so a run killed
+at any moment and resumed computes every chunk exactly once in the merge.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import hardware_db
+from kernels import scaling
+from kernels.footprint import OUTPUTS, footprint
+from kernels.reasons import CODE, REASONS
+
+from . import reduce as red
+from .calibration import calibration_for
+from .inputs import hardware_row, point_inputs, site_row
+from .spec import RECOMPUTE_CODE, SpecError
+from .study import Study, load_study, output_units
+
+SMALL_GRID = 2_000_000        # grids up to this many points are kept in memory and written as NetCDF
+DEFAULT_BUDGET = 1 << 20      # evaluations per chunk (points × layouts): bounds memory
+SPEC_TO_X = {"carbon_intensity": "carbon_intensity_kg_per_kwh", "wue": "wue_l_per_kwh"}
+OBJECTIVE_OUTPUT = {"co2e": "total_tco2e", "time": "train_days", "energy": "energy_mwh"}
+LAYOUT_VARS = ("tp", "pp", "ep", "microbatch", "recompute", "interleave")
+DERIVABLE = ("head_dim", "kv_heads", "d_ff", "expert_d_ff")
+PARTIAL_DIR = ".chunks"
+
+
+# ---------------------------------------------------------------------------------------------
+# chunk plan
+
+
+@dataclass(frozen=True)
+class Plan:
+    shape: tuple[int, ...]
+    axis: int      # chunks split this axis; all later axes are whole
+    step: int      # indices of `axis` per chunk
+    inner: int     # points per index of `axis` (product of later axes)
+
+    @classmethod
+    def make(cls, shape, chunk_size):
+        chunk_size = max(1, int(chunk_size))
+        for k in range(len(shape)):
+            inner = int(np.prod(shape[k + 1:], dtype=np.int64))
+            if inner <= chunk_size:
+                return cls(tuple(shape), k, max(1, min(shape[k], chunk_size // inner)), inner)
+        raise AssertionError("unreachable")
+
+    @property
+    def per_outer(self) -> int:
+        return math.ceil(self.shape[self.axis] / self.step)
+
+    @property
+    def n_chunks(self) -> int:
+        return int(np.prod(self.shape[:self.axis], dtype=np.int64)) * self.per_outer
+
+    @property
+    def capacity(self) -> int:
+        return self.step * self.inner
+
+    def bounds(self, i: int) -> tuple[int, int]:
+        """Flat index range [start, stop) of chunk i."""
+        outer, j = divmod(i, self.per_outer)
+        a = j * self.step
+        b = min(a + self.step, self.shape[self.axis])
+        base = outer * self.shape[self.axis]
+        return (base + a) * self.inner, (base + b) * self.inner
+
+    def region(self, i: int) -> tuple[slice, ...]:
+        """The chunk as slices of the grid's axes (for Zarr region writes)."""
+        outer, j = divmod(i, self.per_outer)
+        lead = np.unravel_index(outer, self.shape[:self.axis]) if self.axis else ()
+        a = j * self.step
+        b = min(a + self.step, self.shape[self.axis])
+        return tuple(slice(int(t), int(t) + 1) for t in lead) + (slice(a, b),) + tuple(
+            slice(0, n) for n in self.shape[self.axis + 1:])
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation
+
+
+class Evaluator:
+    """Everything needed to evaluate any set of grid points; picklable (for dask workers)."""
+
+    def __init__(self, study: Study, db):
+        self.study = study
+        v = study.base
+        self.dims = list(study.dims)
+        self.shape = study.shape
+        self.dtype = np.float32 if study.options["dtype"] == "float32" else np.float64
+        self.base = {k: float(val) for k, val in point_inputs(v, db).items()}
+        if "mfu" in study.fixed or "mfu" in study.dims:
+            self.mode = "mfu"
+        else:
+            self.mode = study.options["layout"]
+        self.objective = OBJECTIVE_OUTPUT[study.options["objective"]]
+        self.tables: dict[str, dict[str, np.ndarray]] = {}
+        if "hardware" in study.dims:
+            ids = list(study.dims["hardware"])
+            rows = [hardware_row(db, h, v["precision"], v["embodied_method"], v.get("host")) for h in ids]
+            self.tables["hardware"] = {k: np.array([r[k] for r in rows], np.float64) for k in rows[0]}
+            cals = [calibration_for(db, h) for h in ids]
+            self.tables["cal"] = {k: np.array([c.get(k, np.nan) for c in cals]) for k in cals[0]}
+        if "region" in study.dims:
+            rows = [site_row(db, {**v, "region": r}) for r in study.dims["region"]]
+            self.tables["region"] = {k: np.array([r[k] for r in rows], np.float64) for k in rows[0]}
+        self.cal = {k: float(c) for k, c in calibration_for(db, v["hardware"]).items()}
+        laws = db.docs.get("scaling_laws.toml", {})
+        self.law_table = dict(laws.get(study.law, {}))
+        given = set(study.fixed) | set(study.dims)
+        self.derive = tuple(k for k in DERIVABLE if k not in given)
+        self.layouts = self._candidate_layouts(db) if self.mode == "best" else None
+        self.outputs = self._output_names()
+
+    # -- what is kept ----------------------------------------------------------------------
+    def _output_names(self) -> list[str]:
+        chosen = self.study.options["outputs"]
+        names = list(chosen) if chosen else list(OUTPUTS)
+        if not chosen:
+            names += ["loss", "loss_in_range"]
+            if self.mode == "best":
+                names += list(LAYOUT_VARS)
+        wanted = set(names)
+        for p in self.study.options["pareto"]:
+            wanted |= {red.parse_objective(o)[0] for o in p}
+        if self.study.options["top"]:
+            wanted.add(red.parse_objective(self.study.options["top"]["by"])[0])
+        names += [n for n in sorted(wanted) if n not in names]
+        if "reason" not in names:
+            names.append("reason")
+        return names
+
+    @property
+    def n_layouts(self) -> int:
+        return 1 if self.layouts is None else len(self.layouts["tp"])
+
+    # -- layout candidates -----------------------------------------------------------------
+    def _candidate_layouts(self, db) -> dict[str, np.ndarray]:
+        """Union of the exact layout enumerations over the grid's distinct structural values."""
+        from kernels.layout import enumerate_layouts
+
+        s, b = self.study, self.base
+        def values(key, xkey=None):
+            if key in s.dims:
+                return [float(t) for t in s.dims[key]]
+            return [b[xkey or key]]
+        dpn = (list(self.tables["hardware"]["devices_per_node"]) if "hardware" in self.tables
+               else [b["devices_per_node"]])
+        seen = set()
+        cols = None
+        import itertools
+
+        kv_given = "kv_heads" in s.fixed or "kv_heads" in s.dims
+        for devices, layers, heads, kv, experts, gb, n in itertools.product(
+                values("devices"), values("layers"), values("heads"),
+                values("kv_heads") if kv_given else [None], values("experts"), values("global_batch"), set(dpn)):
+            kv = heads if kv is None else kv
+            cand = enumerate_layouts(int(devices), int(layers), int(heads), int(kv), int(experts), int(gb), int(n))
+            keys = sorted(cand)
+            for row in zip(*(np.asarray(cand[k]).tolist() for k in keys)):
+                if row not in seen:
+                    seen.add(row)
+            cols = keys
+        if not seen:
+            raise SpecError(self.study.file, "cluster", "devices", "no parallelism layout can be enumerated")
+        arr = np.array(sorted(seen), dtype=np.float64)
+        return {k: arr[:, i] for i, k in enumerate(cols)}
+
+    # -- inputs ------------------------------------------------------------------------------
+    def inputs(self, flat: np.ndarray) -> tuple[dict, dict]:
+        """Chain inputs and calibration for the points at flat indices (1-D arrays, or scalars)."""
+        dt = self.dtype
+        idx = np.unravel_index(flat, self.shape)
+        x = {k: np.asarray(val, dt) for k, val in self.base.items()}
+        cal = {k: np.asarray(val, dt) for k, val in self.cal.items()}
+        for d, ix in zip(self.dims, idx):
+            vals = self.study.dims[d]
+            if d == "hardware":
+                for k, arr in self.tables["hardware"].items():
+                    x[k] = arr[ix].astype(dt)
+                for k, arr in self.tables["cal"].items():
+                    cal[k] = arr[ix].astype(dt)
+            elif d == "region":
+                for k, arr in self.tables["region"].items():
+                    if not (k == "carbon_intensity_kg_per_kwh" and "carbon_intensity" in self.study.fixed) and \
+                            not (k == "pue" and "pue" in self.study.fixed) and \
+                            not (k == "wue_l_per_kwh" and "wue" in self.study.fixed):
+                        x[k] = arr[ix].astype(dt)
+            elif d == "ffn":
+                x["ffn_matrices"] = np.where(vals[ix] == "swiglu", 3.0, 2.0).astype(dt)
+            elif d == "recompute":
+                x["recompute"] = np.vectorize(RECOMPUTE_CODE.get)(vals[ix]).astype(dt)
+            else:
+                x[SPEC_TO_X.get(d, d)] = vals[ix].astype(dt)
+        return x, cal
+
+    # -- the jitted function ---------------------------------------------------------------
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_fn", None)
+        return state
+
+    @property
+    def fn(self):
+        if getattr(self, "_fn", None) is None:
+            self._fn = jax.jit(functools.partial(
+                _evaluate, mode=self.mode, derive=self.derive, law=self.law_table.get("form"),
+                law_table=tuple(sorted((k, v) for k, v in self.law_table.items() if not isinstance(v, (list, dict)))),
+                objective=self.objective, outputs=tuple(self.outputs)))
+        return self._fn
+
+    def evaluate(self, flat: np.ndarray, pad_to: int | None = None) -> dict[str, np.ndarray]:
+        """Outputs at the given flat indices (numpy arrays); pads to ``pad_to`` for a stable jit shape."""
+        n = len(flat)
+        if pad_to and pad_to > n:
+            flat = np.concatenate([flat, np.full(pad_to - n, flat[0], flat.dtype)])
+        x, cal = self.inputs(flat)
+        x["_points"] = np.zeros(len(flat), np.int8)  # carries the chunk's shape into the kernel
+        lay = ({k: np.asarray(v, self.dtype) for k, v in self.layouts.items()} if self.layouts is not None else {})
+        out = self.fn(x, cal, lay)
+        return {k: np.asarray(v)[:n] for k, v in out.items()}
+
+
+def _evaluate(x, cal, lay, *, mode, derive, law, law_table, objective, outputs):
+    """One chunk: derived defaults, the footprint (over layouts when optimising), loss, reasons."""
+    x = dict(x)
+    points = jnp.shape(x.pop("_points"))
+    reason = jnp.zeros(points, jnp.int32)
+    if "head_dim" in derive:
+        reason = jnp.where(jnp.mod(x["d_model"], x["heads"]) != 0, CODE["heads_not_dividing_d_model"], reason)
+        x["head_dim"] = x["d_model"] / x["heads"]
+    if "kv_heads" in derive:
+        x["kv_heads"] = x["heads"]
+    else:
+        reason = jnp.where((reason == 0) & (jnp.mod(x["heads"], x["kv_heads"]) != 0),
+                           CODE["kv_heads_not_dividing_heads"], reason)
+    if "d_ff" in derive:
+        x["d_ff"] = 4.0 * x["d_model"]
+    if "expert_d_ff" in derive:
+        x["expert_d_ff"] = x["d_ff"]
+    if mode == "best":
+        col = lambda a: a[:, None] if jnp.ndim(a) == 1 else a  # noqa: E731
+        xx = {k: col(v) for k, v in x.items()}
+        xx.update({k: v[None, :] for k, v in lay.items()})
+        cc = {k: col(v) for k, v in cal.items()}
+        full = footprint(xx, cc)
+        ok = (full["reason"] == 0) & jnp.isfinite(full[objective])
+        score = jnp.where(ok, full[objective], jnp.inf)
+        j = jnp.argmin(score, axis=-1)
+        pick = lambda a: jnp.take_along_axis(jnp.broadcast_to(a, score.shape), j[..., None], axis=-1)[..., 0]  # noqa
+        out = {k: pick(v) for k, v in full.items()}
+        none_ok = ~ok.any(axis=-1)
+        out["reason"] = jnp.where(none_ok, jnp.max(full["reason"], axis=-1), out["reason"])
+        for k in LAYOUT_VARS:
+            out[k] = pick(jnp.broadcast_to(lay[k][None, :], score.shape))
+    elif mode == "fixed":
+        out = footprint(x, cal)
+        for k in LAYOUT_VARS:
+            out[k] = jnp.broadcast_to(x[k], jnp.shape(out["total_tco2e"]))
+    else:
+        out = footprint(x, None)
+    shape = points
+    out = {k: jnp.broadcast_to(v, shape) for k, v in out.items()}
+    out["reason"] = jnp.where(reason != 0, reason, out["reason"]).astype(jnp.int32)
+    if law is not None:
+        consts = dict(law_table)
+        emb = x["vocab"] * x["d_model"] * jnp.where(x["tied_embeddings"] > 0, 1.0, 2.0)
+        non_emb = jnp.where(jnp.isfinite(emb), out["params"] - emb, out["params"])
+        kw = dict(params=out["params"], active_params=out["active_params"], tokens=x["tokens"])
+        out["loss"] = scaling.predict_loss(law, consts, non_embedding_params=non_emb, experts=x["experts"],
+                                           top_k=x["top_k"], **kw) * jnp.ones(shape)
+        rng = scaling.in_fitted_range(consts, non_embedding_params=non_emb, total_params=out["params"],
+                                      experts=x["experts"], top_k=x["top_k"], **kw)
+        out["loss_in_range"] = jnp.broadcast_to(rng, shape).astype(jnp.float32)
+    missing = ~jnp.isfinite(out["total_tco2e"]) & (out["reason"] == 0)
+    out["reason"] = jnp.where(missing, CODE["missing_data"], out["reason"]).astype(jnp.int32)
+    return {k: out[k] for k in outputs if k in out}
+
+
+# ---------------------------------------------------------------------------------------------
+# one chunk: evaluate, reduce, save atomically
+
+
+def _atomic_savez(path: Path, arrays: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def chunk_partial(ev: Evaluator, plan: Plan, i: int, keep_full: bool):
+    """Outputs of chunk i and its partial results (reductions, plus the full outputs when kept)."""
+    start, stop = plan.bounds(i)
+    flat = np.arange(start, stop, dtype=np.int64)
+    out = ev.evaluate(flat, pad_to=plan.capacity)
+    out["index"] = flat
+    feasible = out["reason"] == 0
+    res: dict[str, np.ndarray] = {}
+    cand = {k: v[feasible] for k, v in out.items()}
+    for j, objectives in enumerate(ev.study.options["pareto"]):
+        names = [red.parse_objective(o)[0] for o in objectives]
+        finite = np.all([np.isfinite(cand[n]) for n in names], axis=0)
+        front = red.merge_front(None, {k: v[finite] for k, v in cand.items()}, objectives)
+        res.update({f"pareto{j}__{k}": v for k, v in front.items()})
+    top = ev.study.options["top"]
+    if top:
+        name = red.parse_objective(top["by"])[0]
+        finite = np.isfinite(cand[name])
+        best = red.top_k({k: v[finite] for k, v in cand.items()}, top["by"], top["n"])
+        res.update({f"top__{k}": v for k, v in best.items()})
+    res["stats__reasons"] = np.bincount(out["reason"], minlength=len(REASONS)).astype(np.int64)
+    for k, v in out.items():
+        if k in ("index", "reason"):
+            continue
+        f = v[feasible & np.isfinite(v)] if v.dtype.kind == "f" else v[feasible]
+        res[f"stats__min__{k}"] = np.asarray(f.min() if len(f) else np.nan, np.float64)
+        res[f"stats__max__{k}"] = np.asarray(f.max() if len(f) else np.nan, np.float64)
+    if keep_full:
+        res.update({f"full__{k}": v for k, v in out.items() if k != "index"})
+    return res, out
+
+
+def run_chunk(ev: Evaluator, plan: Plan, i: int, out_dir: str, keep_full: bool, zarr_path: str | None) -> int:
+    """Evaluate chunk i and write its partial file (and Zarr block); returns i. Idempotent."""
+    res, out = chunk_partial(ev, plan, i, keep_full and zarr_path is None)
+    if zarr_path is not None:
+        _write_zarr_block(ev, plan, i, zarr_path, out)
+    _atomic_savez(Path(out_dir) / PARTIAL_DIR / f"chunk_{i:08d}.npz", res)
+    return i
+
+
+# ---------------------------------------------------------------------------------------------
+# Zarr for large grids
+
+
+def _var_attrs(name):
+    units = output_units()
+    unit, desc = units.get(name, ("1", name))
+    attrs = {"units": unit, "long_name": desc}
+    if name == "reason":
+        attrs["flag_values"] = list(REASONS)
+        attrs["flag_meanings"] = " ".join(REASONS.values())
+    return attrs
+
+
+def _coords(study: Study) -> dict:
+    from .spec import KEYS
+
+    coords = {}
+    for d, vals in study.dims.items():
+        unit = KEYS[d].unit if d in KEYS else "1"
+        coords[d] = (d, vals, {"units": unit, "long_name": KEYS[d].help if d in KEYS else d})
+    return coords
+
+
+def _zarr_template(ev: Evaluator, plan: Plan, path: str):
+    import dask.array as da
+    import xarray as xr
+
+    chunks = tuple(1 for _ in range(plan.axis)) + (plan.step,) + tuple(plan.shape[plan.axis + 1:])
+    sample = ev.evaluate(np.zeros(1, np.int64))
+    data = {}
+    for k in ev.outputs:
+        dt = sample[k].dtype
+        fill = 0 if dt.kind in "iub" else np.nan
+        data[k] = (ev.dims, da.full(plan.shape, fill, dtype=dt, chunks=chunks), _var_attrs(k))
+    ds = xr.Dataset(data, coords=_coords(ev.study))
+    ds.to_zarr(path, mode="w", compute=False)
+
+
+def _write_zarr_block(ev: Evaluator, plan: Plan, i: int, path: str, out: dict):
+    import xarray as xr
+
+    region = plan.region(i)
+    shape = tuple(s.stop - s.start for s in region)
+    ds = xr.Dataset({k: (ev.dims, out[k].reshape(shape)) for k in ev.outputs})
+    ds.to_zarr(path, region={d: s for d, s in zip(ev.dims, region)})
+
+
+# ---------------------------------------------------------------------------------------------
+# run
+
+
+@dataclass
+class SweepResult:
+    out_dir: Path | None
+    dataset: object | None               # xarray.Dataset of the full grid (None if not kept)
+    pareto: dict = field(default_factory=dict)   # name → pandas.DataFrame
+    top: object | None = None             # pandas.DataFrame
+    summary: dict = field(default_factory=dict)
+
+
+def _front_name(objectives) -> str:
+    return "pareto_" + "__".join(o.replace(":", "_") for o in objectives)
+
+
+def _table(ev: Evaluator, cols: dict[str, np.ndarray]):
+    """Partial columns (index + outputs) → DataFrame with coordinate labels first."""
+    import pandas as pd
+
+    idx = cols["index"].astype(np.int64)
+    data = {}
+    if len(idx):
+        ix = np.unravel_index(idx, ev.shape)
+    for d, k in zip(ev.dims, range(len(ev.dims))):
+        data[d] = ev.study.dims[d][ix[k]] if len(idx) else np.array([])
+    data["index"] = idx
+    for k in ev.outputs:
+        if k in cols:
+            data[k] = cols[k]
+    return pd.DataFrame(data)
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in ("carbon-sweep", "jax", "numpy", "xarray", "optuna"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+OWNED = ("grid.nc", "grid.zarr", "top.csv", "top.nc", "study.json", PARTIAL_DIR, "figures", "report.md",
+         "report.html")
+
+
+def _clean(out_dir: Path):
+    for name in os.listdir(out_dir) if out_dir.exists() else []:
+        if name in OWNED or name.startswith("pareto_"):
+            p = out_dir / name
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+def run(spec, out=None, *, resume=False, chunk_size=None, scheduler=None, quiet=True, db=None,
+        write=True) -> SweepResult:
+    """Sweep a study. ``spec``: a path, a dict shaped like the TOML, or a Study.
+
+    Returns a SweepResult with ``.dataset`` (the full grid, if kept), ``.pareto`` (name →
+    DataFrame), ``.top`` and ``.summary``. With ``write=False`` nothing is written (in memory).
+    """
+    db = db or hardware_db.load()
+    study = spec if isinstance(spec, Study) else load_study(spec, db)
+    if not study.dims:
+        raise SpecError(study.file, "grid", None, "is empty: give at least one dimension (or use carbon-sweep estimate)")
+    t0 = time.perf_counter()
+    ev = Evaluator(study, db)
+    size = chunk_size or study.options["chunk_size"] or max(1, DEFAULT_BUDGET // ev.n_layouts)
+    plan = Plan.make(study.shape, size)
+    keep_full = study.options["keep_full_grid"]
+    large = study.n_points > SMALL_GRID
+    out_dir = Path(out) if out is not None else Path("results") / study.name
+    if not write:
+        import tempfile
+
+        tmp = tempfile.TemporaryDirectory()
+        out_dir = Path(tmp.name)
+    part_dir = out_dir / PARTIAL_DIR
+    plan_file = part_dir / "plan.json"
+    plan_doc = {"spec_hash": study.spec_hash(), "shape": list(plan.shape), "axis": plan.axis, "step": plan.step,
+                "n_chunks": plan.n_chunks, "large": large, "keep_full": keep_full}
+    prior_elapsed = 0.0
+    if resume and (out_dir / "study.json").exists():
+        done = json.loads((out_dir / "study.json").read_text())
+        if done.get("spec_hash") == study.spec_hash():
+            return load_result(out_dir)
+    if resume and plan_file.exists():
+        old = json.loads(plan_file.read_text())
+        if old.get("spec_hash") != study.spec_hash():
+            raise SpecError(study.file, None, None, f"--resume: {out_dir} holds a run of a different spec; "
+                            "use another --out or run without --resume")
+        plan = Plan(tuple(old["shape"]), old["axis"], old["step"],
+                    int(np.prod(old["shape"][old["axis"] + 1:], dtype=np.int64)))
+        prior_elapsed = old.get("elapsed_s", 0.0)
+    else:
+        _clean(out_dir)
+        part_dir.mkdir(parents=True, exist_ok=True)
+        plan_file.write_text(json.dumps(plan_doc))
+    zarr_path = str(out_dir / "grid.zarr") if (keep_full and large) else None
+    if zarr_path and not Path(zarr_path).exists():
+        _zarr_template(ev, plan, zarr_path)
+
+    done = {int(p.stem.split("_")[1]) for p in part_dir.glob("chunk_*.npz")}
+    todo = [i for i in range(plan.n_chunks) if i not in done]
+    progress = _progress(plan.n_chunks, len(done), quiet)
+    try:
+        if scheduler:
+            _run_dask(ev, plan, todo, str(out_dir), keep_full, zarr_path, scheduler, progress)
+        else:
+            for i in todo:
+                run_chunk(ev, plan, i, str(out_dir), keep_full, zarr_path)
+                progress.update(1)
+    finally:
+        progress.close()
+        elapsed_now = time.perf_counter() - t0
+        if plan_file.exists():
+            doc = json.loads(plan_file.read_text())
+            doc["elapsed_s"] = prior_elapsed + elapsed_now
+            plan_file.write_text(json.dumps(doc))
+    result = _merge(ev, plan, out_dir, keep_full, zarr_path)
+    elapsed = prior_elapsed + (time.perf_counter() - t0)
+    result.summary["elapsed_s"] = elapsed
+    if write:
+        _write_outputs(ev, plan, out_dir, result, study, elapsed)
+        shutil.rmtree(part_dir, ignore_errors=True)
+    else:
+        if result.dataset is not None:
+            result.dataset = result.dataset.load()
+        tmp.cleanup()
+        result.out_dir = None
+    return result
+
+
+def _progress(total, initial, quiet):
+    from tqdm.auto import tqdm
+
+    disable = quiet or not sys.stderr.isatty()
+    return tqdm(total=total, initial=initial, unit="chunk", desc="sweep", disable=disable, dynamic_ncols=True)
+
+
+def _run_dask(ev, plan, todo, out_dir, keep_full, zarr_path, scheduler, progress):
+    from distributed import Client, as_completed
+
+    client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
+    try:
+        ev_f = client.scatter(ev, broadcast=True)
+        futures = [client.submit(run_chunk, ev_f, plan, i, out_dir, keep_full, zarr_path, pure=False) for i in todo]
+        for f in as_completed(futures):
+            f.result()
+            progress.update(1)
+    finally:
+        if not isinstance(scheduler, Client):
+            client.close()
+
+
+def _merge(ev: Evaluator, plan: Plan, out_dir: Path, keep_full: bool, zarr_path) -> SweepResult:
+    import xarray as xr
+
+    opts = ev.study.options
+    fronts = [None] * len(opts["pareto"])
+    top = None
+    reasons = np.zeros(len(REASONS), np.int64)
+    mins, maxs = {}, {}
+    full = {k: [] for k in ev.outputs} if keep_full and zarr_path is None else None
+    for i in range(plan.n_chunks):
+        with np.load(out_dir / PARTIAL_DIR / f"chunk_{i:08d}.npz") as z:
+            parts = {k: z[k] for k in z.files}
+        for j, objectives in enumerate(opts["pareto"]):
+            cand = {k.split("__", 1)[1]: v for k, v in parts.items() if k.startswith(f"pareto{j}__")}
+            fronts[j] = red.merge_front(fronts[j], cand, objectives)
+        if opts["top"]:
+            cand = {k.split("__", 1)[1]: v for k, v in parts.items() if k.startswith("top__")}
+            top = red.merge_top(top, cand, opts["top"]["by"], opts["top"]["n"])
+        reasons += parts["stats__reasons"]
+        for k in ev.outputs:
+            if f"stats__min__{k}" in parts:
+                mins[k] = np.fmin(mins.get(k, np.nan), parts[f"stats__min__{k}"])
+                maxs[k] = np.fmax(maxs.get(k, np.nan), parts[f"stats__max__{k}"])
+        if full is not None:
+            for k in ev.outputs:
+                full[k].append(parts[f"full__{k}"])
+    dataset = None
+    if full is not None:
+        data = {k: (ev.dims, np.concatenate(v).reshape(plan.shape), _var_attrs(k)) for k, v in full.items()}
+        dataset = xr.Dataset(data, coords=_coords(ev.study))
+    elif zarr_path is not None:
+        dataset = xr.open_zarr(zarr_path)
+    n_points = ev.study.n_points
+    summary = {
+        "n_points": n_points,
+        "n_feasible": int(reasons[0]),
+        "n_chunks": plan.n_chunks,
+        "n_layouts": ev.n_layouts,
+        "infeasible": {REASONS[c]: int(n) for c, n in enumerate(reasons) if c and n},
+        "min": {k: _num(v) for k, v in mins.items()},
+        "max": {k: _num(v) for k, v in maxs.items()},
+    }
+    pareto = {_front_name(o): _table(ev, f) for o, f in zip(opts["pareto"], fronts) if f is not None}
+    top_df = _table(ev, top) if top is not None else None
+    if dataset is not None:
+        dataset.attrs.update({"title": f"carbon-sweep study {ev.study.name}", "n_points": n_points,
+                              "n_feasible": int(reasons[0]), "layout": ev.mode})
+    return SweepResult(out_dir, dataset, pareto, top_df, summary)
+
+
+def _num(v):
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def _df_to_files(df, path_stem: Path, ev: Evaluator):
+    import xarray as xr
+
+    df.to_csv(path_stem.with_suffix(".csv"), index=False)
+    ds = xr.Dataset.from_dataframe(df.reset_index(drop=True).rename_axis("point"))
+    for k in ds.data_vars:
+        if k in output_units():
+            ds[k].attrs.update(_var_attrs(k))
+    tmp = path_stem.with_name(path_stem.name + ".tmp.nc")
+    ds.to_netcdf(tmp, engine="h5netcdf")
+    os.replace(tmp, path_stem.with_suffix(".nc"))
+
+
+def _write_outputs(ev, plan, out_dir: Path, result: SweepResult, study: Study, elapsed: float):
+    if result.dataset is not None and not (out_dir / "grid.zarr").exists():
+        tmp = out_dir / "grid.tmp.nc"
+        result.dataset.to_netcdf(tmp, engine="h5netcdf")
+        os.replace(tmp, out_dir / "grid.nc")
+    for name, df in result.pareto.items():
+        _df_to_files(df, out_dir / name, ev)
+    if result.top is not None:
+        _df_to_files(result.top, out_dir / "top", ev)
+    doc = {
+        "name": study.name,
+        "spec": study.doc,
+        "spec_file": study.file,
+        "spec_hash": study.spec_hash(),
+        "versions": _versions(),
+        "dims": {d: [v.item() if hasattr(v, "item") else v for v in vals] for d, vals in study.dims.items()},
+        "outputs": {k: {"units": output_units().get(k, ("1", ""))[0], "description": output_units().get(k, ("", k))[1]}
+                    for k in ev.outputs},
+        "layout": ev.mode,
+        "law": study.law,
+        **result.summary,
+        "elapsed_s": elapsed,
+        "files": sorted(p.name for p in out_dir.iterdir() if not p.name.startswith(".")),
+    }
+    tmp = out_dir / "study.json.tmp"
+    tmp.write_text(json.dumps(doc, indent=2, default=str))
+    os.replace(tmp, out_dir / "study.json")  # written last: its presence marks a finished run
+
+
+def load_result(out_dir) -> SweepResult:
+    """Open a finished run's folder."""
+    import pandas as pd
+    import xarray as xr
+
+    out_dir = Path(out_dir)
+    doc = json.loads((out_dir / "study.json").read_text())
+    ds = None
+    if (out_dir / "grid.nc").exists():
+        ds = xr.open_dataset(out_dir / "grid.nc", engine="h5netcdf")
+    elif (out_dir / "grid.zarr").exists():
+        ds = xr.open_zarr(out_dir / "grid.zarr")
+    pareto = {p.stem: pd.read_csv(p) for p in sorted(out_dir.glob("pareto_*.csv"))}
+    top = pd.read_csv(out_dir / "top.csv") if (out_dir / "top.csv").exists() else None
+    return SweepResult(out_dir, ds, pareto, top, doc)
+
+
+def run_command(args, db):
+    study = load_study(args.study, db)
+    if args.chunk_size is not None and args.chunk_size < 1:
+        raise SpecError(args.study, None, None, "--chunk-size must be at least 1")
+    result = run(study, args.out, resume=args.resume, chunk_size=args.chunk_size, scheduler=args.scheduler,
+                 quiet=args.quiet, db=db)
+    s = result.summary
+    print(f"carbon-sweep run: {study.name}: {s['n_points']:,} points in {s['n_chunks']} chunks, "
+          f"{s['n_feasible']:,} feasible, {s['elapsed_s']:.1f} s")
+    for reason, n in s.get("infeasible", {}).items():
+        print(f"  infeasible, {reason}: {n:,}")
+    for name, df in result.pareto.items():
+        print(f"  {name}: {len(df)} points")
+    if not args.no_plot:
+        try:
+            from .plots import plot_result
+        except ImportError:
+            plot_result = None
+        if plot_result is not None:
+            plot_result(result.out_dir, quiet=args.quiet)
+    print(f"  results: {result.out_dir}")

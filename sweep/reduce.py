@@ -1,0 +1,116 @@
+"""Streaming reductions: Pareto fronts and top-k, merged chunk by chunk in bounded memory.
+
+Objectives are output names, minimised unless written ``"max:name"``. A point j dominates i when it
+is no worse in every objective and strictly better in one; equal points do not dominate each other,
+so duplicates on the front are all kept (the brute-force definition, which the tests compare with).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def parse_objective(name: str) -> tuple[str, float]:
+    """'max:mfu' → ('mfu', -1.0); 'total_tco2e' → ('total_tco2e', 1.0) (signs turn max into min)."""
+    if name.startswith("max:"):
+        return name[4:], -1.0
+    if name.startswith("min:"):
+        return name[4:], 1.0
+    return name, 1.0
+
+
+def objective_matrix(columns: dict[str, np.ndarray], objectives: list[str]) -> np.ndarray:
+    """(n, m) matrix of minimised objective values."""
+    cols = []
+    for o in objectives:
+        name, sign = parse_objective(o)
+        cols.append(sign * np.asarray(columns[name], dtype=np.float64))
+    return np.stack(cols, axis=1)
+
+
+def pareto_mask(f: np.ndarray) -> np.ndarray:
+    """Boolean mask of the non-dominated rows of f (n, m), all minimised."""
+    n, m = f.shape
+    if n == 0:
+        return np.zeros(0, bool)
+    if m == 1:
+        return f[:, 0] == f[:, 0].min()
+    order = np.lexsort(f.T[::-1])  # lexicographic by f0, then f1, ...
+    g = f[order]
+    if m == 2:
+        keep = _front_2d_sorted(g)
+    else:
+        keep = _front_nd_sorted(g)
+    mask = np.zeros(n, bool)
+    mask[order[keep]] = True
+    return mask
+
+
+def _front_2d_sorted(g: np.ndarray) -> np.ndarray:
+    """Non-dominated rows of g sorted lexicographically (f0, f1): one pass with a running minimum."""
+    f0, f1 = g[:, 0], g[:, 1]
+    run = np.minimum.accumulate(f1)
+    prev = np.concatenate([[np.inf], run[:-1]])  # min of f1 over strictly earlier rows
+    idx = np.arange(len(f1))
+    new_min = np.concatenate([[True], run[1:] < run[:-1]])
+    first_of_min = np.maximum.accumulate(np.where(new_min, idx, 0))  # first row attaining run[i]
+    prev_first = np.concatenate([[0], first_of_min[:-1]])
+    dominated = (prev < f1) | ((prev == f1) & (f0[prev_first] < f0))
+    return ~dominated
+
+
+def _front_nd_sorted(g: np.ndarray, block: int = 2048) -> np.ndarray:
+    """Non-dominated rows of lexicographically sorted g: only earlier rows can dominate later ones."""
+    n = len(g)
+    keep = np.ones(n, bool)
+    front = np.empty((0, g.shape[1]))
+    for s in range(0, n, block):
+        blk = g[s:s + block]
+        dom = np.zeros(len(blk), bool)
+        if len(front):
+            le = (front[None, :, :] <= blk[:, None, :]).all(-1)
+            lt = (front[None, :, :] < blk[:, None, :]).any(-1)
+            dom |= (le & lt).any(1)
+        # within the block, pairwise (earlier rows only)
+        le = (blk[None, :, :] <= blk[:, None, :]).all(-1)
+        lt = (blk[None, :, :] < blk[:, None, :]).any(-1)
+        d = le & lt
+        dom |= np.tril(d, -1).any(1)
+        keep[s:s + block] = ~dom
+        front = np.concatenate([front, blk[~dom]])
+    return keep
+
+
+def merge_front(a: dict[str, np.ndarray] | None, b: dict[str, np.ndarray], objectives) -> dict[str, np.ndarray]:
+    """Front of the union of two candidate sets (dicts of equal-length columns incl. 'index')."""
+    if a is None:
+        both = b
+    else:
+        both = {k: np.concatenate([a[k], b[k]]) for k in b}
+    if len(both["index"]) == 0:
+        return both
+    mask = pareto_mask(objective_matrix(both, objectives))
+    out = {k: v[mask] for k, v in both.items()}
+    order = np.argsort(out["index"], kind="stable")
+    return {k: v[order] for k, v in out.items()}
+
+
+def top_k(columns: dict[str, np.ndarray], by: str, n: int) -> dict[str, np.ndarray]:
+    """The n rows with the smallest ``by`` (or largest for 'max:name'); ties broken by index."""
+    name, sign = parse_objective(by)
+    key = sign * np.asarray(columns[name], dtype=np.float64)
+    if len(key) > n:
+        part = np.argpartition(key, n - 1)[:n]
+        cut = key[part].max()
+        cand = np.flatnonzero(key <= cut)  # keep ties at the cut so merging stays exact
+        columns = {k: v[cand] for k, v in columns.items()}
+        key = key[cand]
+    order = np.lexsort((columns["index"], key))[:n]
+    return {k: v[order] for k, v in columns.items()}
+
+
+def merge_top(a, b, by: str, n: int):
+    if a is None:
+        return top_k(b, by, n)
+    both = {k: np.concatenate([a[k], b[k]]) for k in b}
+    return top_k(both, by, n)
