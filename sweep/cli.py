@@ -71,6 +71,7 @@ ESTIMATE_GROUPS = [
                 ("embodied_host_tco2e", "embodied, hosts", "t CO2e"),
                 ("embodied_tco2e", "embodied", "t CO2e"), ("total_tco2e", "total", "t CO2e")]),
     ("Materials", [("gpus_consumed", "device lifetimes consumed", ""), ("material_kg", "material mass", "kg")]),
+    ("Quality", [("loss", "predicted loss", "nats/token"), ("law", "scaling law", "")]),
 ]
 
 
@@ -84,6 +85,8 @@ def print_estimate(out: dict, title: str) -> None:
                 if key in ("operational_tco2e", "embodied_tco2e") and out.get("total_tco2e"):
                     pct = f"  ({100 * out[key] / out['total_tco2e']:.1f} %)"
                 print(f"    {label:<28} {_fmt(out[key], unit)}{pct}")
+    if out.get("loss_in_range") is False:
+        print("    (outside the law's fitted range: an extrapolation)")
     if out.get("reason"):
         from kernels.reasons import REASONS
 

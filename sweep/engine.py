@@ -189,14 +189,29 @@ class Evaluator:
         return {k: arr[:, i] for i, k in enumerate(cols)}
 
     # -- inputs ------------------------------------------------------------------------------
-    def inputs(self, flat: np.ndarray) -> tuple[dict, dict]:
-        """Chain inputs and calibration for the points at flat indices (1-D arrays, or scalars)."""
-        dt = self.dtype
+    def values_at(self, flat: np.ndarray) -> dict[str, np.ndarray]:
+        """Coordinate values of the grid points at flat indices: {dimension: 1-D array}."""
         idx = np.unravel_index(flat, self.shape)
+        return {d: self.study.dims[d][ix] for d, ix in zip(self.dims, idx)}
+
+    def inputs(self, flat: np.ndarray) -> tuple[dict, dict]:
+        """Chain inputs and calibration for the grid points at flat indices."""
+        return self.inputs_from_values(self.values_at(flat))
+
+    def inputs_from_values(self, values: dict[str, np.ndarray]) -> tuple[dict, dict]:
+        """Chain inputs and calibration for arbitrary values of the dimensions (on the grid or not).
+
+        ``values`` maps each dimension to a 1-D array; categorical dimensions take labels that are
+        among the grid's coordinates (their figures are gathered by index).
+        """
+        dt = self.dtype
         x = {k: np.asarray(val, dt) for k, val in self.base.items()}
         cal = {k: np.asarray(val, dt) for k, val in self.cal.items()}
-        for d, ix in zip(self.dims, idx):
-            vals = self.study.dims[d]
+        for d, vals in values.items():
+            vals = np.asarray(vals)
+            if d in ("hardware", "region"):
+                lookup = {label: i for i, label in enumerate(self.study.dims[d])}
+                ix = np.array([lookup[v] for v in vals.tolist()], np.int64)
             if d == "hardware":
                 for k, arr in self.tables["hardware"].items():
                     x[k] = arr[ix].astype(dt)
@@ -209,11 +224,11 @@ class Evaluator:
                             not (k == "wue_l_per_kwh" and "wue" in self.study.fixed):
                         x[k] = arr[ix].astype(dt)
             elif d == "ffn":
-                x["ffn_matrices"] = np.where(vals[ix] == "swiglu", 3.0, 2.0).astype(dt)
+                x["ffn_matrices"] = np.where(vals == "swiglu", 3.0, 2.0).astype(dt)
             elif d == "recompute":
-                x["recompute"] = np.vectorize(RECOMPUTE_CODE.get)(vals[ix]).astype(dt)
+                x["recompute"] = np.vectorize(RECOMPUTE_CODE.get)(vals).astype(dt)
             else:
-                x[SPEC_TO_X.get(d, d)] = vals[ix].astype(dt)
+                x[SPEC_TO_X.get(d, d)] = vals.astype(dt)
         return x, cal
 
     # -- the jitted function ---------------------------------------------------------------
@@ -232,15 +247,20 @@ class Evaluator:
         return self._fn
 
     def evaluate(self, flat: np.ndarray, pad_to: int | None = None) -> dict[str, np.ndarray]:
-        """Outputs at the given flat indices (numpy arrays); pads to ``pad_to`` for a stable jit shape."""
+        """Outputs at the given flat grid indices (numpy); pads to ``pad_to`` for a stable jit shape."""
         n = len(flat)
         if pad_to and pad_to > n:
             flat = np.concatenate([flat, np.full(pad_to - n, flat[0], flat.dtype)])
-        x, cal = self.inputs(flat)
-        x["_points"] = np.zeros(len(flat), np.int8)  # carries the chunk's shape into the kernel
+        return {k: v[:n] for k, v in self.evaluate_values(self.values_at(flat)).items()}
+
+    def evaluate_values(self, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Outputs at arbitrary values of the dimensions ({dimension: 1-D array}, equal lengths)."""
+        x, cal = self.inputs_from_values(values)
+        n = len(next(iter(values.values()))) if values else 1
+        x["_points"] = np.zeros(n, np.int8)  # carries the batch shape into the kernel
         lay = ({k: np.asarray(v, self.dtype) for k, v in self.layouts.items()} if self.layouts is not None else {})
         out = self.fn(x, cal, lay)
-        return {k: np.asarray(v)[:n] for k, v in out.items()}
+        return {k: np.asarray(v) for k, v in out.items()}
 
 
 def _evaluate(x, cal, lay, *, mode, derive, law, law_table, objective, outputs):

@@ -56,7 +56,14 @@ def evaluate(values: dict, db=None, *, file="<spec>", objective="co2e") -> dict:
         from .layouts import best_layouts
 
         result = best_layouts(v, db, objective=objective, top=1)
-        out, layout = result["best_outputs"], result["layouts"][0] if result["layouts"] else {}
+        if result["layouts"]:
+            out, layout = result["best_outputs"], result["layouts"][0]
+        else:  # no layout fits: report the design with its most informative reason
+            from kernels.reasons import CODE
+
+            out = {k: None for k in OUTPUTS}
+            out["reason"] = CODE["out_of_memory"] if "out_of_memory" in result["infeasible"] else (
+                CODE[max(result["infeasible"], key=result["infeasible"].get)] if result["infeasible"] else 0)
     for k in LAYOUT_OUT:
         if k == "dp":
             out["dp"] = int(out["dp"]) if out.get("dp") is not None else None
@@ -64,6 +71,7 @@ def evaluate(values: dict, db=None, *, file="<spec>", objective="co2e") -> dict:
             out[k] = layout.get(k) if layout else None
         else:
             out[k] = int(layout[k]) if layout and layout.get(k) is not None else None
+    out.update(quality(v, x, out, db))
     out["devices"] = int(v["devices"])
     out["hardware"] = v["hardware"]
     out["region"] = v.get("region")
@@ -83,3 +91,22 @@ def db_calibration(db, hw_id: str) -> dict:
 
 
 UNITS = {k: u for k, (u, _) in OUTPUTS.items()}
+
+
+def quality(v: dict, x: dict, out: dict, db) -> dict:
+    """Predicted loss under the spec's scaling law, the law's id, and whether it extrapolates."""
+    from kernels import scaling
+
+    law = v.get("law") or "chinchilla"
+    table = db.docs["scaling_laws.toml"][law]
+    params, active = out.get("params"), out.get("active_params")
+    if params is None:
+        return {"loss": None, "law": law, "loss_in_range": None}
+    emb = x["vocab"] * x["d_model"] * (1.0 if x["tied_embeddings"] else 2.0)
+    non_emb = params - emb if math.isfinite(emb) else params
+    kw = dict(params=params, active_params=active, tokens=x["tokens"], non_embedding_params=non_emb,
+              experts=x["experts"], top_k=x["top_k"])
+    loss = float(scaling.predict_loss(law, table, **kw))
+    in_range = bool(scaling.in_fitted_range(table, total_params=params, **{k: kw[k] for k in kw if k != "params"},
+                                            params=params))
+    return {"loss": loss if math.isfinite(loss) else None, "law": law, "loss_in_range": in_range}

@@ -108,7 +108,7 @@ KEYS: dict[str, Key] = {
     "embodied_method": _k("lifecycle", STR, "act", "embodied-carbon method",
                           choices=("llmcarbon", "act", "vendor_pcf")),
     # [quality]
-    "law": _k("quality", STR, "chinchilla", "scaling law for the predicted loss"),
+    "law": _k("quality", STR, "chinchilla", "scaling law for the predicted loss (ids in hardware_db/scaling_laws.toml)"),
 }
 SECTIONS = ("model", "training", "cluster", "site", "lifecycle", "quality")
 LAYOUT_KEYS = ("tp", "pp", "ep", "microbatch", "recompute", "interleave", "shard_optimizer", "sequence_parallel")
@@ -274,6 +274,9 @@ def resolve(file, flat: dict[str, Any], db, *, where: dict[str, str] | None = No
         missing = "carbon_intensity" if v["carbon_intensity"] is None else "pue"
         raise SpecError(file, sec("region"), "region",
                         f"is required unless carbon_intensity and pue are given ({missing} is missing)")
+    laws = db.docs.get("scaling_laws.toml", {})
+    if v["law"] not in laws:
+        raise err("law", f"unknown law '{v['law']}'{closest(v['law'], laws)} (allowed: {', '.join(laws)})")
     if v["region"] is not None and v["region"] not in db.regions:
         raise err("region", f"unknown region '{v['region']}'{closest(v['region'], db.regions)} "
                   "(see: carbon-sweep regions list)")
