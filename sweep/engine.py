@@ -17,6 +17,7 @@ import functools
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -324,9 +325,21 @@ def _evaluate(x, cal, lay, *, mode, derive, law, law_table, objective, outputs):
 
 
 def _atomic_savez(path: Path, arrays: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
+    """Write to ``<name>.part`` then rename: a reader sees the whole file or none of it."""
+    tmp = path.with_name(path.name + ".part")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
     os.replace(tmp, path)
+
+
+def finished_chunks(part_dir: Path) -> set[int]:
+    """Chunks whose partial file is complete (renamed into place); torn writes do not count."""
+    done = set()
+    for p in part_dir.iterdir() if part_dir.exists() else []:
+        m = re.fullmatch(r"chunk_(\d{8})\.npz", p.name)
+        if m:
+            done.add(int(m.group(1)))
+    return done
 
 
 def chunk_partial(ev: Evaluator, plan: Plan, i: int, keep_full: bool):
@@ -406,7 +419,7 @@ def _zarr_template(ev: Evaluator, plan: Plan, path: str):
         fill = 0 if dt.kind in "iub" else np.nan
         data[k] = (ev.dims, da.full(plan.shape, fill, dtype=dt, chunks=chunks), _var_attrs(k))
     ds = xr.Dataset(data, coords=_coords(ev.study))
-    ds.to_zarr(path, mode="w", compute=False)
+    ds.to_zarr(path, mode="w", compute=False, zarr_format=2)
 
 
 def _write_zarr_block(ev: Evaluator, plan: Plan, i: int, path: str, out: dict):
@@ -523,7 +536,7 @@ def run(spec, out=None, *, resume=False, chunk_size=None, scheduler=None, quiet=
     if zarr_path and not Path(zarr_path).exists():
         _zarr_template(ev, plan, zarr_path)
 
-    done = {int(p.stem.split("_")[1]) for p in part_dir.glob("chunk_*.npz")}
+    done = finished_chunks(part_dir)
     todo = [i for i in range(plan.n_chunks) if i not in done]
     progress = _progress(plan.n_chunks, len(done), quiet)
     try:

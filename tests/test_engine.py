@@ -1,0 +1,295 @@
+"""The sweep engine: chunking, resume, dask, streaming reductions, masking and study-spec errors."""
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import xarray as xr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import hardware_db
+from sweep import engine
+from sweep.engine import Plan, run
+from sweep.reduce import objective_matrix, pareto_mask
+from sweep.spec import SpecError
+from sweep.study import load_study
+
+BASE = {
+    "model": {"heads": 16, "vocab": 32000, "seq_len": 2048, "ffn": "swiglu"},
+    "training": {"tokens": 3e11},
+    "cluster": {"devices": 256, "mfu": 0.4},
+    "site": {"region": "us"},
+    "grid": {
+        "layers": [12, 24, 36],
+        "d_model": {"start": 1024, "stop": 4096, "num": 4},
+        "hardware": ["a100-sxm4-80gb", "h100-sxm5-80gb"],
+        "lifespan_years": {"start": 1, "stop": 5, "step": 1},
+    },
+    "study": {"pareto": [["loss", "total_tco2e"], ["train_days", "total_tco2e", "max:mfu"]],
+              "top": {"by": "total_tco2e", "n": 7}},
+}
+
+
+def spec(**changes):
+    s = copy.deepcopy(BASE)
+    for path, value in changes.items():
+        section, key = path.split("__")
+        if value is None:
+            s[section].pop(key, None)
+        else:
+            s.setdefault(section, {})[key] = value
+    return s
+
+
+def same_dataset(a: xr.Dataset, b: xr.Dataset):
+    assert set(a.data_vars) == set(b.data_vars)
+    for k in a.data_vars:
+        np.testing.assert_array_equal(a[k].values, b[k].values, err_msg=k)
+        norm = lambda attrs: {n: np.asarray(v).tolist() for n, v in attrs.items()}  # noqa: E731
+        assert norm(a[k].attrs) == norm(b[k].attrs)
+    for d in a.dims:
+        np.testing.assert_array_equal(a[d].values, b[d].values)
+
+
+def same_tables(a, b):
+    assert list(a) == list(b)
+    for name in a:
+        np.testing.assert_array_equal(a[name]["index"].values, b[name]["index"].values)
+
+
+# -- chunk plan ------------------------------------------------------------------------------
+
+@given(st.lists(st.integers(1, 7), min_size=1, max_size=4), st.integers(1, 300))
+def test_chunks_cover_the_grid_once_in_order(shape, size):
+    plan = Plan.make(tuple(shape), size)
+    seen = []
+    for i in range(plan.n_chunks):
+        a, b = plan.bounds(i)
+        assert 0 < b - a <= max(size, 1) or plan.inner > size
+        seen.extend(range(a, b))
+        region = plan.region(i)
+        assert int(np.prod([s.stop - s.start for s in region])) == b - a
+    assert seen == list(range(int(np.prod(shape))))
+
+
+# -- results ---------------------------------------------------------------------------------
+
+def test_grid_dataset_has_named_dimensions_labels_and_units():
+    res = run(spec(), write=False)
+    ds = res.dataset
+    assert tuple(ds.total_tco2e.dims) == ("layers", "d_model", "hardware", "lifespan_years")
+    assert list(ds.hardware.values) == ["a100-sxm4-80gb", "h100-sxm5-80gb"]
+    for k in ds.data_vars:
+        assert ds[k].attrs.get("units"), k
+        assert ds[k].attrs.get("long_name"), k
+    assert ds.total_tco2e.attrs["units"] == "t CO2e"
+    assert int((ds.reason == 0).sum()) == res.summary["n_feasible"] == 3 * 4 * 2 * 5
+
+
+def test_chunked_and_unchunked_runs_give_identical_results():
+    whole = run(spec(), write=False, chunk_size=10_000)
+    chunked = run(spec(), write=False, chunk_size=5)
+    assert chunked.summary["n_chunks"] > 10 and whole.summary["n_chunks"] == 1
+    same_dataset(whole.dataset, chunked.dataset)
+    same_tables(whole.pareto, chunked.pareto)
+    np.testing.assert_array_equal(whole.top["index"].values, chunked.top["index"].values)
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(1, 100))
+def test_any_chunk_size_gives_the_same_front_and_top(size):
+    ref = run(spec(), write=False, chunk_size=120)
+    got = run(spec(), write=False, chunk_size=size)
+    same_tables(ref.pareto, got.pareto)
+    np.testing.assert_array_equal(ref.top["index"].values, got.top["index"].values)
+
+
+def test_streaming_pareto_front_equals_brute_force():
+    res = run(spec(), write=False, chunk_size=7)
+    ds = res.dataset
+    flat = {k: ds[k].values.ravel() for k in ("loss", "total_tco2e", "reason")}
+    ok = np.flatnonzero(flat["reason"] == 0)
+    pts = [(flat["loss"][i], flat["total_tco2e"][i]) for i in ok]
+    brute = [i for i, p in zip(ok, pts)
+             if not any(q[0] <= p[0] and q[1] <= p[1] and q != p for q in pts)]
+    assert sorted(brute) == sorted(res.pareto["pareto_loss__total_tco2e"]["index"].tolist())
+
+
+def test_pareto_mask_matches_definition_with_ties_in_three_objectives():
+    rng = np.random.default_rng(0)
+    f = rng.integers(0, 4, size=(300, 3)).astype(float)
+    got = pareto_mask(f)
+    want = np.array([not any((f[j] <= f[i]).all() and (f[j] < f[i]).any() for j in range(len(f)))
+                     for i in range(len(f))])
+    np.testing.assert_array_equal(got, want)
+
+
+def test_pareto_mask_two_objectives_with_duplicates():
+    f = np.array([[1, 5], [1, 5], [2, 4], [2, 6], [3, 1], [0, 9], [3, 1], [1, 4]], float)
+    want = np.array([not any((f[j] <= f[i]).all() and (f[j] < f[i]).any() for j in range(len(f)))
+                     for i in range(len(f))])
+    np.testing.assert_array_equal(pareto_mask(f), want)
+
+
+def test_maximised_objective_is_respected():
+    cols = {"a": np.array([1.0, 2.0, 3.0]), "b": np.array([1.0, 2.0, 3.0]), "index": np.arange(3)}
+    assert objective_matrix(cols, ["a", "max:b"]).tolist() == [[1, -1], [2, -2], [3, -3]]
+    assert pareto_mask(objective_matrix(cols, ["a", "max:b"])).all()
+
+
+def test_top_k_is_the_k_smallest_feasible():
+    res = run(spec(), write=False)
+    tot = res.dataset.total_tco2e.values.ravel()
+    order = np.argsort(tot, kind="stable")[:7]
+    np.testing.assert_array_equal(np.sort(res.top["index"].values), np.sort(order))
+
+
+def test_invalid_designs_are_masked_with_a_reason_not_dropped():
+    s = spec(grid__experts=[1, 4], grid__top_k=[1, 2])
+    res = run(s, write=False)
+    r = res.dataset.reason
+    bad = r.sel(experts=1, top_k=2)
+    assert (bad == 1).all()  # top_k_exceeds_experts
+    assert (r.sel(experts=4, top_k=2) == 0).all()
+    assert res.summary["infeasible"] == {"top_k_exceeds_experts": int((r == 1).sum())}
+    assert r.size == res.summary["n_points"]
+
+
+def test_heads_not_dividing_d_model_is_masked():
+    res = run(spec(grid__d_model=[1000, 1024]), write=False)
+    assert (res.dataset.reason.sel(d_model=1000) == 12).all()
+    assert (res.dataset.reason.sel(d_model=1024) == 0).all()
+
+
+def test_float32_sweep_agrees_with_float64_and_counts_do_not_drift():
+    f64 = run(spec(), write=False).dataset
+    f32 = run(spec(study__dtype="float32"), write=False).dataset
+    assert f32.total_tco2e.dtype == np.float32
+    np.testing.assert_allclose(f32.total_tco2e.values, f64.total_tco2e.values, rtol=1e-5)
+    np.testing.assert_array_equal(f32.gpus_consumed.values, f64.gpus_consumed.values)
+
+
+# -- files, resume, zarr, dask ---------------------------------------------------------------
+
+def test_run_writes_open_formats_and_study_json(tmp_path):
+    out = tmp_path / "res"
+    res = run(spec(), out)
+    names = {p.name for p in out.iterdir()}
+    assert {"grid.nc", "study.json", "top.csv", "top.nc", "pareto_loss__total_tco2e.csv",
+            "pareto_loss__total_tco2e.nc"} <= names
+    assert ".chunks" not in names
+    doc = json.loads((out / "study.json").read_text())
+    for key in ("spec", "versions", "n_points", "n_feasible", "n_chunks", "elapsed_s"):
+        assert key in doc
+    assert doc["n_points"] == 3 * 4 * 2 * 5
+    back = xr.open_dataset(out / "grid.nc", engine="h5netcdf")
+    same_dataset(back.load(), res.dataset)
+
+
+def test_resume_after_a_kill_gives_the_uninterrupted_result(tmp_path, monkeypatch):
+    ref = run(spec(), tmp_path / "ref", chunk_size=5)
+    real = engine.run_chunk
+    calls = {"n": 0}
+
+    def dying(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "run_chunk", dying)
+    out = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):
+        run(spec(), out, chunk_size=5)
+    assert not (out / "study.json").exists()  # never mistaken for a finished run
+    parts = sorted((out / ".chunks").glob("chunk_*.npz"))
+    assert len(parts) == 7
+    (out / ".chunks" / "chunk_00000007.npz.tmp.npz").write_bytes(b"half-written")  # a torn write
+    monkeypatch.setattr(engine, "run_chunk", real)
+    res = run(spec(), out, resume=True, chunk_size=999)  # the saved plan wins over a new chunk size
+    same_dataset(ref.dataset, res.dataset)
+    same_tables(ref.pareto, res.pareto)
+    assert res.summary["n_chunks"] == ref.summary["n_chunks"]
+
+
+def test_resume_of_a_finished_run_returns_it(tmp_path):
+    out = tmp_path / "r"
+    a = run(spec(), out)
+    b = run(spec(), out, resume=True)
+    assert b.summary["n_points"] == a.summary["n_points"]
+
+
+def test_resume_refuses_a_different_spec(tmp_path, monkeypatch):
+    out = tmp_path / "r"
+    monkeypatch.setattr(engine, "run_chunk", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        run(spec(), out, chunk_size=5)
+    monkeypatch.undo()
+    with pytest.raises(SpecError, match="different spec"):
+        run(spec(training__tokens=1e12), out, resume=True)
+
+
+def test_large_grid_streams_to_zarr_and_matches_netcdf(tmp_path, monkeypatch):
+    ref = run(spec(), write=False)
+    monkeypatch.setattr(engine, "SMALL_GRID", 10)
+    out = tmp_path / "big"
+    res = run(spec(), out, chunk_size=8)
+    assert (out / "grid.zarr").is_dir() and not (out / "grid.nc").exists()
+    z = xr.open_zarr(out / "grid.zarr").load()
+    same_dataset(ref.dataset, z)
+    assert res.dataset is not None
+
+
+def test_reductions_only_keep_no_grid(tmp_path):
+    res = run(spec(study__keep_full_grid=False), tmp_path / "r", chunk_size=9)
+    assert res.dataset is None
+    assert not (tmp_path / "r" / "grid.nc").exists()
+    ref = run(spec(), write=False)
+    same_tables(ref.pareto, res.pareto)
+
+
+def test_dask_local_cluster_agrees_with_in_process(tmp_path):
+    from distributed import Client, LocalCluster
+
+    ref = run(spec(), tmp_path / "local", chunk_size=10)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        with Client(cluster) as client:
+            res = run(spec(), tmp_path / "dask", chunk_size=10, scheduler=client)
+    same_dataset(ref.dataset, res.dataset)
+    same_tables(ref.pareto, res.pareto)
+
+
+# -- study spec errors -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("changes,key,words", [
+    ({"grid__layerz": [1, 2]}, "layerz", "unknown dimension"),
+    ({"grid__layers": []}, "layers", "empty list"),
+    ({"grid__layers": {"start": 10, "stop": 1, "num": 3}}, "layers", "below start"),
+    ({"grid__layers": {"start": 1, "stop": 10, "num": 0}}, "layers", "num"),
+    ({"grid__d_model": {"start": 0, "stop": 10, "num": 3, "scale": "log"}}, "d_model", "log range"),
+    ({"grid__d_model": {"start": 1, "stop": 10, "nun": 3}}, "d_model", "unknown range key"),
+    ({"grid__d_model": {"start": 1, "stop": 10, "step": -1}}, "d_model", "step"),
+    ({"grid__hardware": ["a100-sxm4-80gb", "h100-sxm-80gb"]}, "hardware", "h100-sxm5-80gb"),
+    ({"site__region": None, "grid__region": ["us", "atlantis"]}, "region", "unknown region"),
+    ({"model__layers": 12}, "layers", "also given"),
+    ({"grid__layers": [12, 12]}, "layers", "repeated"),
+    ({"grid__layers": [12, 2.5]}, "layers", "whole number"),
+    ({"grid__lifespan_years": [1, -2]}, "lifespan_years", "greater than 0"),
+    ({"study__top": {"by": "total_tco2", "n": 3}}, "top", "total_tco2e"),
+    ({"study__pareto": [["loss"]]}, "pareto", "two or more"),
+    ({"study__layuot": "best"}, "layuot", "layout"),
+])
+def test_study_spec_errors_name_the_key(changes, key, words):
+    with pytest.raises(SpecError) as e:
+        load_study(spec(**changes), hardware_db.load())
+    assert e.value.key == key
+    assert words in str(e.value)
+
+
+def test_empty_grid_is_an_error():
+    s = spec(model__layers=12, model__d_model=1024, cluster__hardware="a100-sxm4-80gb")
+    s["grid"] = {}
+    with pytest.raises(SpecError, match="empty"):
+        run(s, write=False)
