@@ -1,0 +1,223 @@
+"""The command line: estimate, validate, layout, lists; every bad input is one clear message, exit 2."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sweep.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+GOOD = """\
+[model]
+layers = 32
+d_model = 4096
+heads = 32
+vocab = 32000
+seq_len = 4096
+ffn = "swiglu"
+d_ff = 11008
+
+[training]
+tokens = 1e12
+global_batch = 512
+
+[cluster]
+hardware = "a100-sxm4-80gb"
+devices = 512
+mfu = 0.45
+
+[site]
+region = "fr"
+"""
+
+
+def write(tmp_path, text, name="run.toml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def cli(capsys, *args):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_estimate_json_has_the_contract_keys(tmp_path, capsys):
+    code, out, _ = cli(capsys, "estimate", write(tmp_path, GOOD), "--json")
+    assert code == 0
+    doc = json.loads(out)
+    for key in ("params", "active_params", "train_flops", "mfu", "devices", "train_days", "device_hours",
+                "energy_mwh", "operational_tco2e", "embodied_tco2e", "total_tco2e", "gpus_consumed",
+                "material_kg", "water_m3", "tp", "pp", "dp", "ep", "microbatch", "recompute", "loss"):
+        assert key in doc, key
+    assert doc["mfu"] == 0.45
+    assert doc["total_tco2e"] == pytest.approx(doc["operational_tco2e"] + doc["embodied_tco2e"])
+
+
+def test_estimate_table_shows_units(tmp_path, capsys):
+    code, out, _ = cli(capsys, "estimate", write(tmp_path, GOOD))
+    assert code == 0
+    assert "t CO2e" in out and "MWh" in out and "days" in out
+
+
+def test_explicit_site_values_win_over_the_region(tmp_path, capsys):
+    text = GOOD.replace('region = "fr"', 'region = "fr"\ncarbon_intensity = 0.5\npue = 1.3')
+    code, out, _ = cli(capsys, "estimate", write(tmp_path, text), "--json")
+    doc = json.loads(out)
+    assert doc["carbon_intensity_kg_per_kwh"] == 0.5 and doc["pue"] == 1.3
+    assert doc["operational_tco2e"] == pytest.approx(doc["energy_mwh"] * 0.5)
+
+
+def test_params_only_model_uses_six_n_flops(tmp_path, capsys):
+    text = """
+[model]
+params = 7e9
+[training]
+tokens = 1e12
+[cluster]
+hardware = "h100-sxm5-80gb"
+devices = 64
+mfu = 0.4
+[site]
+carbon_intensity = 0.4
+pue = 1.2
+"""
+    code, out, _ = cli(capsys, "estimate", write(tmp_path, text), "--json")
+    assert code == 0
+    assert json.loads(out)["train_flops"] == 6 * 7e9 * 1e12
+
+
+def test_layout_in_the_spec_is_used(tmp_path, capsys):
+    text = GOOD.replace("mfu = 0.45", "tp = 2\npp = 2\nmicrobatch = 1\nrecompute = \"full\"")
+    code, out, _ = cli(capsys, "estimate", write(tmp_path, text), "--json")
+    assert code == 0
+    doc = json.loads(out)
+    assert (doc["tp"], doc["pp"], doc["dp"], doc["recompute"]) == (2, 2, 128, "full")
+    assert 0 < doc["mfu"] < 1
+
+
+def test_layout_command_json(tmp_path, capsys):
+    text = GOOD.replace("mfu = 0.45\n", "")
+    code, out, _ = cli(capsys, "layout", write(tmp_path, text), "--json", "--top", "3")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["evaluated"] > 0 and isinstance(doc["infeasible"], dict)
+    assert 1 <= len(doc["layouts"]) <= 3
+    for key in ("tp", "pp", "dp", "ep", "microbatch", "recompute", "interleave", "mfu", "step_time_s",
+                "train_days", "memory_gb", "total_tco2e"):
+        assert key in doc["layouts"][0]
+    co2 = [r["total_tco2e"] for r in doc["layouts"]]
+    assert co2 == sorted(co2)
+
+
+def test_hardware_and_regions_lists(capsys):
+    code, out, _ = cli(capsys, "hardware", "list", "--json")
+    ids = {r["id"] for r in json.loads(out)}
+    assert {"v100-sxm2-32gb", "a100-sxm4-40gb", "a100-sxm4-80gb", "h100-sxm5-80gb", "h800-sxm5-80gb",
+            "h200-sxm-141gb", "b200-sxm-180gb", "mi250x", "mi300x", "tpu-v3", "tpu-v4", "tpu-v5e",
+            "tpu-v5p", "gaudi2", "gaudi3"} <= ids
+    code, out, _ = cli(capsys, "regions", "list", "--json")
+    regions = json.loads(out)
+    assert len(regions) >= 30 and all("id" in r for r in regions)
+
+
+# -- bad input -------------------------------------------------------------------------------
+
+BAD = [
+    ("unknown key (typo)", ("layers = 32", "layres = 32"), "[model] layres", "layers"),
+    ("missing required key", ("tokens = 1e12\n", ""), "[training] tokens", "required"),
+    ("wrong type", ("layers = 32", 'layers = "32"'), "[model] layers", "number"),
+    ("non-positive count", ("devices = 512", "devices = 0"), "[cluster] devices", "greater than 0"),
+    ("negative count", ("layers = 32", "layers = -4"), "[model] layers", "greater than 0"),
+    ("NaN", ("mfu = 0.45", "mfu = nan"), "[cluster] mfu", "finite"),
+    ("infinite", ("tokens = 1e12", "tokens = inf"), "[training] tokens", "finite"),
+    ("top_k > experts", ('ffn = "swiglu"', 'ffn = "swiglu"\nexperts = 4\ntop_k = 8'), "[model] top_k",
+     "cannot exceed experts"),
+    ("heads not dividing d_model", ("heads = 32", "heads = 30"), "[model] heads", "must divide d_model"),
+    ("unknown hardware", ('hardware = "a100-sxm4-80gb"', 'hardware = "a100-80gb"'), "[cluster] hardware",
+     "did you mean"),
+    ("unknown region", ('region = "fr"', 'region = "france"'), "[site] region", "unknown region"),
+    ("unknown section", ("[site]", "[sight]"), "[sight]", "unknown section"),
+    ("key in the wrong section", ("devices = 512", "devices = 512\nlayers = 2"), "[cluster] layers",
+     "belongs in [model]"),
+    ("bad choice", ('ffn = "swiglu"', 'ffn = "relu"'), "[model] ffn", "allowed"),
+    ("mfu above 1", ("mfu = 0.45", "mfu = 1.5"), "[cluster] mfu", "at most 1"),
+    ("precision the device lacks", ("[cluster]", '[cluster]\n'), None, None),
+]
+
+
+@pytest.mark.parametrize("case,edit,where,words", [b for b in BAD if b[2]], ids=[b[0] for b in BAD if b[2]])
+def test_bad_input_gets_one_clear_message_and_exit_2(tmp_path, capsys, case, edit, where, words):
+    path = write(tmp_path, GOOD.replace(*edit, 1))
+    code, out, err = cli(capsys, "estimate", path)
+    assert code == 2
+    assert out == ""
+    assert str(path) in err and where in err and words in err, err
+    assert "Traceback" not in err
+    assert err.count("\n") == 1
+
+
+def test_precision_the_hardware_lacks_is_an_error(tmp_path, capsys):
+    text = GOOD.replace('hardware = "a100-sxm4-80gb"', 'hardware = "v100-sxm2-32gb"')
+    code, _, err = cli(capsys, "estimate", write(tmp_path, text))
+    assert code == 2 and "[training] precision" in err and "fp16" in err
+
+
+def test_unreadable_and_invalid_files(tmp_path, capsys):
+    code, _, err = cli(capsys, "estimate", tmp_path / "nope.toml")
+    assert code == 2 and "file not found" in err
+    code, _, err = cli(capsys, "estimate", write(tmp_path, "[model\nlayers = 1"))
+    assert code == 2 and "not valid TOML" in err
+    code, _, err = cli(capsys, "estimate", tmp_path)
+    assert code == 2 and "folder" in err
+
+
+def test_bad_input_through_the_real_command_has_no_traceback(tmp_path):
+    path = write(tmp_path, GOOD.replace("devices = 512", "devices = -1"))
+    proc = subprocess.run([sys.executable, "-m", "sweep.cli", "estimate", str(path)], capture_output=True,
+                          text=True, cwd=ROOT)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "[cluster] devices" in proc.stderr
+
+
+def test_bad_study_writes_nothing(tmp_path, capsys):
+    study = GOOD + "\n[grid]\nlifespan_years = []\n"
+    out_dir = tmp_path / "out"
+    code, _, err = cli(capsys, "run", write(tmp_path, study), "--out", out_dir)
+    assert code == 2 and "[grid] lifespan_years" in err
+    assert not out_dir.exists()
+
+
+def test_user_database_folder_adds_a_device(tmp_path, capsys):
+    db = tmp_path / "db"
+    db.mkdir()
+    (db / "accelerators.csv").write_text(
+        "id,name,peak_bf16_tflops,hbm_gb,hbm_bw_gbs,tdp_w,devices_per_node,source\n"
+        "my-npu,My NPU,500,96,3000,550,8,my datasheet 2026\n")
+    text = GOOD.replace('hardware = "a100-sxm4-80gb"', 'hardware = "my-npu"')
+    code, out, err = cli(capsys, "--db", db, "estimate", write(tmp_path, text), "--json")
+    assert code == 0, err
+    assert json.loads(out)["hardware"] == "my-npu"
+
+
+def test_user_database_schema_errors_name_file_row_and_column(tmp_path, capsys):
+    db = tmp_path / "db"
+    db.mkdir()
+    (db / "regions.csv").write_text("id,name,carbon_intensity_kg_per_kwh,source\nmars,Mars,lots,me\n")
+    code, _, err = cli(capsys, "--db", db, "regions", "list")
+    assert code == 2
+    assert "regions.csv" in err and "'mars'" in err and "carbon_intensity_kg_per_kwh" in err
+
+
+def test_help_teaches(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0
+    for word in ("estimate", "validate", "layout", "run", "optimize", "plot", "examples"):
+        assert word in out
