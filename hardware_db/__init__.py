@@ -57,6 +57,7 @@ SCHEMAS: dict[str, dict[str, tuple[str, bool]]] = {
 # Tables keyed by (id, method) rather than id alone.
 KEYED_BY_METHOD = {"process_nodes.csv", "memory.csv"}
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "fp8")
+SIXTEEN_BIT = ("fp16", "bf16")
 BYTES_PER_VALUE = {"fp32": 4, "tf32": 4, "fp16": 2, "bf16": 2, "fp8": 1}
 
 
@@ -156,14 +157,17 @@ class Database:
         return self.regions[region_id]
 
     def peak_tflops(self, hw_id: str, precision: str) -> float:
-        """Dense peak at a precision; fp16 and bf16 fall back to each other only when one is empty."""
+        """Dense peak at a precision. bf16 and fp16 are one 16-bit matrix format here: a device that
+        publishes only one of them (V100: fp16; TPUs: bf16) uses it for both."""
         row = self.accelerator(hw_id)
         value = row.get(f"peak_{precision}_tflops", math.nan)
+        if not math.isfinite(value) and precision in SIXTEEN_BIT:
+            other = SIXTEEN_BIT[1 - SIXTEEN_BIT.index(precision)]
+            value = row.get(f"peak_{other}_tflops", math.nan)
         return value
 
     def precisions(self, hw_id: str) -> list[str]:
-        row = self.accelerator(hw_id)
-        return [p for p in PRECISIONS if math.isfinite(row.get(f"peak_{p}_tflops", math.nan))]
+        return [p for p in PRECISIONS if math.isfinite(self.peak_tflops(hw_id, p))]
 
     def accelerator_si(self, hw_id: str, precision: str = "bf16") -> dict:
         """The accelerator's figures in SI units, as the kernels take them."""

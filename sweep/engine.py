@@ -270,12 +270,13 @@ def _evaluate(x, cal, lay, *, mode, derive, law, law_table, objective, outputs):
     points = jnp.shape(x.pop("_points"))
     reason = jnp.zeros(points, jnp.int32)
     if "head_dim" in derive:
-        reason = jnp.where(jnp.mod(x["d_model"], x["heads"]) != 0, CODE["heads_not_dividing_d_model"], reason)
+        uneven = jnp.isfinite(x["d_model"]) & (jnp.mod(x["d_model"], x["heads"]) != 0)
+        reason = jnp.where(uneven, CODE["heads_not_dividing_d_model"], reason)
         x["head_dim"] = x["d_model"] / x["heads"]
     if "kv_heads" in derive:
         x["kv_heads"] = x["heads"]
     else:
-        reason = jnp.where((reason == 0) & (jnp.mod(x["heads"], x["kv_heads"]) != 0),
+        reason = jnp.where((reason == 0) & jnp.isfinite(x["heads"]) & (jnp.mod(x["heads"], x["kv_heads"]) != 0),
                            CODE["kv_heads_not_dividing_heads"], reason)
     if "d_ff" in derive:
         x["d_ff"] = 4.0 * x["d_model"]
@@ -287,13 +288,18 @@ def _evaluate(x, cal, lay, *, mode, derive, law, law_table, objective, outputs):
         xx.update({k: v[None, :] for k, v in lay.items()})
         cc = {k: col(v) for k, v in cal.items()}
         full = footprint(xx, cc)
-        ok = (full["reason"] == 0) & jnp.isfinite(full[objective])
+        full["reason"] = jnp.where((full["reason"] == 0) & ~jnp.isfinite(full[objective]), CODE["missing_data"],
+                                   full["reason"])
+        ok = full["reason"] == 0
         score = jnp.where(ok, full[objective], jnp.inf)
         j = jnp.argmin(score, axis=-1)
         pick = lambda a: jnp.take_along_axis(jnp.broadcast_to(a, score.shape), j[..., None], axis=-1)[..., 0]  # noqa
         out = {k: pick(v) for k, v in full.items()}
         none_ok = ~ok.any(axis=-1)
-        out["reason"] = jnp.where(none_ok, jnp.max(full["reason"], axis=-1), out["reason"])
+        # no layout works: say data is missing if it is (the key fact), else the deepest rule broken
+        any_missing = (full["reason"] == CODE["missing_data"]).any(axis=-1)
+        worst = jnp.where(any_missing, CODE["missing_data"], jnp.max(full["reason"], axis=-1))
+        out["reason"] = jnp.where(none_ok, worst, out["reason"])
         for k in LAYOUT_VARS:
             out[k] = pick(jnp.broadcast_to(lay[k][None, :], score.shape))
     elif mode == "fixed":
@@ -497,6 +503,8 @@ def run(spec, out=None, *, resume=False, chunk_size=None, scheduler=None, quiet=
     """
     db = db or hardware_db.load()
     study = spec if isinstance(spec, Study) else load_study(spec, db)
+    if study.options["kind"] == "validation":
+        return run_validation(study, out, db=db, write=write)
     if not study.dims:
         raise SpecError(study.file, "grid", None, "is empty: give at least one dimension (or use carbon-sweep estimate)")
     t0 = time.perf_counter()
@@ -703,6 +711,39 @@ def load_result(out_dir) -> SweepResult:
     return SweepResult(out_dir, ds, pareto, top, doc)
 
 
+def run_validation(study: Study, out=None, *, db=None, write=True) -> SweepResult:
+    """A validation study: every reference row, predicted beside published, as a table over `case`."""
+    import pandas as pd
+    import xarray as xr
+
+    from .validate import validation_rows
+
+    t0 = time.perf_counter()
+    rows = validation_rows(db)
+    df = pd.DataFrame(rows)
+    ds = xr.Dataset.from_dataframe(df.set_index("case"))
+    for k, unit in (("predicted", "as in unit"), ("published", "as in unit"), ("error_pct", "%")):
+        ds[k].attrs.update({"units": unit, "long_name": k.replace("_", " ")})
+    summary = {"n_points": len(df), "n_feasible": len(df), "n_chunks": 1,
+               "max_abs_error_pct": {q: float(g["error_pct"].abs().max()) for q, g in df.groupby("quantity")}}
+    result = SweepResult(None, ds, {}, df, summary)
+    if not write:
+        return result
+    out_dir = Path(out) if out is not None else Path("results") / study.name
+    _clean(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out_dir / "validation.csv", index=False)
+    (out_dir / "validation.json").write_text(json.dumps(rows, indent=2))
+    ds.to_netcdf(out_dir / "validation.nc", engine="h5netcdf")
+    doc = {"name": study.name, "kind": "validation", "spec": study.doc, "spec_hash": study.spec_hash(),
+           "versions": _versions(), **summary, "elapsed_s": time.perf_counter() - t0,
+           "files": ["validation.csv", "validation.json", "validation.nc"]}
+    (out_dir / "study.json").write_text(json.dumps(doc, indent=2, default=str))
+    result.out_dir = out_dir
+    result.summary["elapsed_s"] = doc["elapsed_s"]
+    return result
+
+
 def run_command(args, db):
     study = load_study(args.study, db)
     if args.chunk_size is not None and args.chunk_size < 1:
@@ -710,17 +751,33 @@ def run_command(args, db):
     result = run(study, args.out, resume=args.resume, chunk_size=args.chunk_size, scheduler=args.scheduler,
                  quiet=args.quiet, db=db)
     s = result.summary
+    if study.options["kind"] == "validation":
+        print(f"carbon-sweep run: {study.name}: {s['n_points']} reference rows; largest |error| by quantity:")
+        for q, e in s["max_abs_error_pct"].items():
+            print(f"  {q}: {e:.2f} %")
+        _maybe_plot(args, result)
+        print(f"  results: {result.out_dir}")
+        return
     print(f"carbon-sweep run: {study.name}: {s['n_points']:,} points in {s['n_chunks']} chunks, "
           f"{s['n_feasible']:,} feasible, {s['elapsed_s']:.1f} s")
     for reason, n in s.get("infeasible", {}).items():
         print(f"  infeasible, {reason}: {n:,}")
     for name, df in result.pareto.items():
         print(f"  {name}: {len(df)} points")
-    if not args.no_plot:
-        try:
-            from .plots import plot_result
-        except ImportError:
-            plot_result = None
-        if plot_result is not None:
-            plot_result(result.out_dir, quiet=args.quiet)
+    _maybe_plot(args, result)
     print(f"  results: {result.out_dir}")
+
+
+def _maybe_plot(args, result):
+    if args.no_plot:
+        return
+    try:
+        from .plots import plot_result
+    except ImportError:  # figures not available in this build
+        return
+    paths = plot_result(result.out_dir, quiet=args.quiet)
+    if paths:
+        print(f"  figures: {len(paths)} in {result.out_dir / 'figures'}")
+    for name in ("report.html", "report.md"):
+        if (result.out_dir / name).exists():
+            print(f"  report: {result.out_dir / name}")

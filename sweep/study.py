@@ -30,7 +30,7 @@ CATEGORICAL_DIMS = ("hardware", "region", "ffn", "recompute")
 NUMERIC_DIMS = tuple(k for k, key in KEYS.items() if key.kind in (INT, NUM, BOOL))
 GRID_DIMS = NUMERIC_DIMS + CATEGORICAL_DIMS
 STUDY_KEYS = ("name", "outputs", "layout", "objective", "pareto", "top", "keep_full_grid", "chunk_size", "dtype",
-              "description")
+              "description", "marks", "kind")
 LAYOUT_MODES = ("best", "fixed")
 EXTRA_OUTPUTS = {
     "loss": ("nats/token", "predicted pre-training loss under the study's scaling law"),
@@ -111,7 +111,11 @@ def _range_values(file, key, table) -> np.ndarray:
     return np.linspace(start, stop, num)
 
 
-def _dim_values(file, key, raw, db) -> np.ndarray:
+def precision_of(doc) -> str:
+    return doc.get("training", {}).get("precision", KEYS["precision"].default)
+
+
+def _dim_values(file, key, raw, db, raw_doc=None) -> np.ndarray:
     err = lambda msg: SpecError(file, "grid", key, msg)  # noqa: E731
     if key not in GRID_DIMS:
         hint = closest(key, GRID_DIMS)
@@ -134,6 +138,11 @@ def _dim_values(file, key, raw, db) -> np.ndarray:
         for v in values:
             if not isinstance(v, str) or v not in db.accelerators:
                 raise err(f"unknown hardware '{v}'{closest(str(v), db.accelerators)} (see: carbon-sweep hardware list)")
+        precision = precision_of(raw_doc) if raw_doc is not None else "bf16"
+        lacking = [v for v in values if precision not in db.precisions(v)]
+        if lacking:
+            raise err(f"'{lacking[0]}' has no published {precision} peak (allowed precisions for it: "
+                      f"{', '.join(db.precisions(lacking[0]))}); set [training] precision or drop it")
     elif key == "region":
         for v in values:
             if not isinstance(v, str) or v not in db.regions:
@@ -172,7 +181,15 @@ def _study_options(file, body: dict, has_law: bool) -> dict:
         "chunk_size": body.get("chunk_size"),
         "dtype": body.get("dtype", "float64"),
         "description": body.get("description", ""),
+        "marks": body.get("marks", []),
+        "kind": body.get("kind", "grid"),
     }
+    if o["kind"] not in ("grid", "validation"):
+        raise SpecError(file, "study", "kind", f"'{o['kind']}' is not allowed (allowed: grid, validation)")
+    marks = o["marks"]
+    if not isinstance(marks, list) or not all(isinstance(m, dict) and isinstance(m.get("label", ""), str) for m in marks):
+        raise SpecError(file, "study", "marks", 'must be a list of tables such as {mfu = 0.35, lifespan_years = 2, '
+                        'gpus_consumed = 2515, label = "paper"}: published points to draw on the figures')
     if o["layout"] not in LAYOUT_MODES:
         raise SpecError(file, "study", "layout", f"'{o['layout']}' is not allowed (allowed: best, fixed)")
     if o["objective"] not in ("co2e", "time", "energy"):
@@ -218,13 +235,20 @@ def load_study(path_or_doc, db=None, *, extra_sections=("grid", "study", "search
     else:
         file, doc = str(path_or_doc), read_toml(path_or_doc)
     check_sections(file, doc, allowed_extra=extra_sections)
+    if doc.get("study", {}).get("kind") == "validation":
+        extra = [s for s in doc if s != "study"]
+        if extra:
+            raise SpecError(file, extra[0], None, "a validation study has only a [study] section")
+        options = _study_options(file, doc["study"], has_law=True)
+        name = doc["study"].get("name") or Path(file).stem
+        return Study(file=file, doc=doc, name=name, fixed={}, dims={}, options=options, base={}, law=None)
     fixed = flat_values(doc)
     grid_raw = doc.get("grid", {})
     dims = {}
     for key, raw in grid_raw.items():
         if key in fixed:
             raise SpecError(file, "grid", key, f"is also given in [{KEYS[key].section}]; give it in one place only")
-        dims[key] = _dim_values(file, key, raw, db)
+        dims[key] = _dim_values(file, key, raw, db, doc)
     # Validate the spec at the first grid point (cross-key rules on grid keys are masked per point).
     first = dict(fixed)
     for key, vals in dims.items():

@@ -37,7 +37,7 @@ A100_80GB_FALLBACK = {
 }
 
 
-def _hardware_dir(db=None) -> Path:
+def _hardware_dir() -> Path:
     import hardware_db
 
     return Path(hardware_db.__file__).parent
@@ -47,13 +47,17 @@ def _read(db, name: str) -> dict:
     docs = getattr(db, "docs", None) or {}
     if name in docs:
         return docs[name]
-    with open(_hardware_dir(db) / name, "rb") as fh:
+    with open(_hardware_dir() / name, "rb") as fh:
         return tomllib.load(fh)
 
 
 def calibration(db, hw_id: str) -> dict[str, float]:
     """Calibrated constants for a device: the defaults of calibration.toml overlaid by the first
     ``[class.X]`` whose ``ids`` (prefixes of accelerator ids) match ``hw_id``."""
+    if db is not None and hasattr(db, "docs"):
+        from sweep.calibration import calibration_for
+
+        return calibration_for(db, hw_id)
     doc = _read(db, "calibration.toml")
     cal = {k: float(v["value"]) for k, v in doc.items() if isinstance(v, dict) and "value" in v}
     for _, cls in (doc.get("class") or {}).items():

@@ -163,9 +163,18 @@ def test_bad_input_gets_one_clear_message_and_exit_2(tmp_path, capsys, case, edi
 
 
 def test_precision_the_hardware_lacks_is_an_error(tmp_path, capsys):
-    text = GOOD.replace('hardware = "a100-sxm4-80gb"', 'hardware = "v100-sxm2-32gb"')
+    text = GOOD.replace("[training]", '[training]\nprecision = "fp8"')
     code, _, err = cli(capsys, "estimate", write(tmp_path, text))
-    assert code == 2 and "[training] precision" in err and "fp16" in err
+    assert code == 2 and "[training] precision" in err and "bf16" in err
+
+
+def test_sixteen_bit_formats_fall_back_to_each_other(tmp_path, capsys):
+    # V100 publishes fp16 only (125 TFLOP/s): a bf16 run on it uses the fp16 peak
+    text = GOOD.replace('hardware = "a100-sxm4-80gb"', 'hardware = "v100-sxm2-32gb"')
+    code, out, _ = cli(capsys, "estimate", write(tmp_path, text), "--json")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["train_days"] * 86400 * 512 * 125e12 * 0.45 == pytest.approx(doc["train_flops"], rel=1e-9)
 
 
 def test_unreadable_and_invalid_files(tmp_path, capsys):

@@ -1,0 +1,1212 @@
+"""Figures for a sweep result: Pareto fronts, surfaces, lines, heatmaps, breakdown bars, layout maps.
+
+``plot_result(out_dir)`` chooses figures from what the result folder holds and writes them as PNG
+(and SVG on request) to ``<out_dir>/figures/``, then the report (``sweep.report``). Every figure
+function returns a ``matplotlib.figure.Figure`` (built without pyplot, so nothing global is
+touched and nothing leaks) for a caller to add to, inspect or save:
+
+    pareto_figure(cloud, front_df, x, y, group=None)   dominated cloud faint, front bold
+    surface_figure(ds, x_dim, y_dim, var, reduce="min") filled contours over two numeric dims
+    line_figure(ds, x_dim, var, hue=None)               one or more outputs against one dim
+    heatmap_figure(ds, x_dim, y_dim, var)               annotated cells, for categorical dims
+    breakdown_figure(df_or_ds, by)                       operational / embodied, device / host bars
+    layout_map(ds, x_dim, y_dim=None)                    the best tp / pp / dp per point
+
+Infeasible points (``reason != 0``) are masked, never plotted. Dimensions the figure does not show
+are reduced over the feasible points (``min`` by default; ``"best"`` takes the value at the design
+with the lowest total CO2e) and the title says so. Large (Zarr) grids are reduced lazily or
+subsampled with xarray before anything reaches matplotlib.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import math
+import sys
+import warnings
+from pathlib import Path
+
+import matplotlib
+
+if "matplotlib.pyplot" not in sys.modules:
+    matplotlib.use("Agg")
+import numpy as np  # noqa: E402
+from matplotlib import colors as mcolors  # noqa: E402
+from matplotlib import ticker  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+
+DPI = 150
+STYLE = {
+    "font.size": 11,
+    "axes.titlesize": 12,
+    "axes.titleweight": "bold",
+    "axes.labelsize": 11,
+    "xtick.labelsize": 10,
+    "ytick.labelsize": 10,
+    "legend.fontsize": 9.5,
+    "legend.framealpha": 0.9,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "grid.linewidth": 0.6,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "figure.facecolor": "white",
+    "savefig.facecolor": "white",
+}
+MAX_CLOUD = 60_000          # points of the dominated cloud drawn at most
+MAX_IN_MEMORY = 2_000_000   # grid points loaded at once for a reduction that cannot stay lazy
+MAX_SURFACES = 6
+LAYOUT_COLS = ("tp", "pp", "dp", "ep")
+COMPONENTS = (
+    ("operational_device_tco2e", "operational, accelerators", "#d95f02"),
+    ("operational_host_tco2e", "operational, hosts", "#fdae6b"),
+    ("embodied_device_tco2e", "embodied, accelerators", "#1f5fa8"),
+    ("embodied_host_tco2e", "embodied, hosts", "#9ecae1"),
+)
+GROUP_COLORS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666")
+
+SHORT = {
+    "total_tco2e": "total CO₂e",
+    "operational_tco2e": "operational CO₂e",
+    "embodied_tco2e": "embodied CO₂e",
+    "operational_device_tco2e": "operational CO₂e, accelerators",
+    "operational_host_tco2e": "operational CO₂e, hosts",
+    "embodied_device_tco2e": "embodied CO₂e, accelerators",
+    "embodied_host_tco2e": "embodied CO₂e, hosts",
+    "embodied_share": "embodied share of total CO₂e",
+    "loss": "predicted loss",
+    "loss_in_range": "inside the law's fitted range",
+    "train_days": "training time",
+    "energy_mwh": "facility energy",
+    "it_energy_mwh": "IT energy",
+    "mfu": "MFU",
+    "hfu": "HFU",
+    "step_time_s": "step time",
+    "compute_s": "compute time per step",
+    "comm_exposed_s": "exposed communication per step",
+    "bubble_s": "pipeline bubble per step",
+    "tokens_per_s": "throughput",
+    "memory_gb": "memory per device",
+    "params": "parameters",
+    "active_params": "active parameters",
+    "train_flops": "training compute",
+    "device_hours": "device hours",
+    "gpus_consumed": "GPUs consumed (device lifetimes)",
+    "material_kg": "material mass of devices consumed",
+    "water_m3": "on-site water",
+    "dp": "data-parallel degree",
+    "tp": "tensor-parallel degree",
+    "pp": "pipeline-parallel degree",
+    "ep": "expert-parallel degree",
+    "microbatch": "micro-batch",
+    "interleave": "interleave",
+    "layers": "layers",
+    "d_model": "d_model (hidden size)",
+    "heads": "attention heads",
+    "devices": "devices",
+    "lifespan_years": "hardware lifespan",
+    "carbon_intensity": "grid carbon intensity",
+    "tokens": "training tokens",
+    "experts": "experts",
+    "top_k": "top-k",
+    "global_batch": "global batch (sequences)",
+    "seq_len": "sequence length",
+    "pue": "PUE",
+    "wue": "WUE",
+    "hardware": "hardware",
+    "region": "region",
+    "ffn": "FFN kind",
+    "recompute": "recomputation",
+    "power_util": "power utilisation",
+}
+UNIT_PRETTY = {"1": "", "t CO2e": "t CO₂e", "m3": "m³", "year": "years", "d": "days", "token": "tokens",
+               "kg/kWh": "kg CO₂e/kWh", "L/kWh": "L/kWh", "%": "%"}
+SHARE = "embodied_share"
+KIND_ORDER = ("pareto", "surface", "line", "heatmap", "breakdown", "layout")
+
+
+class FigureSkipped(Exception):
+    """The data hold nothing this figure could show (all infeasible, a constant, a missing variable)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# labels and helpers
+
+
+def _styled(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with matplotlib.rc_context(STYLE), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+def _units_of(name, ds=None) -> str:
+    if name == SHARE:
+        return "%"
+    if ds is not None:
+        try:
+            if name in ds.variables and "units" in ds[name].attrs:
+                return str(ds[name].attrs["units"])
+        except (AttributeError, TypeError):
+            pass
+    from .spec import KEYS
+    from .study import output_units
+
+    units = output_units()
+    if name in units:
+        return units[name][0]
+    if name in KEYS:
+        return KEYS[name].unit
+    return "1"
+
+
+def short_name(name, ds=None) -> str:
+    if name in SHORT:
+        return SHORT[name]
+    if ds is not None and name in getattr(ds, "variables", {}):
+        ln = str(ds[name].attrs.get("long_name", "") or "")
+        if ln and len(ln) <= 40:
+            return ln
+    return name.replace("_", " ")
+
+
+def label(name, ds=None) -> str:
+    """'total CO₂e (t CO₂e)': the short name with the variable's units."""
+    unit = _units_of(name, ds)
+    unit = UNIT_PRETTY.get(unit, unit)
+    base = short_name(name, ds)
+    return f"{base} ({unit})" if unit else base
+
+
+def fmt_num(v, sig=3) -> str:
+    """Compact number for ticks and annotations: 1,024 · 0.42 · 3.1e12."""
+    if v is None:
+        return "n/a"
+    if isinstance(v, (str, np.str_)):
+        return str(v)
+    if isinstance(v, (bool, np.bool_)):
+        return "yes" if v else "no"
+    v = float(v)
+    if not math.isfinite(v):
+        return "n/a"
+    if v == 0:
+        return "0"
+    a = abs(v)
+    if a >= 1e6 or a < 1e-3:
+        m, e = f"{v:.{sig - 1}e}".split("e")
+        m = m.rstrip("0").rstrip(".")
+        return f"{m}e{int(e)}"
+    if float(v).is_integer() and a >= 1:
+        return f"{int(v):,}"
+    s = f"{v:.{sig}g}"
+    if "e" in s:
+        s = f"{v:,.0f}"
+    return s
+
+
+def _is_categorical(values) -> bool:
+    arr = np.asarray(values)
+    return arr.dtype.kind in "OUSb"
+
+
+def _spans_decades(values, decades=2.0) -> bool:
+    a = np.asarray(values, dtype=float)
+    a = a[np.isfinite(a)]
+    if a.size < 2 or (a <= 0).any():
+        return False
+    return math.log10(a.max() / a.min()) > decades
+
+
+def _geometric(values) -> bool:
+    """Coordinates better shown on a log axis: positive, > 1 decade, roughly evenly spaced in log."""
+    a = np.asarray(values, dtype=float)
+    if a.size < 3 or (a <= 0).any() or a.max() / a.min() < 10:
+        return False
+    r = np.diff(np.log(np.sort(a)))
+    d = np.diff(np.sort(a))
+    return np.std(r) / np.mean(r) < np.std(d) / np.mean(d)
+
+
+def _feasible(ds):
+    return (ds["reason"] == 0) if "reason" in ds.variables else None
+
+
+def field(ds, var):
+    """A variable (or the derived ``embodied_share`` in %) with infeasible points masked to NaN."""
+    if var == SHARE:
+        if "embodied_tco2e" not in ds.variables or "total_tco2e" not in ds.variables:
+            raise FigureSkipped("no embodied_tco2e / total_tco2e")
+        da = 100.0 * ds["embodied_tco2e"] / ds["total_tco2e"]
+        da.attrs = {"units": "%", "long_name": SHORT[SHARE]}
+    else:
+        if var not in ds.variables:
+            raise FigureSkipped(f"no variable {var}")
+        da = ds[var]
+        attrs = dict(da.attrs)
+        if da.dtype.kind not in "f":
+            da = da.astype(float)
+        da.attrs = attrs
+    ok = _feasible(ds)
+    if ok is not None:
+        da = da.where(ok)
+    return da.where(np.isfinite(da))
+
+
+def _is_lazy(ds) -> bool:
+    try:
+        return any(getattr(v.variable, "chunks", None) is not None for v in ds.data_vars.values())
+    except (AttributeError, TypeError):
+        return False
+
+
+def limit(ds, keep=(), max_points=MAX_IN_MEMORY):
+    """Stride the grid (dims not in ``keep`` first) until at most ``max_points`` points; (ds, subsampled)."""
+    sizes = {d: int(n) for d, n in ds.sizes.items()}
+    steps = {d: 1 for d in sizes}
+    def count():
+        return math.prod(math.ceil(sizes[d] / steps[d]) for d in sizes)
+    while count() > max_points:
+        pool = [d for d in sizes if d not in keep and math.ceil(sizes[d] / steps[d]) > 1] or \
+               [d for d in sizes if math.ceil(sizes[d] / steps[d]) > 1]
+        d = max(pool, key=lambda k: math.ceil(sizes[k] / steps[k]))
+        steps[d] *= 2
+    if all(s == 1 for s in steps.values()):
+        return ds, False
+    return ds.isel({d: slice(None, None, s) for d, s in steps.items() if s > 1}), True
+
+
+def _others(ds, keep):
+    return [d for d in ds.dims if d not in keep]
+
+
+def at_best(ds, keep, by="total_tco2e", variables=None):
+    """Every variable at the feasible design with the lowest ``by`` over the dims not in ``keep``.
+
+    Returns a Dataset over ``keep`` (NaN where no design is feasible) and whether it was subsampled.
+    """
+    if by not in ds.variables:
+        raise FigureSkipped(f"no variable {by}")
+    keep = [d for d in keep if d in ds.dims]
+    variables = [v for v in (variables or [v for v in ds.data_vars]) if v in ds.variables or v == SHARE]
+    base = [v for v in variables if v != SHARE]
+    if SHARE in variables:
+        base += [v for v in ("embodied_tco2e", "total_tco2e") if v not in base]
+    need = list(dict.fromkeys(base + [by] + (["reason"] if "reason" in ds.variables else [])))
+    sub, sampled = limit(ds[need], keep)
+    sub = sub.load()
+    score = field(sub, by)
+    others = _others(sub, keep)
+    out = {}
+    if not others:
+        best = sub
+        ok = np.isfinite(score)
+    else:
+        st = sub.stack(_other=others)
+        s = score.stack(_other=others).fillna(np.inf)
+        idx = s.argmin("_other")
+        best = st.isel(_other=idx)
+        ok = np.isfinite(s.min("_other"))
+        best = best.drop_vars([c for c in best.coords if c not in keep], errors="ignore")
+    for v in variables:
+        da = field(best, v) if v in (SHARE,) or v in best.variables else None
+        if da is None:
+            continue
+        out[v] = da.where(ok)
+    import xarray as xr
+
+    res = xr.Dataset(out)
+    for v in res.data_vars:
+        if v in ds.variables:
+            res[v].attrs = dict(ds[v].attrs)
+    if SHARE in res:
+        res[SHARE].attrs = {"units": "%", "long_name": SHORT[SHARE]}
+    return res, sampled
+
+
+def reduce_to(ds, var, keep, reduce="min", by="total_tco2e"):
+    """``var`` over the dims ``keep`` (in that order), the rest reduced; returns (DataArray, description)."""
+    keep = list(keep)
+    others = _others(ds, keep)
+    singles = [d for d in others if ds.sizes[d] == 1]
+    others = [d for d in others if ds.sizes[d] > 1]
+    if singles:
+        ds = ds.isel({d: 0 for d in singles})
+    if not others:
+        sub, sampled = limit(ds, keep)
+        da = field(sub, var).transpose(*keep).load()
+        return da, ("subsampled grid" if sampled else "")
+    names = ", ".join(others)
+    if reduce in ("min", "max", "mean"):
+        if _is_lazy(ds):
+            da = getattr(field(ds, var), reduce)(others).transpose(*keep).load()
+            sampled = False
+        else:
+            sub, sampled = limit(ds, keep)
+            da = getattr(field(sub, var), reduce)(others).transpose(*keep).load()
+        desc = f"{reduce} over {names}"
+    elif reduce == "best":
+        res, sampled = at_best(ds, keep, by, [var])
+        if var not in res:
+            raise FigureSkipped(f"no variable {var}")
+        da = res[var].transpose(*keep)
+        desc = f"at the design with the lowest {short_name(by)} over {names}"
+    else:
+        raise ValueError(f"reduce must be min, max, mean or best, not {reduce!r}")
+    if sampled:
+        desc += " (subsampled grid)"
+    return da, desc
+
+
+def _coord_labels(values):
+    return [fmt_num(v) if not isinstance(v, (str, np.str_)) else str(v) for v in np.asarray(values).tolist()]
+
+
+def _set_numeric_axis(ax, which, values, name):
+    """Log axis for geometric coordinates; ticks at the coordinates when there are few of them."""
+    vals = np.asarray(values, dtype=float)
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    if _geometric(vals):
+        (ax.set_xscale if which == "x" else ax.set_yscale)("log")
+    if len(vals) <= 10:
+        axis.set_major_locator(ticker.FixedLocator(vals))
+        axis.set_major_formatter(ticker.FixedFormatter(_coord_labels(vals)))
+        axis.set_minor_locator(ticker.NullLocator())
+    (ax.set_xlabel if which == "x" else ax.set_ylabel)(label(name))
+
+
+def _value_axis(ax, which, values):
+    if _spans_decades(values):
+        (ax.set_xscale if which == "x" else ax.set_yscale)("log")
+
+
+def _log_colorbar(cb):
+    """Plain-number ticks (1, 2, 5, 10, ...) on a log colour bar instead of 2×10¹."""
+    cb.ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    cb.ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: fmt_num(v)))
+    cb.ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+
+
+def _title(ax, main, sub=None, study=None):
+    ax.set_title(main, loc="left", pad=8 if not sub else 22)
+    if sub:
+        ax.text(0.0, 1.01, sub, transform=ax.transAxes, ha="left", va="bottom", fontsize=9.5, color="#444444",
+                wrap=True)
+
+
+def _new_figure(w=8.0, h=5.6, **kw):
+    return Figure(figsize=(w, h), dpi=DPI, layout="constrained", **kw)
+
+
+def _design_label(row, dims, sep=" · "):
+    parts = []
+    for d in dims:
+        v = row[d]
+        if d == "layers":
+            parts.append(f"{fmt_num(v)} layers")
+        elif d in ("hardware", "region", "ffn", "recompute"):
+            parts.append(str(v))
+        elif d == "lifespan_years":
+            parts.append(f"{fmt_num(v)} y life")
+        elif d == "experts":
+            parts.append("dense" if float(v) == 1 else f"{fmt_num(v)} experts")
+        else:
+            parts.append(f"{d} {fmt_num(v)}")
+    return sep.join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pareto fronts
+
+
+def _cloud_frame(cloud, columns):
+    """Feasible points as a DataFrame with ``columns`` (a Dataset is strided to MAX_CLOUD points)."""
+    import pandas as pd
+
+    if cloud is None:
+        return None
+    if isinstance(cloud, pd.DataFrame):
+        df = cloud
+        if "reason" in df:
+            df = df[df["reason"] == 0]
+    else:
+        data_cols = [c for c in columns if c in cloud.data_vars]
+        need = list(dict.fromkeys(data_cols + (["reason"] if "reason" in cloud.variables else [])))
+        sub, _ = limit(cloud[need], (), MAX_CLOUD)
+        df = sub.load().to_dataframe().reset_index()
+        if "reason" in df:
+            df = df[df["reason"] == 0]
+    cols = [c for c in columns if c in df]
+    df = df[cols].copy()
+    num = [c for c in cols if df[c].dtype.kind == "f"]
+    if num:
+        df = df[np.isfinite(df[num]).all(axis=1)]
+    return df
+
+
+def _grouper(group, frames):
+    """(labels for a frame, ordered label list) for grouping points by ``group``."""
+    if group is None:
+        return (lambda df: np.array(["all"] * len(df), dtype=object)), ["all"]
+    if group == "experts":
+        def lab(df):
+            return np.where(np.asarray(df["experts"], float) > 1, "MoE (experts > 1)", "dense (experts = 1)")
+        return lab, ["dense (experts = 1)", "MoE (experts > 1)"]
+    values = []
+    for f in frames:
+        if f is not None and group in f:
+            values.extend(np.asarray(f[group]).tolist())
+    order = sorted(set(values), key=lambda v: (isinstance(v, str), v))
+
+    def lab(df):
+        return np.array([f"{v}" if isinstance(v, str) else f"{group} = {fmt_num(v)}" for v in df[group]],
+                        dtype=object)
+    return lab, [f"{v}" if isinstance(v, str) else f"{group} = {fmt_num(v)}" for v in order]
+
+
+@_styled
+def pareto_figure(ds_or_cloud, front_df, x, y, group=None, *, title=None, color=None, dims=None,
+                  annotate=True):
+    """A Pareto front (bold, markers, a staircase) over the faint cloud of feasible designs.
+
+    ``ds_or_cloud``: the grid Dataset, a DataFrame of points, or None (front only). ``x``, ``y``:
+    output names (a ``max:`` prefix is dropped). ``group``: a column to colour by (``experts``
+    splits dense vs MoE). ``color``: an optional third output to colour the front markers by.
+    """
+    from . import reduce as red
+
+    (x, sx), (y, sy) = red.parse_objective(x), red.parse_objective(y)
+    for v in (x, y):
+        if v not in front_df:
+            raise FigureSkipped(f"the front has no column {v}")
+    front = front_df[np.isfinite(front_df[x]) & np.isfinite(front_df[y])].sort_values([x, y])
+    if front.empty:
+        raise FigureSkipped("the front is empty")
+    extra = [c for c in ([group] if group else []) if c not in (x, y)]
+    cloud = _cloud_frame(ds_or_cloud, [x, y, *extra])
+    if group is not None and group not in front:
+        group = None
+    if cloud is not None and group is not None and group not in cloud:
+        cloud = None
+    lab, order = _grouper(group, [front, cloud])
+    palette = {g: (GROUP_COLORS[i % len(GROUP_COLORS)] if group else "#4c72b0") for i, g in enumerate(order)}
+    fig = _new_figure(8.4, 5.8)
+    ax = fig.add_subplot()
+    handles = []
+    n_cloud = 0
+    if cloud is not None and len(cloud):
+        glab = lab(cloud)
+        n_cloud = len(cloud)
+        size = 10 if n_cloud < 5000 else 4
+        for g in order:
+            m = glab == g
+            if m.any():
+                ax.scatter(cloud[x][m], cloud[y][m], s=size, color=palette[g], alpha=0.18, linewidths=0,
+                           rasterized=True, zorder=1)
+        handles.append(Line2D([], [], ls="", marker="o", ms=5, color="#888888", alpha=0.45,
+                              label=f"feasible designs, faint ({n_cloud:,}{' shown' if n_cloud >= MAX_CLOUD else ''})"))
+    ax.plot(front[x], front[y], drawstyle="steps-post", color="black", lw=1.3, zorder=3, alpha=0.8)
+    flab = lab(front)
+    if color is not None and color in front:
+        sc = ax.scatter(front[x], front[y], c=front[color], cmap="viridis", s=48, edgecolors="black",
+                        linewidths=0.7, zorder=4)
+        fig.colorbar(sc, ax=ax, label=label(color), shrink=0.9)
+    else:
+        for g in order:
+            m = flab == g
+            if m.any():
+                ax.scatter(front[x][m], front[y][m], s=48, color=palette[g], edgecolors="black", linewidths=0.7,
+                           zorder=4)
+    handles.append(Line2D([], [], ls="-", lw=1.3, marker="o", ms=7, color="black",
+                          mfc="white" if (group or color) else palette[order[0]], mec="black",
+                          label=f"Pareto front ({len(front)} designs)"))
+    if group and color is None:
+        glab_all = set(flab) | (set(lab(cloud)) if cloud is not None and len(cloud) else set())
+        for g in order:
+            if g in glab_all:
+                handles.append(Patch(color=palette[g], label=f"{g} ({int((flab == g).sum())} on the front)"))
+    both = np.concatenate([front[x].to_numpy(float), cloud[x].to_numpy(float) if cloud is not None else []])
+    _value_axis(ax, "x", both)
+    both = np.concatenate([front[y].to_numpy(float), cloud[y].to_numpy(float) if cloud is not None else []])
+    _value_axis(ax, "y", both)
+    for a, which in ((ax.xaxis, "x"), (ax.yaxis, "y")):
+        if (ax.get_xscale() if which == "x" else ax.get_yscale()) == "log":
+            a.set_major_formatter(ticker.FuncFormatter(lambda t, _: fmt_num(t)))
+    ax.set_xlabel(label(x))
+    ax.set_ylabel(label(y))
+    ab = []
+    if annotate and dims:
+        show = [d for d in dims if d in front and front[d].nunique() > 1] or [d for d in dims if d in front][:3]
+        ends = [front.index[0]] if len(front) == 1 else [front.index[0], front.index[-1]]
+        ux, uy = (UNIT_PRETTY.get(_units_of(v), _units_of(v)) for v in (x, y))
+        for k, i in enumerate(ends):
+            row = front.loc[i]
+            tag = "AB"[k]
+            ax.annotate(tag, (row[x], row[y]), xytext=(7, 5), textcoords="offset points", fontsize=10,
+                        fontweight="bold", zorder=6)
+            best = short_name(x) if k == 0 else short_name(y)
+            ab.append(Line2D([], [], ls="", marker=f"$\\mathbf{{{tag}}}$", ms=8, color="black",
+                             label=f"lowest {best}: {_design_label(row, show)} "
+                                   f"({fmt_num(row[x])} {ux}, {fmt_num(row[y])} {uy})"))
+    if ab:
+        m = max(len(handles), len(ab))
+        blank = Line2D([], [], ls="", label=" ")
+        entries = handles + [blank] * (m - len(handles)) + ab + [blank] * (m - len(ab))
+        fig.legend(handles=entries, loc="outside lower center", ncol=2, frameon=False, columnspacing=2.5)
+    else:
+        fig.legend(handles=handles, loc="outside lower center", ncol=min(3, len(handles)), frameon=False)
+    sub = {(1, 1): "lower left is better", (-1, -1): "upper right is better", (1, -1): "upper left is better",
+           (-1, 1): "lower right is better"}[(int(sx), int(sy))]
+    if group == "experts":
+        sub += "; colour: dense vs mixture-of-experts"
+    elif group:
+        sub += f"; colour: {short_name(group)}"
+    _title(ax, title or f"Pareto front: {short_name(y)} vs {short_name(x)}", sub)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# surfaces, lines, heatmaps
+
+
+def _marks(ax, marks):
+    """marks: [(x, y, text)]: reference points (e.g. a paper's figure) drawn as labelled diamonds."""
+    for mx, my, txt in marks or []:
+        ax.plot([mx], [my], marker="D", ms=8, color="#e41a1c", mec="white", mew=1.2, zorder=6, ls="")
+        ax.annotate(txt, (mx, my), xytext=(8, 8), textcoords="offset points", fontsize=9, color="#b30000",
+                    bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="none", alpha=0.85), zorder=6)
+
+
+@_styled
+def surface_figure(ds, x_dim, y_dim, var, reduce="min", *, by="total_tco2e", marks=None, title=None, cmap=None):
+    """Filled contours of ``var`` over two numeric dims; other dims reduced (``min``/``best``/...)."""
+    da, desc = reduce_to(ds, var, [y_dim, x_dim], reduce, by)
+    z = np.ma.masked_invalid(da.values.astype(float))
+    if z.count() == 0:
+        raise FigureSkipped(f"no feasible {var} over {x_dim} × {y_dim}")
+    ys = np.asarray(da[y_dim].values, float)
+    xs = np.asarray(da[x_dim].values, float)
+    fig = _new_figure(8.0, 5.8)
+    ax = fig.add_subplot()
+    zmin, zmax = float(z.min()), float(z.max())
+    cmap = matplotlib.colormaps[cmap or "viridis"].copy()
+    cmap.set_bad("#dddddd")
+    log = _spans_decades(z.compressed())
+    const = not (zmax > zmin * (1 + 1e-9) if zmin > 0 else zmax > zmin)
+    if const or z.count() < 4 or min(z.shape) < 2:
+        norm = mcolors.LogNorm(zmin, zmax) if log else (None if not const else mcolors.Normalize(zmin - 1, zmax + 1))
+        cs = ax.pcolormesh(xs, ys, z, cmap=cmap, norm=norm, shading="nearest")
+    elif log:
+        levels = np.geomspace(zmin, zmax, 14)
+        cs = ax.contourf(xs, ys, z, levels=levels, cmap=cmap, norm=mcolors.LogNorm(zmin, zmax))
+        ax.contour(xs, ys, z, levels=levels[::2], colors="white", linewidths=0.6, alpha=0.7)
+    else:
+        levels = ticker.MaxNLocator(12).tick_values(zmin, zmax)
+        cs = ax.contourf(xs, ys, z, levels=levels, cmap=cmap)
+        ax.contour(xs, ys, z, levels=levels[::2], colors="white", linewidths=0.6, alpha=0.7)
+    ax.set_facecolor("#dddddd")
+    ax.grid(False)
+    if z.size <= 900:
+        gx, gy = np.meshgrid(xs, ys)
+        ok = ~np.ma.getmaskarray(z)
+        ax.scatter(gx[ok], gy[ok], s=6, color="black", alpha=0.35, linewidths=0, zorder=3, clip_on=False)
+        if (~ok).any():
+            ax.scatter(gx[~ok], gy[~ok], s=14, marker="x", color="#aa0000", linewidths=0.8, zorder=3)
+    iy, ix = np.unravel_index(np.ma.argmin(z), z.shape)
+    ax.plot(xs[ix], ys[iy], marker="*", ms=15, color="#ffdd00", mec="black", mew=0.8, zorder=5, ls="",
+            clip_on=False)
+    right, top = ix >= len(xs) / 2, iy >= len(ys) / 2
+    ax.annotate(f"min {fmt_num(z[iy, ix])}", (xs[ix], ys[iy]), xytext=(-10 if right else 10, -10 if top else 10),
+                textcoords="offset points", ha="right" if right else "left", va="top" if top else "bottom",
+                fontsize=9, zorder=5, bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="none", alpha=0.85))
+    _marks(ax, marks)
+    _set_numeric_axis(ax, "x", xs, x_dim)
+    _set_numeric_axis(ax, "y", ys, y_dim)
+    cb = fig.colorbar(cs, ax=ax, label=label(var, ds if var in getattr(ds, "variables", {}) else None))
+    if log:
+        _log_colorbar(cb)
+    notes = [desc] if desc else []
+    if np.ma.getmaskarray(z).any():
+        notes.append("grey / ×: no feasible design")
+    if const:
+        notes.append(f"constant {fmt_num(zmin)}")
+    _title(ax, title or f"{short_name(var)} over {short_name(x_dim)} × {short_name(y_dim)}", "; ".join(notes) or None)
+    return fig
+
+
+@_styled
+def line_figure(ds, x_dim, var, hue=None, reduce="min", *, by="total_tco2e", marks=None, title=None,
+                annotate_layout=None):
+    """``var`` (a name or a list: one panel each) against ``x_dim``; one line per ``hue`` value.
+
+    Other dims are reduced (``min``, or ``best``: at the lowest-``by`` design). With tp/pp in the
+    data and no hue, the best layout is written at each point of the first panel.
+    """
+    variables = [var] if isinstance(var, str) else list(var)
+    hue = hue if hue in getattr(ds, "dims", {}) and hue != x_dim else None
+    keep = [x_dim] + ([hue] if hue else [])
+    panels = []
+    desc = ""
+    for v in variables:
+        try:
+            da, d = reduce_to(ds, v, keep, reduce, by)
+        except FigureSkipped:
+            continue
+        if np.isfinite(da.values).any():
+            panels.append((v, da))
+            desc = desc or d
+    if not panels:
+        raise FigureSkipped(f"no feasible values of {', '.join(variables)}")
+    n = len(panels)
+    fig = _new_figure(8.0, 1.5 + 2.45 * n)
+    axes = fig.subplots(n, 1, sharex=True, squeeze=False)[:, 0]
+    xcoord = ds[x_dim].values
+    categorical = _is_categorical(xcoord)
+    xpos = np.arange(len(xcoord)) if categorical else np.asarray(xcoord, float)
+    hues = list(ds[hue].values) if hue else [None]
+    for ax, (v, da) in zip(axes, panels):
+        for i, h in enumerate(hues):
+            line = da.sel({hue: h}) if hue else da
+            vals = np.asarray(line.transpose(x_dim).values, float)
+            lab = (str(h) if _is_categorical([h]) else f"{short_name(hue)} = {fmt_num(h)}") if hue else None
+            ax.plot(xpos, vals, marker="o", ms=5, lw=1.8, color=GROUP_COLORS[i % len(GROUP_COLORS)] if hue
+                    else "#1f5fa8", label=lab)
+        _value_axis(ax, "y", da.values)
+        if ax.get_yscale() == "log":
+            ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda t, _: fmt_num(t)))
+        ax.set_ylabel("\n".join(_wrap(label(v, ds), 26)))
+        if hue and ax is axes[0]:
+            ax.legend(loc="best", title=short_name(hue))
+    ax0 = axes[0]
+    want_layout = annotate_layout if annotate_layout is not None else (
+        hue is None and all(c in ds.variables for c in ("tp", "pp")))
+    if want_layout:
+        try:
+            lay, _ = at_best(ds, [x_dim], by, ["tp", "pp", "dp", "ep"])
+            v0, da0 = panels[0]
+            y0 = np.asarray(da0.transpose(x_dim).values, float)
+            for xp, yp, k in zip(xpos, y0, range(len(xpos))):
+                if not np.isfinite(yp) or not np.isfinite(float(lay["tp"].values[k])):
+                    continue
+                txt = "tp{} pp{}".format(fmt_num(lay["tp"].values[k]), fmt_num(lay["pp"].values[k]))
+                if "ep" in lay and float(lay["ep"].values[k]) > 1:
+                    txt += " ep{}".format(fmt_num(lay["ep"].values[k]))
+                ax0.annotate(txt, (xp, yp), xytext=(0, 9), textcoords="offset points", ha="center", fontsize=8,
+                             color="#333333")
+            ax0.margins(y=0.18)
+        except FigureSkipped:
+            pass
+    last = axes[-1]
+    if categorical:
+        last.set_xticks(xpos, _coord_labels(xcoord), rotation=30 if max(len(str(c)) for c in xcoord) > 6 else 0,
+                        ha="right" if max(len(str(c)) for c in xcoord) > 6 else "center")
+        last.set_xlabel(label(x_dim))
+    else:
+        _set_numeric_axis(last, "x", xpos, x_dim)
+    for ax in axes[:-1]:
+        ax.tick_params(labelbottom=False)
+        ax.set_xlabel("")
+    for ax in axes:
+        _marks(ax, [m for m in (marks or []) if len(m) == 3 and ax is axes[0]])
+    head = title or (f"{short_name(panels[0][0])} vs {short_name(x_dim)}" if n == 1
+                     else f"{', '.join(short_name(v) for v, _ in panels)} vs {short_name(x_dim)}")
+    _title(ax0, _shorten(head, 70), desc or None)
+    return fig
+
+
+def _wrap(text, width):
+    import textwrap
+
+    return textwrap.wrap(text, width) or [text]
+
+
+def _shorten(text, n):
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+@_styled
+def heatmap_figure(ds, x_dim, y_dim, var, reduce="min", *, by="total_tco2e", title=None, cmap=None, fmt=None,
+                   log=None):
+    """Annotated cells of ``var`` over two (typically categorical) dims; other dims reduced."""
+    from kernels.reasons import REASONS
+
+    da, desc = reduce_to(ds, var, [y_dim, x_dim], reduce, by)
+    z = np.ma.masked_invalid(da.values.astype(float))
+    if z.count() == 0:
+        raise FigureSkipped(f"no feasible {var} over {x_dim} × {y_dim}")
+    xl, yl = _coord_labels(da[x_dim].values), _coord_labels(da[y_dim].values)
+    nx, ny = len(xl), len(yl)
+    w = min(14.0, max(6.5, 1.6 + 1.05 * nx + 0.06 * max(len(s) for s in yl)))
+    h = min(11.0, max(4.0, 1.9 + 0.62 * ny))
+    fig = _new_figure(w, h)
+    ax = fig.add_subplot()
+    ax.grid(False)
+    cmap = matplotlib.colormaps[cmap or "YlOrRd"].copy()
+    cmap.set_bad("#e6e6e6")
+    if log is None:
+        log = var != SHARE and _spans_decades(z.compressed(), 1.0)
+    zmin, zmax = float(z.min()), float(z.max())
+    if zmax <= zmin:
+        zmax = zmin + (abs(zmin) * 1e-6 or 1.0)
+    norm = mcolors.LogNorm(zmin, zmax) if log and zmin > 0 else mcolors.Normalize(zmin, zmax)
+    im = ax.imshow(z, cmap=cmap, norm=norm, aspect="auto", interpolation="nearest")
+    why = None
+    if np.ma.getmaskarray(z).any() and "reason" in ds.variables:
+        try:
+            r = ds["reason"]
+            others = [d for d in r.dims if d not in (x_dim, y_dim)]
+            rr = r.where(r > 0)
+            why = (rr.min(others) if others else rr).transpose(y_dim, x_dim).values
+        except Exception:  # noqa: BLE001  (a label only)
+            why = None
+    for i in range(ny):
+        for j in range(nx):
+            if np.ma.is_masked(z[i, j]):
+                txt = "infeasible"
+                if why is not None and np.isfinite(why[i, j]):
+                    txt = REASONS.get(int(why[i, j]), "infeasible").replace("_", " ")
+                ax.text(j, i, "\n".join(_wrap(txt, 12)), ha="center", va="center", fontsize=8, color="#666666")
+                continue
+            val = float(z[i, j])
+            rgba = cmap(norm(val))
+            lum = 0.299 * rgba[0] + 0.587 * rgba[1] + 0.114 * rgba[2]
+            ax.text(j, i, (fmt or fmt_num)(val), ha="center", va="center", fontsize=9.5,
+                    color="black" if lum > 0.5 else "white")
+    long_x = max(len(s) for s in xl) > 6
+    ax.set_xticks(np.arange(nx), xl, rotation=35 if long_x else 0, ha="right" if long_x else "center")
+    ax.set_yticks(np.arange(ny), yl)
+    ax.set_xlabel(label(x_dim))
+    ax.set_ylabel(label(y_dim))
+    cb = fig.colorbar(im, ax=ax, label=label(var, ds if var in getattr(ds, "variables", {}) else None))
+    if log:
+        _log_colorbar(cb)
+    _title(ax, title or f"{short_name(var)} by {short_name(y_dim)} and {short_name(x_dim)}", desc or None)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# breakdown bars
+
+
+def _breakdown_frame(df_or_ds, by, best_by="total_tco2e"):
+    """A DataFrame of designs (rows) with the four component columns and a 'label' column."""
+    import pandas as pd
+
+    comps = [c for c, _, _ in COMPONENTS]
+    if isinstance(df_or_ds, pd.DataFrame):
+        df = df_or_ds.copy()
+        if "reason" in df:
+            df = df[df["reason"] == 0]
+        by = [by] if isinstance(by, str) else list(by or [])
+        if not by:
+            by = [c for c in df.columns if c not in comps and c in SHORT and df[c].dtype.kind in "OUSb"]
+        vary = [d for d in by if d in df and df[d].nunique() > 1] or [d for d in by if d in df]
+        df["label"] = [_design_label(r, vary) for _, r in df.iterrows()] if vary else [f"#{i + 1}" for i in range(len(df))]
+        return df, ""
+    by = [by] if isinstance(by, str) else list(by)
+    best, sampled = at_best(df_or_ds, by, best_by, comps + [best_by])
+    df = best.to_dataframe().reset_index()
+    df["label"] = [_design_label(r, by) for _, r in df.iterrows()]
+    others = [d for d in df_or_ds.dims if d not in by and df_or_ds.sizes[d] > 1]
+    desc = f"each bar: the design with the lowest {short_name(best_by)} over {', '.join(others)}" if others else ""
+    if sampled:
+        desc += " (subsampled grid)"
+    return df, desc
+
+
+@_styled
+def breakdown_figure(df_or_ds, by=None, *, title=None, best_by="total_tco2e", max_bars=30):
+    """Stacked horizontal bars: operational / embodied CO2e of accelerators and hosts, per design.
+
+    ``df_or_ds``: a DataFrame of designs (e.g. top.csv; ``by`` names the columns used as labels) or
+    the grid Dataset (``by``: one or two dims; each bar is the best design for that value). Left:
+    t CO2e; right: the shares in %.
+    """
+    df, desc = _breakdown_frame(df_or_ds, by, best_by)
+    comps = [c for c, _, _ in COMPONENTS if c in df]
+    if len(comps) < 2:
+        raise FigureSkipped("no component columns")
+    vals = df[comps].to_numpy(float)
+    ok = np.isfinite(vals).all(axis=1)
+    df, vals = df[ok].head(max_bars), vals[ok][:max_bars]
+    if not len(df):
+        raise FigureSkipped("no feasible design with every component")
+    labels = list(df["label"])
+    totals = vals.sum(axis=1)
+    n = len(df)
+    lw = max(len(s) for s in labels)
+    fig = _new_figure(min(15.0, 9.0 + 0.07 * lw), max(3.6, 1.6 + 0.42 * n))
+    gs = fig.add_gridspec(1, 2, width_ratios=[2.3, 1])
+    ax, ax2 = fig.add_subplot(gs[0]), fig.add_subplot(gs[1])
+    ypos = np.arange(n)[::-1]
+    left = np.zeros(n)
+    left2 = np.zeros(n)
+    share = vals / np.where(totals > 0, totals, np.nan)[:, None] * 100
+    for k, c in enumerate(comps):
+        _, name, col = next(t for t in COMPONENTS if t[0] == c)
+        ax.barh(ypos, vals[:, k], left=left, color=col, edgecolor="white", linewidth=0.5, height=0.7, label=name)
+        ax2.barh(ypos, share[:, k], left=left2, color=col, edgecolor="white", linewidth=0.5, height=0.7)
+        left += vals[:, k]
+        left2 += np.nan_to_num(share[:, k])
+    emb = sum(vals[:, k] for k, c in enumerate(comps) if c.startswith("embodied"))
+    for yp, t, e in zip(ypos, totals, emb):
+        ax.text(t, yp, f"  {fmt_num(t)} t · emb. {fmt_num(100 * e / t if t else np.nan, 2)} %", va="center",
+                fontsize=8.5, color="#333333")
+    ax.set_xlim(0, totals.max() * 1.32)
+    ax.set_yticks(ypos, labels)
+    ax2.set_yticks(ypos, [""] * n)
+    ax2.set_xlim(0, 100)
+    ax.set_xlabel("CO₂e (t CO₂e)")
+    ax2.set_xlabel("share of total (%)")
+    ax.set_ylabel("design" if not isinstance(by, str) or not by else short_name(by))
+    if isinstance(by, (list, tuple)) and len(by) >= 1:
+        ax.set_ylabel(" · ".join(short_name(b) for b in by) if len(by) <= 2 else "design")
+    for a in (ax, ax2):
+        a.grid(axis="y", visible=False)
+    fig.legend(handles=[Patch(color=c, label=n) for k, n, c in COMPONENTS if k in comps], loc="outside lower center",
+               ncol=4, frameon=False, fontsize=9)
+    _title(ax, title or "CO₂e breakdown: operational vs embodied, accelerators vs hosts", desc or None)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# layout maps
+
+
+@_styled
+def layout_map(ds, x_dim, y_dim=None, *, by="total_tco2e", title=None):
+    """The parallelism layout of the best design per point (when the study optimised layouts).
+
+    Two dims: an annotated heatmap, cells 'tp·pp' coloured by tp×pp (devices per model replica).
+    One dim: tp, pp, dp (and ep when used) against the dim, log₂ axis.
+    """
+    if not all(c in ds.variables for c in ("tp", "pp")):
+        raise FigureSkipped("no layout variables (tp, pp) in the result")
+    keep = [x_dim] + ([y_dim] if y_dim else [])
+    cols = [c for c in LAYOUT_COLS if c in ds.variables] + (["mfu"] if "mfu" in ds.variables else [])
+    lay, sampled = at_best(ds, keep, by, cols)
+    if not np.isfinite(lay["tp"].values).any():
+        raise FigureSkipped("no feasible layout")
+    others = [d for d in ds.dims if d not in keep and ds.sizes[d] > 1]
+    desc = f"layout of the design with the lowest {short_name(by)}" + (f" over {', '.join(others)}" if others else "")
+    if sampled:
+        desc += " (subsampled grid)"
+    if y_dim is None:
+        fig = _new_figure(8.0, 5.0)
+        ax = fig.add_subplot()
+        xc = ds[x_dim].values
+        cat = _is_categorical(xc)
+        xpos = np.arange(len(xc)) if cat else np.asarray(xc, float)
+        styles = {"tp": ("#1f5fa8", "o"), "pp": ("#d95f02", "s"), "dp": ("#1b9e77", "^"), "ep": ("#7570b3", "D")}
+        top = 1.0
+        for c in ("tp", "pp", "dp", "ep"):
+            if c not in lay:
+                continue
+            v = np.asarray(lay[c].transpose(x_dim).values, float)
+            if c == "ep" and not (v[np.isfinite(v)] > 1).any():
+                continue
+            col, mk = styles[c]
+            ax.plot(xpos, v, marker=mk, ms=6, lw=1.6, color=col, label=short_name(c))
+            top = max(top, np.nanmax(v))
+        ax.set_yscale("log", base=2)
+        ax.yaxis.set_major_locator(ticker.LogLocator(base=2))
+        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda t, _: fmt_num(t)))
+        ax.set_ylim(0.7, top * 1.6)
+        ax.set_ylabel("parallel degree")
+        if cat:
+            ax.set_xticks(xpos, _coord_labels(xc))
+            ax.set_xlabel(label(x_dim))
+        else:
+            _set_numeric_axis(ax, "x", xpos, x_dim)
+        ax.legend(loc="upper left")
+        _title(ax, title or f"best parallelism layout vs {short_name(x_dim)}", desc)
+        return fig
+    tp = lay["tp"].transpose(y_dim, x_dim).values
+    pp = lay["pp"].transpose(y_dim, x_dim).values
+    ep = lay["ep"].transpose(y_dim, x_dim).values if "ep" in lay else np.ones_like(tp)
+    mfu = lay["mfu"].transpose(y_dim, x_dim).values if "mfu" in lay else np.full_like(tp, np.nan)
+    mp = np.ma.masked_invalid(np.log2(tp * pp))
+    xl, yl = _coord_labels(lay[x_dim].values), _coord_labels(lay[y_dim].values)
+    nx, ny = len(xl), len(yl)
+    lines = 2 + int(np.isfinite(mfu).any()) + int((ep[np.isfinite(ep)] > 1).any())
+    fig = _new_figure(min(14.0, max(7.0, 2.2 + 1.05 * nx)), min(12.0, max(4.2, 1.9 + (0.3 + 0.2 * lines) * ny)))
+    ax = fig.add_subplot()
+    ax.grid(False)
+    cmap = matplotlib.colormaps["Blues"].copy()
+    cmap.set_bad("#e6e6e6")
+    vmax = max(1.0, float(mp.max()) if mp.count() else 1.0)
+    origin = "upper" if _is_categorical(lay[y_dim].values) else "lower"
+    im = ax.imshow(mp, cmap=cmap, vmin=0, vmax=vmax + 0.5, aspect="auto", interpolation="nearest", origin=origin)
+    for i in range(ny):
+        for j in range(nx):
+            if np.ma.is_masked(mp[i, j]):
+                ax.text(j, i, "infeasible", ha="center", va="center", fontsize=8, color="#666666")
+                continue
+            txt = f"tp {fmt_num(tp[i, j])}\npp {fmt_num(pp[i, j])}"
+            if np.isfinite(ep[i, j]) and ep[i, j] > 1:
+                txt += f"\nep {fmt_num(ep[i, j])}"
+            if np.isfinite(mfu[i, j]):
+                txt += f"\nMFU {mfu[i, j]:.2f}"
+            dark = mp[i, j] > 0.6 * (vmax + 0.5)
+            ax.text(j, i, txt, ha="center", va="center", fontsize=8.5, color="white" if dark else "black")
+    long_x = max(len(s) for s in xl) > 6
+    ax.set_xticks(np.arange(nx), xl, rotation=35 if long_x else 0, ha="right" if long_x else "center")
+    ax.set_yticks(np.arange(ny), yl)
+    ax.set_xlabel(label(x_dim))
+    ax.set_ylabel(label(y_dim))
+    cb = fig.colorbar(im, ax=ax, label="tp × pp (devices per model replica)")
+    cb.set_ticks(np.arange(0, int(vmax) + 1))
+    cb.set_ticklabels([fmt_num(2 ** k) for k in range(int(vmax) + 1)])
+    _title(ax, title or f"best parallelism layout over {short_name(y_dim)} × {short_name(x_dim)}", desc)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# choosing figures for a result folder
+
+
+def _dims_of(res):
+    if res.dataset is not None:
+        return {d: np.asarray(res.dataset[d].values) for d in res.dataset.dims}
+    return {d: np.asarray(v) for d, v in (res.summary.get("dims") or {}).items()}
+
+
+def _front_objectives(res) -> dict[str, list[str]]:
+    from .engine import _front_name
+
+    spec_p = ((res.summary.get("spec") or {}).get("study") or {}).get("pareto") or []
+    out = {_front_name(o): list(o) for o in spec_p}
+    for name in res.pareto:
+        if name not in out:
+            out[name] = name[len("pareto_"):].split("__")
+    return out
+
+
+def _xy(objectives):
+    """(x, y, colour) from a front's objectives: CO2e / cost on x, quality on y."""
+    from . import reduce as red
+
+    names = [red.parse_objective(o)[0] for o in objectives]
+    costly = [n for n in names if n.endswith("tco2e") or n in ("energy_mwh", "train_days", "water_m3")]
+    if len(names) >= 2 and costly and costly[0] != names[0]:
+        x = costly[0]
+        y = next(n for n in names if n != x)
+    else:
+        x, y = names[0], names[1]
+    rest = [n for n in names if n not in (x, y)]
+    return x, y, (rest[0] if rest else None)
+
+
+def _has(ds, var):
+    if ds is None or var not in ds.variables:
+        return False
+    return True
+
+
+def plan_figures(res) -> list[dict]:
+    """The figures worth drawing for a result: [{kind, name, caption, make}] (make() → Figure)."""
+    ds = res.dataset
+    dims = _dims_of(res)
+    cat = [d for d, v in dims.items() if _is_categorical(v) and len(v) >= 2]
+    num = [d for d, v in dims.items() if not _is_categorical(v) and len(v) >= 2]
+    num3 = [d for d in num if len(dims[d]) >= 3]
+    main = "total_tco2e" if (ds is None or _has(ds, "total_tco2e")) else None
+    layout_vars = _has(ds, "tp") and _has(ds, "pp") and res.summary.get("layout") == "best"
+    plans = []
+
+    def add(kind, name, caption, make):
+        plans.append({"kind": kind, "name": name, "caption": caption, "make": make})
+
+    # Pareto fronts
+    group = "experts" if "experts" in dims and len(dims["experts"]) > 1 else (
+        next((d for d in cat if len(dims[d]) <= 8), None))
+    for fname, objectives in _front_objectives(res).items():
+        df = res.pareto.get(fname)
+        if df is None or len(objectives) < 2:
+            continue
+        x, y, color = _xy(objectives)
+        g = group if color is None else None
+        cap = (f"Pareto front of {short_name(y)} against {short_name(x)} ({len(df)} designs, bold)"
+               + (" over every feasible design of the grid (faint)" if ds is not None else "")
+               + (f"; colour: {short_name(g)}" if g else "") + (f"; marker colour: {short_name(color)}" if color else "")
+               + ".")
+        add("pareto", f"{fname}", cap, functools.partial(pareto_figure, ds, df, x, y, g, color=color, dims=list(dims)))
+    if ds is None or main is None:
+        if res.top is not None:
+            add("breakdown", "breakdown_top", "CO₂e breakdown of the top designs.",
+                functools.partial(breakdown_figure, res.top, list(dims)))
+        return plans
+    # surfaces over pairs of numeric dims
+    n_surf = 0
+    embodied_dims = ("lifespan_years", "carbon_intensity", "pue", "devices")
+    pairs = list(itertools.combinations(num3, 2))
+    for a, b in pairs:
+        if n_surf >= 4:
+            break
+        others = [d for d in dims if d not in (a, b) and len(dims[d]) > 1]
+        red_txt = f", minimum over {', '.join(others)}" if others else ""
+        add("surface", f"surface_{main}_{a}_{b}",
+            f"{short_name(main)} over {short_name(a)} × {short_name(b)} (feasible designs{red_txt}).",
+            functools.partial(surface_figure, ds, a, b, main))
+        n_surf += 1
+    for a, b in pairs:
+        if n_surf >= MAX_SURFACES:
+            break
+        if a in embodied_dims or b in embodied_dims:
+            add("surface", f"surface_{SHARE}_{a}_{b}",
+                f"Embodied share of total CO₂e over {short_name(a)} × {short_name(b)}, at the lowest-CO₂e design "
+                "for each cell.", functools.partial(surface_figure, ds, a, b, SHARE, "best", cmap="magma"))
+            n_surf += 1
+    chosen = ((res.summary.get("spec") or {}).get("study") or {}).get("outputs") or []
+    for v in chosen:
+        if n_surf >= MAX_SURFACES or not pairs:
+            break
+        if v in (main, "reason", "loss_in_range") or v.endswith("tco2e") or not _has(ds, v):
+            continue
+        a, b = pairs[0]
+        add("surface", f"surface_{v}_{a}_{b}", f"{short_name(v)} over {short_name(a)} × {short_name(b)}.",
+            functools.partial(surface_figure, ds, a, b, v))
+        n_surf += 1
+    # lines
+    line_dims = []
+    if len(num3) == 1 or (not num3 and num):
+        line_dims.append((num3 or num)[0])
+    if "devices" in num and "devices" not in line_dims and layout_vars:
+        line_dims.append("devices")
+    for xd in line_dims:
+        if layout_vars:
+            variables = [main, "step_time_s", "mfu"]
+        else:
+            variables = [main, "train_days"] + (["loss"] if _has(ds, "loss") and "loss" in chosen else [])
+        hue = next((d for d in cat if len(dims[d]) <= 8), None) or next(
+            (d for d in num if d != xd and len(dims[d]) <= 6), None)
+        if layout_vars and xd == "devices":
+            hue = None
+        reduce = "best" if layout_vars else "min"
+        cap = (f"{', '.join(short_name(v) for v in variables)} against {short_name(xd)}"
+               + (f", one line per {short_name(hue)}" if hue else "")
+               + ("; each point is the lowest-CO₂e design, its layout written above" if layout_vars else "") + ".")
+        add("line", f"line_{xd}", cap,
+            functools.partial(line_figure, ds, xd, variables, hue, reduce))
+    # heatmaps over two categorical dims
+    if len(cat) >= 2:
+        ydim, xdim = cat[0], cat[1]
+        if len(dims[ydim]) > len(dims[xdim]) * 1.5:
+            ydim, xdim = xdim, ydim
+        add("heatmap", f"heatmap_{main}_{ydim}_{xdim}",
+            f"{short_name(main)} by {short_name(ydim)} and {short_name(xdim)} (minimum over the other dims).",
+            functools.partial(heatmap_figure, ds, xdim, ydim, main))
+        add("heatmap", f"heatmap_{SHARE}_{ydim}_{xdim}",
+            f"Embodied share of total CO₂e by {short_name(ydim)} and {short_name(xdim)}, at the lowest-CO₂e design.",
+            functools.partial(heatmap_figure, ds, xdim, ydim, SHARE, "best", cmap="Blues",
+                              fmt=lambda v: f"{fmt_num(v, 2)} %"))
+    # breakdown bars
+    if cat:
+        by = cat[:2] if math.prod(len(dims[d]) for d in cat[:2]) <= 30 else cat[:1]
+        add("breakdown", f"breakdown_{'_'.join(by)}",
+            f"CO₂e breakdown per {' × '.join(short_name(b) for b in by)}: the lowest-CO₂e design of each.",
+            functools.partial(breakdown_figure, ds, by))
+    elif res.top is not None and len(res.top):
+        add("breakdown", "breakdown_top", f"CO₂e breakdown of the {min(len(res.top), 30)} top designs.",
+            functools.partial(breakdown_figure, res.top, list(dims), title=None))
+    elif num:
+        add("breakdown", f"breakdown_{num[0]}", f"CO₂e breakdown per {short_name(num[0])}: the lowest-CO₂e design.",
+            functools.partial(breakdown_figure, ds, [num[0]]))
+    # layout maps
+    if layout_vars:
+        if len(num) >= 2:
+            a, b = sorted(num, key=lambda d: -len(dims[d]))[:2]
+            add("layout", f"layout_{a}_{b}", f"Best parallelism layout over {short_name(a)} × {short_name(b)}.",
+                functools.partial(layout_map, ds, a, b))
+        elif num:
+            add("layout", f"layout_{num[0]}", f"Best parallelism layout against {short_name(num[0])}.",
+                functools.partial(layout_map, ds, num[0]))
+        elif cat:
+            add("layout", f"layout_{'_'.join(cat[:2])}", "Best parallelism layout per category.",
+                functools.partial(layout_map, ds, cat[0], cat[1] if len(cat) > 1 else None))
+    return plans
+
+
+def _load(out_dir):
+    from .engine import load_result
+    from .spec import SpecError
+
+    out_dir = Path(out_dir)
+    if not (out_dir / "study.json").is_file():
+        raise SpecError(out_dir, None, None, "is not a carbon-sweep result folder (no study.json)")
+    try:
+        return load_result(out_dir)
+    except (OSError, ValueError, json.JSONDecodeError) as exc:
+        raise SpecError(out_dir, None, None, f"cannot be read as a carbon-sweep result ({exc})") from None
+
+
+def save_figure(fig, path: Path, svg=False) -> list[Path]:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path.with_suffix(".png"), dpi=DPI)
+    out = [path.with_suffix(".png")]
+    if svg:
+        fig.savefig(path.with_suffix(".svg"))
+        out.append(path.with_suffix(".svg"))
+    return out
+
+
+def plot_result(out_dir, *, svg=False, quiet=True, db=None, strict=False, report=True) -> list[Path]:
+    """Draw the figures for a result folder into ``<out_dir>/figures/`` and write the report.
+
+    Returns the figure files (PNG, and SVG with ``svg=True``). A figure that cannot be drawn is
+    skipped with a note on stderr (``strict=True`` raises instead).
+    """
+    out_dir = Path(out_dir)
+    res = _load(out_dir)
+    fig_dir = out_dir / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    for old in list(fig_dir.glob("*.png")) + list(fig_dir.glob("*.svg")):
+        old.unlink()
+    files, index = [], []
+    try:
+        for k, plan in enumerate(plan_figures(res), start=1):
+            name = f"{k:02d}_{plan['name']}"
+            try:
+                fig = plan["make"]()
+            except FigureSkipped as exc:
+                if strict:
+                    raise
+                if not quiet:
+                    print(f"  figure {plan['name']} skipped: {exc}", file=sys.stderr)
+                continue
+            except Exception as exc:  # noqa: BLE001  (one bad figure must not lose the others)
+                if strict:
+                    raise
+                print(f"carbon-sweep plot: warning: figure {plan['name']} failed: {type(exc).__name__}: {exc}",
+                      file=sys.stderr)
+                continue
+            paths = save_figure(fig, fig_dir / name, svg)
+            files += paths
+            index.append({"file": paths[0].name, "kind": plan["kind"], "caption": plan["caption"]})
+    finally:
+        if res.dataset is not None:
+            res.dataset.close()
+    (fig_dir / "index.json").write_text(json.dumps(index, indent=2))
+    if report:
+        from .report import write_report
+
+        md, html = write_report(out_dir, index, db=db)
+        if not quiet:
+            print(f"  figures: {len(index)} in {fig_dir}")
+            print(f"  report: {md}, {html}")
+    return files
+
+
+def plot_command(args, db):
+    files = plot_result(args.result_dir, svg=getattr(args, "svg", False), quiet=True, db=db)
+    for f in files:
+        print(f)
+    out = Path(args.result_dir)
+    print(out / "report.md")
+    print(out / "report.html")
