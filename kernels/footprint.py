@@ -16,7 +16,7 @@ scalars. NaN in an optional input means "not given":
 
 import jax.numpy as jnp
 
-from . import architecture, embodied, energy, flops, materials
+from . import architecture, embodied, energy, flops, lifecycle, materials
 from .reasons import CODE
 
 # Inputs the chain reads, grouped by where they come from (the sweep gathers the hardware and
@@ -69,7 +69,16 @@ OUTPUTS: dict[str, tuple[str, str]] = {
     "material_kg": ("kg", "material mass of the devices consumed"),
     "water_m3": ("m3", "on-site water (WUE × IT energy); NaN where WUE is unknown"),
     "reason": ("1", "0 if feasible, else the code of the first rule broken (kernels.reasons)"),
+    "inference_tco2e": ("t CO2e", "serving served_tokens_per_day for serving_days (operational + embodied)"),
+    "inference_energy_mwh": ("MWh", "facility energy of serving"),
+    "experimentation_tco2e": ("t CO2e", "earlier runs: experiment_factor × the training run"),
+    "storage_tco2e": ("t CO2e", "embodied carbon of storage_tb of SSD over the serving period"),
+    "lifecycle_tco2e": ("t CO2e", "training + inference + experimentation + storage"),
+    "breakeven_served_tokens": ("token", "served tokens at which inference emissions equal training's"),
 }
+# Optional inputs of the life-cycle phases and their defaults (no serving, no experiments, no storage).
+LIFECYCLE_DEFAULTS = {"served_tokens_per_day": 0.0, "serving_days": 365.0, "serve_batch": 64.0,
+                      "experiment_factor": 0.0, "storage_tb": 0.0, "ssd_kgco2e_per_gb": 0.0}
 
 
 def _given(value):
@@ -170,7 +179,35 @@ def footprint(x, cal=None):
         "water_m3": energy.water_m3(it_kwh, x["wue_l_per_kwh"]),
         "reason": reason,
     }
+    out.update(_lifecycle(x, active, out, dev_w))
     return out
+
+
+def _lifecycle(x, active, out, dev_w):
+    """Inference, experimentation and storage (kernels.lifecycle), from optional inputs."""
+    g = lambda k: x.get(k, LIFECYCLE_DEFAULTS[k])  # noqa: E731
+    d_attn = x["heads"] * x["head_dim"]
+    mfu = lifecycle.serve_mfu(g("serve_batch"), x["bytes_per_value"], x["hbm_bw_bytes_s"], x["peak_flops"])
+    dev_s = lifecycle.inference_device_s_per_token(active, x["vocab"], x["d_model"], x["tied_embeddings"],
+                                                   x["layers"], x["seq_len"], d_attn, x["peak_flops"], mfu)
+    # a model known only by size: 2·active per token
+    dev_s = jnp.where(_given(x["params"]), 2.0 * active / (x["peak_flops"] * mfu), dev_s)
+    power = dev_w + x["host_power_w"] * x["power_util"] / x["devices_per_node"]
+    emb_per_device = x["device_embodied_kgco2e"] + x["host_embodied_kgco2e"] / x["devices_per_node"]
+    per_token = lifecycle.inference_tco2e_per_token(dev_s, power, x["pue"], x["carbon_intensity_kg_per_kwh"],
+                                                    emb_per_device, x["lifespan_years"])
+    served = g("served_tokens_per_day") * g("serving_days")
+    inference = served * per_token
+    experiments = g("experiment_factor") * out["total_tco2e"]
+    storage = lifecycle.storage_tco2e(g("storage_tb"), g("ssd_kgco2e_per_gb"), g("serving_days"), x["lifespan_years"])
+    return {
+        "inference_tco2e": inference,
+        "inference_energy_mwh": served * dev_s * power * x["pue"] / 3.6e9,
+        "experimentation_tco2e": experiments,
+        "storage_tco2e": storage,
+        "lifecycle_tco2e": out["total_tco2e"] + inference + experiments + storage,
+        "breakeven_served_tokens": out["total_tco2e"] / per_token,
+    }
 
 
 def _layout_step(x, params, active, cal):

@@ -88,7 +88,12 @@ def hardware_row(db, hw_id: str, precision: str, method: str, host: str | None =
         "host_embodied_kgco2e": host_embodied_kgco2e(db, host_id, method),
         "material_kg_per_device": material_kg_per_device(db, hw_id),
         "bytes_per_value": float(hardware_db.BYTES_PER_VALUE[precision]),
+        "ssd_kgco2e_per_gb": _zero_if_nan(db.memory_kg_per_gb("ssd", "act" if method == "vendor_pcf" else method)),
     }
+
+
+def _zero_if_nan(v):
+    return 0.0 if v is None or math.isnan(v) else float(v)
 
 
 def site_row(db, v: dict) -> dict[str, float]:
@@ -127,6 +132,8 @@ def design_row(v: dict) -> dict[str, float]:
         "interleave": float(lay["interleave"]), "shard_optimizer": float(lay["shard_optimizer"]),
         "sequence_parallel": float(lay["sequence_parallel"]),
         "lifespan_years": g("lifespan_years"),
+        "served_tokens_per_day": g("served_tokens_per_day"), "serving_days": g("serving_days"),
+        "serve_batch": g("serve_batch"), "experiment_factor": g("experiment_factor"), "storage_tb": g("storage_tb"),
     }
 
 

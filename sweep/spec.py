@@ -107,6 +107,15 @@ KEYS: dict[str, Key] = {
     "lifespan_years": _k("lifecycle", NUM, 5.0, "hardware lifespan", positive=True, unit="year"),
     "embodied_method": _k("lifecycle", STR, "act", "embodied-carbon method",
                           choices=("llmcarbon", "act", "vendor_pcf")),
+    "served_tokens_per_day": _k("lifecycle", NUM, 0.0, "tokens generated per day when the model is served",
+                                minimum=0.0, unit="token/d"),
+    "serving_days": _k("lifecycle", NUM, 365.0, "days the model is served", positive=True, unit="d"),
+    "serve_batch": _k("lifecycle", INT, 64, "sequences decoded together when serving (sets the decode roofline)",
+                      positive=True),
+    "experiment_factor": _k("lifecycle", NUM, 0.0, "earlier runs (ablations, tuning) as a multiple of this run",
+                            minimum=0.0),
+    "storage_tb": _k("lifecycle", NUM, 0.0, "SSD storage kept for the model and data while served", minimum=0.0,
+                     unit="TB"),
     # [quality]
     "law": _k("quality", STR, "chinchilla", "scaling law for the predicted loss (ids in hardware_db/scaling_laws.toml)"),
 }

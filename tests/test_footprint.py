@@ -103,3 +103,30 @@ def test_float32_chain_agrees_with_float64():
     for k in ("train_flops", "train_days", "energy_mwh", "total_tco2e", "embodied_tco2e"):
         assert float(b[k]) == pytest.approx(float(a[k]), rel=1e-5), k
     assert float(a["gpus_consumed"]) == float(b["gpus_consumed"])
+
+
+def test_lifecycle_phases_by_hand():
+    x = run_inputs(served_tokens_per_day=1e9, serving_days=100, serve_batch=16, experiment_factor=0.5,
+                   storage_tb=10, ssd_kgco2e_per_gb=0.01)
+    out = {k: float(v) for k, v in footprint(x).items()}
+    # decode roofline: min(1, 2·16/2 · 2e12/300e12) = 0.10667
+    mfu = min(1.0, 2 * 16 / 2 * 2e12 / 300e12)
+    n = 24 * 50_335_744 + 50_000 * 2048 + 2048
+    per_token_flops = 2 * n + 4 * 24 * 1024 * 2048  # context = seq_len / 2
+    dev_s = per_token_flops / (300e12 * mfu)
+    power = 330 + 2000 * 0.8 / 8  # device + host share, W
+    kwh = dev_s * power * 1.2 / 3.6e6
+    emb = (30 + 400 / 8) * (dev_s / 3600) / (4 * 8760) / 1000
+    per_token_t = kwh * 0.3 / 1000 + emb
+    assert out["inference_tco2e"] == pytest.approx(1e11 * per_token_t, rel=1e-9)
+    assert out["breakeven_served_tokens"] == pytest.approx(out["total_tco2e"] / per_token_t, rel=1e-9)
+    assert out["experimentation_tco2e"] == pytest.approx(0.5 * out["total_tco2e"], rel=1e-12)
+    assert out["storage_tco2e"] == pytest.approx(10_000 * 0.01 * 2400 / (4 * 8760) / 1000, rel=1e-12)
+    assert out["lifecycle_tco2e"] == pytest.approx(
+        out["total_tco2e"] + out["inference_tco2e"] + out["experimentation_tco2e"] + out["storage_tco2e"], rel=1e-12)
+
+
+def test_no_serving_means_no_inference_emissions():
+    out = footprint(run_inputs())
+    assert float(out["inference_tco2e"]) == 0
+    assert float(out["lifecycle_tco2e"]) == float(out["total_tco2e"])
