@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench studies clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,12 +14,23 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+DEMO_STUDY ?= pareto_dense_vs_moe
+
 demo: $(STAMP)
+	@echo "== 1. The footprint of one run: Llama 2 70B on 2,048 A100s (layout chosen for least CO2e)"
 	$(BIN)/carbon-sweep estimate studies/llama2_70b.toml
+	@echo "== 2. Predictions beside published figures"
 	$(BIN)/carbon-sweep validate
+	@echo "== 3. A design-space sweep: dense vs MoE, loss against tCO2e, with figures and a report"
+	$(BIN)/carbon-sweep run studies/$(DEMO_STUDY).toml --out results/$(DEMO_STUDY)
+	@echo
+	@echo "Open results/$(DEMO_STUDY)/report.html (figures in results/$(DEMO_STUDY)/figures/)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+studies: $(STAMP)
+	for s in studies/*.toml; do $(BIN)/carbon-sweep run $$s --out results/$$(basename $$s .toml) || exit 1; done
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
