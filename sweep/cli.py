@@ -85,6 +85,10 @@ def print_estimate(out: dict, title: str) -> None:
                 if key in ("operational_tco2e", "embodied_tco2e") and out.get("total_tco2e"):
                     pct = f"  ({100 * out[key] / out['total_tco2e']:.1f} %)"
                 print(f"    {label:<28} {_fmt(out[key], unit)}{pct}")
+        if group == "Materials":
+            for m in out.get("materials") or []:
+                note = " (derived)" if m["derived"] else ""
+                print(f"      {m['name']:<30} {_fmt(m['mass_kg'], 'kg')}{note}")
     if out.get("loss_in_range") is False:
         print("    (outside the law's fitted range: an extrapolation)")
     if out.get("reason"):

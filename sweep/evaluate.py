@@ -72,6 +72,7 @@ def evaluate(values: dict, db=None, *, file="<spec>", objective="co2e") -> dict:
         else:
             out[k] = int(layout[k]) if layout and layout.get(k) is not None else None
     out.update(quality(v, x, out, db))
+    out["materials"] = materials_breakdown(db, v["hardware"], out.get("gpus_consumed"))
     out["devices"] = int(v["devices"])
     out["hardware"] = v["hardware"]
     out["region"] = v.get("region")
@@ -110,3 +111,30 @@ def quality(v: dict, x: dict, out: dict, db) -> dict:
     in_range = bool(scaling.in_fitted_range(table, total_params=params, **{k: kw[k] for k in kw if k != "params"},
                                             params=params))
     return {"loss": loss if math.isfinite(loss) else None, "law": law, "loss_in_range": in_range}
+
+
+def materials_breakdown(db, hw_id: str, gpus) -> list[dict] | None:
+    """Masses of the devices consumed by class (and by element when a per-element table is supplied)."""
+    from pathlib import Path
+
+    from kernels.materials import material_kg
+
+    comp = db.compositions.get(hw_id)
+    if not comp or gpus is None:
+        return None
+    rows = [{"name": c["name"], "kind": "class", "mass_kg": float(material_kg(gpus, c["mass_kg"])),
+             "derived": bool(c.get("derived", False))} for c in comp.get("class", [])]
+    table = comp.get("device", {}).get("elements_csv")
+    if table:
+        import csv
+
+        for folder in reversed(db.folders):
+            path = Path(folder) / "compositions" / table
+            if path.exists():
+                with open(path, newline="") as fh:
+                    for r in csv.DictReader(fh):
+                        rows.append({"name": r["element"], "kind": "element",
+                                     "mass_kg": float(material_kg(gpus, float(r["mass_g"]) / 1000.0)),
+                                     "derived": False})
+                break
+    return rows

@@ -230,3 +230,28 @@ def test_help_teaches(capsys):
     assert e.value.code == 0
     for word in ("estimate", "validate", "layout", "run", "optimize", "plot", "examples"):
         assert word in out
+
+
+def test_material_classes_scale_with_gpus_consumed(tmp_path, capsys):
+    text = GOOD.replace('hardware = "a100-sxm4-80gb"', 'hardware = "a100-sxm4-40gb"')
+    code, out, _ = cli(capsys, "estimate", write(tmp_path, text), "--json")
+    doc = json.loads(out)
+    # composition: 1.491 kg measured per A100 40GB (3,750 kg / 2,515 GPUs); heatsink 1.25 kg
+    assert doc["material_kg"] == pytest.approx(doc["gpus_consumed"] * 1.491)
+    heatsink = next(m for m in doc["materials"] if m["name"] == "heatsink")
+    assert heatsink["mass_kg"] == pytest.approx(doc["gpus_consumed"] * 1.25)
+
+
+def test_user_element_table_is_used(tmp_path, capsys):
+    db = tmp_path / "db"
+    (db / "compositions").mkdir(parents=True)
+    (db / "compositions" / "a100-sxm4-40gb.toml").write_text(
+        '[device]\nid = "a100-sxm4-40gb"\ntotal_measured_kg = 1.0\nelements_csv = "a100.csv"\nsource = "mine"\n')
+    (db / "compositions" / "a100.csv").write_text("element,mass_g,classes\ncopper,400,metal\ngold,0.5,precious\n")
+    text = GOOD.replace('hardware = "a100-sxm4-80gb"', 'hardware = "a100-sxm4-40gb"')
+    code, out, err = cli(capsys, "--db", db, "estimate", write(tmp_path, text), "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    gold = next(m for m in doc["materials"] if m["name"] == "gold")
+    assert gold["mass_kg"] == pytest.approx(doc["gpus_consumed"] * 0.0005)
+    assert doc["material_kg"] == pytest.approx(doc["gpus_consumed"] * 1.0)
