@@ -223,4 +223,5 @@ def _layout_step(x, params, active, cal):
                             "inter_bw_bytes_s", "devices_per_node")}
     lay = {k: x[k] for k in ("devices", "tp", "pp", "ep", "microbatch", "recompute", "interleave",
                              "shard_optimizer", "sequence_parallel")}
+    lay["flash_attention"] = x.get("flash_attention", 0.0)
     return layout.step(design, hw, lay, cal)

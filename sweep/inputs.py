@@ -131,6 +131,7 @@ def design_row(v: dict) -> dict[str, float]:
         "microbatch": float(lay["microbatch"]), "recompute": float(RECOMPUTE_CODE[lay["recompute"]]),
         "interleave": float(lay["interleave"]), "shard_optimizer": float(lay["shard_optimizer"]),
         "sequence_parallel": float(lay["sequence_parallel"]),
+        "flash_attention": float(bool(v.get("flash_attention"))),
         "lifespan_years": g("lifespan_years"),
         "served_tokens_per_day": g("served_tokens_per_day"), "serving_days": g("serving_days"),
         "serve_batch": g("serve_batch"), "experiment_factor": g("experiment_factor"), "storage_tb": g("storage_tb"),

@@ -97,6 +97,8 @@ KEYS: dict[str, Key] = {
     "interleave": _k("cluster", INT, None, "virtual pipeline stages per device (1 = plain 1F1B)", positive=True),
     "shard_optimizer": _k("cluster", BOOL, None, "shard optimizer states over data parallel (ZeRO-1)"),
     "sequence_parallel": _k("cluster", BOOL, None, "sequence parallelism alongside tensor parallelism"),
+    "flash_attention": _k("cluster", BOOL, False, "fused attention (no s² softmax traffic or activations); "
+                          "off by default, as in the calibration runs (Megatron-LM 2021-22)"),
     # [site]
     "region": _k("site", STR, None, "region id (carbon-sweep regions list)"),
     "carbon_intensity": _k("site", NUM, None, "grid carbon intensity, kg CO2e/kWh", minimum=0.0,

@@ -193,7 +193,7 @@ def test_moe_small_experts_lower_mfu_same_layout(a100, cal):
 _sizes = st.sampled_from([(24, 2048, 16, 8192), (32, 4096, 32, 16384), (48, 6144, 48, 24576)])
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(
     size=_sizes,
     tp=st.sampled_from([1, 2, 4, 8, 16]),
@@ -215,7 +215,7 @@ def test_more_bandwidth_never_slows_a_step(size, tp, pp, recompute, sp, factor, 
     assert float(fast["step_time_s"]) <= float(slow["step_time_s"]) * (1 + 1e-12)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(
     size=_sizes,
     tp=st.sampled_from([1, 2, 4, 8]),
