@@ -643,7 +643,8 @@ def _merge(ev: Evaluator, plan: Plan, out_dir: Path, keep_full: bool, zarr_path)
     top_df = _table(ev, top) if top is not None else None
     if dataset is not None:
         dataset.attrs.update({"title": f"carbon-sweep study {ev.study.name}", "n_points": n_points,
-                              "n_feasible": int(reasons[0]), "layout": ev.mode})
+                              "n_feasible": int(reasons[0]), "layout": ev.mode,
+                              "law": ev.study.law or "", "law_name": ev.law_table.get("name", "")})
     return SweepResult(out_dir, dataset, pareto, top_df, summary)
 
 
