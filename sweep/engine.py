@@ -179,6 +179,7 @@ class Evaluator:
                 values("kv_heads") if kv_given else [None], values("experts"), values("global_batch"), set(dpn)):
             kv = heads if kv is None else kv
             cand = enumerate_layouts(int(devices), int(layers), int(heads), int(kv), int(experts), int(gb), int(n))
+            cand.pop("devices", None)  # each point keeps its own device count
             keys = sorted(cand)
             for row in zip(*(np.asarray(cand[k]).tolist() for k in keys)):
                 if row not in seen:
@@ -211,8 +212,9 @@ class Evaluator:
         for d, vals in values.items():
             vals = np.asarray(vals)
             if d in ("hardware", "region"):
-                lookup = {label: i for i, label in enumerate(self.study.dims[d])}
-                ix = np.array([lookup[v] for v in vals.tolist()], np.int64)
+                labels = np.asarray(self.study.dims[d])
+                sorter = np.argsort(labels)
+                ix = sorter[np.searchsorted(labels, vals, sorter=sorter)]
             if d == "hardware":
                 for k, arr in self.tables["hardware"].items():
                     x[k] = arr[ix].astype(dt)
@@ -235,16 +237,14 @@ class Evaluator:
     # -- the jitted function ---------------------------------------------------------------
     def __getstate__(self):
         state = dict(self.__dict__)
-        state.pop("_fn", None)
+        for k in ("_fn", "_grid_fn", "_tables_dev"):
+            state.pop(k, None)
         return state
 
     @property
     def fn(self):
         if getattr(self, "_fn", None) is None:
-            self._fn = jax.jit(functools.partial(
-                _evaluate, mode=self.mode, derive=self.derive, law=self.law_table.get("form"),
-                law_table=tuple(sorted((k, v) for k, v in self.law_table.items() if not isinstance(v, (list, dict)))),
-                objective=self.objective, outputs=tuple(self.outputs)))
+            self._fn = jax.jit(functools.partial(_evaluate, **self._core_kwargs()))
         return self._fn
 
     def evaluate(self, flat: np.ndarray, pad_to: int | None = None) -> dict[str, np.ndarray]:
@@ -254,6 +254,54 @@ class Evaluator:
             flat = np.concatenate([flat, np.full(pad_to - n, flat[0], flat.dtype)])
         return {k: v[:n] for k, v in self.evaluate_values(self.values_at(flat)).items()}
 
+    # -- the grid path: the kernel unravels flat indices and gathers coordinates itself ---------
+    def _grid_tables(self) -> tuple[dict, tuple]:
+        """Coordinate tables (arrays, by dimension) and the static (dim, kind, stride, size) plan."""
+        dt = self.dtype
+        tables, plan = {}, []
+        strides = np.cumprod((1,) + self.shape[::-1])[::-1][1:] if self.shape else ()
+        for d, stride, size in zip(self.dims, strides, self.shape):
+            vals = self.study.dims[d]
+            if d == "hardware":
+                tables[d] = {**{k: a.astype(dt) for k, a in self.tables["hardware"].items()},
+                             **{f"cal__{k}": a.astype(dt) for k, a in self.tables["cal"].items()}}
+            elif d == "region":
+                fixed = {"carbon_intensity_kg_per_kwh": "carbon_intensity", "pue": "pue", "wue_l_per_kwh": "wue"}
+                tables[d] = {k: a.astype(dt) for k, a in self.tables["region"].items()
+                             if fixed.get(k) not in self.study.fixed}
+            elif d == "ffn":
+                tables[d] = {"ffn_matrices": np.where(vals == "swiglu", 3.0, 2.0).astype(dt)}
+            elif d == "recompute":
+                tables[d] = {"recompute": np.array([RECOMPUTE_CODE[v] for v in vals], dt)}
+            else:
+                tables[d] = {SPEC_TO_X.get(d, d): np.asarray(vals).astype(dt)}
+            plan.append((d, int(stride), int(size)))
+        return tables, tuple(plan)
+
+    @property
+    def grid_fn(self):
+        if getattr(self, "_grid_fn", None) is None:
+            self._tables_dev, plan = self._grid_tables()
+            self._grid_fn = jax.jit(functools.partial(_evaluate_grid, plan=plan, core=self._core_kwargs()),
+                                    static_argnames=("capacity",))
+        return self._grid_fn
+
+    def _core_kwargs(self) -> dict:
+        return dict(mode=self.mode, derive=self.derive, law=self.law_table.get("form"),
+                    law_table=tuple(sorted((k, v) for k, v in self.law_table.items() if not isinstance(v, (list, dict)))),
+                    objective=self.objective, outputs=tuple(self.outputs))
+
+    def evaluate_range(self, start: int, stop: int, capacity: int | None = None) -> dict[str, np.ndarray]:
+        """Outputs at flat indices [start, stop): one jitted call of fixed ``capacity`` (≥ stop − start)."""
+        n = stop - start
+        capacity = max(capacity or n, n)
+        fn = self.grid_fn
+        x = {k: np.asarray(v, self.dtype) for k, v in self.base.items()}
+        cal = {k: np.asarray(v, self.dtype) for k, v in self.cal.items()}
+        lay = ({k: np.asarray(v, self.dtype) for k, v in self.layouts.items()} if self.layouts is not None else {})
+        out = fn(np.int64(start), x, cal, lay, self._tables_dev, capacity=capacity)
+        return {k: np.asarray(v)[:n] for k, v in out.items()}
+
     def evaluate_values(self, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Outputs at arbitrary values of the dimensions ({dimension: 1-D array}, equal lengths)."""
         x, cal = self.inputs_from_values(values)
@@ -262,6 +310,21 @@ class Evaluator:
         lay = ({k: np.asarray(v, self.dtype) for k, v in self.layouts.items()} if self.layouts is not None else {})
         out = self.fn(x, cal, lay)
         return {k: np.asarray(v) for k, v in out.items()}
+
+
+def _evaluate_grid(start, x, cal, lay, tables, *, capacity, plan, core):
+    """The grid path: flat indices start … start+capacity−1 → coordinates gathered in-kernel → _evaluate."""
+    flat = start + jnp.arange(capacity, dtype=jnp.int64)
+    x, cal = dict(x), dict(cal)
+    for d, stride, size in plan:
+        ix = (flat // stride) % size
+        for k, a in tables[d].items():
+            if k.startswith("cal__"):
+                cal[k[5:]] = a[ix]
+            else:
+                x[k] = a[ix]
+    x["_points"] = jnp.zeros(capacity, jnp.int8)
+    return _evaluate(x, cal, lay, **core)
 
 
 def _evaluate(x, cal, lay, *, mode, derive, law, law_table, objective, outputs):
@@ -351,9 +414,8 @@ def finished_chunks(part_dir: Path) -> set[int]:
 def chunk_partial(ev: Evaluator, plan: Plan, i: int, keep_full: bool):
     """Outputs of chunk i and its partial results (reductions, plus the full outputs when kept)."""
     start, stop = plan.bounds(i)
-    flat = np.arange(start, stop, dtype=np.int64)
-    out = ev.evaluate(flat, pad_to=plan.capacity)
-    out["index"] = flat
+    out = ev.evaluate_range(start, stop, plan.capacity)
+    out["index"] = np.arange(start, stop, dtype=np.int64)
     feasible = out["reason"] == 0
     res: dict[str, np.ndarray] = {}
     cand = {k: v[feasible] for k, v in out.items()}
@@ -756,7 +818,7 @@ def run_command(args, db):
         print(f"carbon-sweep run: {study.name}: {s['n_points']} reference rows; largest |error| by quantity:")
         for q, e in s["max_abs_error_pct"].items():
             print(f"  {q}: {e:.2f} %")
-        _maybe_plot(args, result)
+        _maybe_plot(args, result, db)
         print(f"  results: {result.out_dir}")
         return
     print(f"carbon-sweep run: {study.name}: {s['n_points']:,} points in {s['n_chunks']} chunks, "
@@ -765,20 +827,15 @@ def run_command(args, db):
         print(f"  infeasible, {reason}: {n:,}")
     for name, df in result.pareto.items():
         print(f"  {name}: {len(df)} points")
-    _maybe_plot(args, result)
+    _maybe_plot(args, result, db)
     print(f"  results: {result.out_dir}")
 
 
-def _maybe_plot(args, result):
+def _maybe_plot(args, result, db=None):
     if args.no_plot:
         return
-    try:
-        from .plots import plot_result
-    except ImportError:  # figures not available in this build
-        return
-    paths = plot_result(result.out_dir, quiet=args.quiet)
-    if paths:
-        print(f"  figures: {len(paths)} in {result.out_dir / 'figures'}")
-    for name in ("report.html", "report.md"):
-        if (result.out_dir / name).exists():
-            print(f"  report: {result.out_dir / name}")
+    from .plots import plot_result
+
+    paths = plot_result(result.out_dir, quiet=True, db=db)
+    print(f"  figures: {len(paths)} in {result.out_dir / 'figures'}")
+    print(f"  report: {result.out_dir / 'report.html'} (and report.md)")

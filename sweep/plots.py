@@ -126,7 +126,7 @@ SHORT = {
 UNIT_PRETTY = {"1": "", "t CO2e": "t CO₂e", "m3": "m³", "year": "years", "d": "days", "token": "tokens",
                "kg/kWh": "kg CO₂e/kWh", "L/kWh": "L/kWh", "%": "%"}
 SHARE = "embodied_share"
-KIND_ORDER = ("pareto", "surface", "line", "heatmap", "breakdown", "layout")
+KIND_ORDER = ("validation", "pareto", "surface", "line", "heatmap", "breakdown", "layout")
 
 
 class FigureSkipped(Exception):
@@ -380,6 +380,18 @@ def _set_numeric_axis(ax, which, values, name):
     (ax.set_xlabel if which == "x" else ax.set_ylabel)(label(name))
 
 
+def _pad_limits(ax, xs, ys, frac=0.035):
+    """A small margin around a surface so markers at the edges do not sit on the tick labels."""
+    for vals, setter, scale in ((xs, ax.set_xlim, ax.get_xscale()), (ys, ax.set_ylim, ax.get_yscale())):
+        lo, hi = float(np.min(vals)), float(np.max(vals))
+        if scale == "log" and lo > 0:
+            f = (hi / lo) ** frac
+            setter(lo / f, hi * f)
+        elif hi > lo:
+            d = (hi - lo) * frac
+            setter(lo - d, hi + d)
+
+
 def _value_axis(ax, which, values):
     if _spans_decades(values):
         (ax.set_xscale if which == "x" else ax.set_yscale)("log")
@@ -392,11 +404,16 @@ def _log_colorbar(cb):
     cb.ax.yaxis.set_minor_formatter(ticker.NullFormatter())
 
 
-def _title(ax, main, sub=None, study=None):
-    ax.set_title(main, loc="left", pad=8 if not sub else 22)
-    if sub:
-        ax.text(0.0, 1.01, sub, transform=ax.transAxes, ha="left", va="bottom", fontsize=9.5, color="#444444",
-                wrap=True)
+def _title(ax, main, sub=None, width=None):
+    """Bold title at the left, a smaller grey subtitle (wrapped to the axes width) under it."""
+    if width is None:
+        w_in = ax.figure.get_figwidth() * ax.get_position().width
+        width = max(40, int(w_in * 72 / (0.55 * 9.5)))
+    lines = _wrap(sub, width) if sub else []
+    ax.set_title(main, loc="left", pad=6 + 13.5 * len(lines) + (4 if lines else 0))
+    if lines:
+        ax.annotate("\n".join(lines), (0, 1), xycoords="axes fraction", xytext=(0, 5), textcoords="offset points",
+                    ha="left", va="bottom", fontsize=9.5, color="#444444", annotation_clip=False)
 
 
 def _new_figure(w=8.0, h=5.6, **kw):
@@ -424,8 +441,12 @@ def _design_label(row, dims, sep=" · "):
 # Pareto fronts
 
 
-def _cloud_frame(cloud, columns):
-    """Feasible points as a DataFrame with ``columns`` (a Dataset is strided to MAX_CLOUD points)."""
+def _cloud_frame(cloud, columns, max_points=MAX_CLOUD):
+    """Feasible points as a DataFrame with ``columns``; at most ``max_points`` (a fixed-seed sample).
+
+    ``df.attrs["n_feasible"]`` holds how many feasible points there were before sampling (of the
+    grid, or of its strided subsample for a grid too large to load).
+    """
     import pandas as pd
 
     if cloud is None:
@@ -437,8 +458,11 @@ def _cloud_frame(cloud, columns):
     else:
         data_cols = [c for c in columns if c in cloud.data_vars]
         need = list(dict.fromkeys(data_cols + (["reason"] if "reason" in cloud.variables else [])))
-        sub, _ = limit(cloud[need], (), MAX_CLOUD)
-        df = sub.load().to_dataframe().reset_index()
+        sub, _ = limit(cloud[need], (), MAX_IN_MEMORY)
+        sub = sub.load()
+        if "reason" in sub.variables:
+            sub = sub.where(sub["reason"] == 0)
+        df = sub.to_dataframe().reset_index()
         if "reason" in df:
             df = df[df["reason"] == 0]
     cols = [c for c in columns if c in df]
@@ -446,6 +470,10 @@ def _cloud_frame(cloud, columns):
     num = [c for c in cols if df[c].dtype.kind == "f"]
     if num:
         df = df[np.isfinite(df[num]).all(axis=1)]
+    n = len(df)
+    if n > max_points:
+        df = df.sample(max_points, random_state=0)
+    df.attrs["n_feasible"] = n
     return df
 
 
@@ -508,8 +536,10 @@ def pareto_figure(ds_or_cloud, front_df, x, y, group=None, *, title=None, color=
             if m.any():
                 ax.scatter(cloud[x][m], cloud[y][m], s=size, color=palette[g], alpha=0.18, linewidths=0,
                            rasterized=True, zorder=1)
+        total = cloud.attrs.get("n_feasible", n_cloud)
+        shown = f"{n_cloud:,} of {total:,} shown" if total > n_cloud else f"{n_cloud:,}"
         handles.append(Line2D([], [], ls="", marker="o", ms=5, color="#888888", alpha=0.45,
-                              label=f"feasible designs, faint ({n_cloud:,}{' shown' if n_cloud >= MAX_CLOUD else ''})"))
+                              label=f"feasible designs, faint ({shown})"))
     ax.plot(front[x], front[y], drawstyle="steps-post", color="black", lw=1.3, zorder=3, alpha=0.8)
     flab = lab(front)
     if color is not None and color in front:
@@ -551,8 +581,8 @@ def pareto_figure(ds_or_cloud, front_df, x, y, group=None, *, title=None, color=
                         fontweight="bold", zorder=6)
             best = short_name(x) if k == 0 else short_name(y)
             ab.append(Line2D([], [], ls="", marker=f"$\\mathbf{{{tag}}}$", ms=8, color="black",
-                             label=f"lowest {best}: {_design_label(row, show)} "
-                                   f"({fmt_num(row[x])} {ux}, {fmt_num(row[y])} {uy})"))
+                             label=f"lowest {best}: {_design_label(row, show)}\n"
+                                   f"{fmt_num(row[x])} {ux}, {fmt_num(row[y])} {uy}"))
     if ab:
         m = max(len(handles), len(ab))
         blank = Line2D([], [], ls="", label=" ")
@@ -589,13 +619,19 @@ def surface_figure(ds, x_dim, y_dim, var, reduce="min", *, by="total_tco2e", mar
     z = np.ma.masked_invalid(da.values.astype(float))
     if z.count() == 0:
         raise FigureSkipped(f"no feasible {var} over {x_dim} × {y_dim}")
+    dropped = []
+    for dim, axis in ((y_dim, 1), (x_dim, 0)):
+        keep = ~np.ma.getmaskarray(z).all(axis=axis)
+        if not keep.all():
+            dropped.append(f"{int((~keep).sum())} of {keep.size} {dim} values with no feasible design left out")
+            da = da.isel({dim: np.flatnonzero(keep)})
+            z = np.ma.masked_invalid(da.values.astype(float))
     ys = np.asarray(da[y_dim].values, float)
     xs = np.asarray(da[x_dim].values, float)
     fig = _new_figure(8.0, 5.8)
     ax = fig.add_subplot()
     zmin, zmax = float(z.min()), float(z.max())
-    cmap = matplotlib.colormaps[cmap or "viridis"].copy()
-    cmap.set_bad("#dddddd")
+    cmap = matplotlib.colormaps[cmap or "viridis"].with_extremes(bad="#dddddd")
     log = _spans_decades(z.compressed())
     const = not (zmax > zmin * (1 + 1e-9) if zmin > 0 else zmax > zmin)
     if const or z.count() < 4 or min(z.shape) < 2:
@@ -609,8 +645,10 @@ def surface_figure(ds, x_dim, y_dim, var, reduce="min", *, by="total_tco2e", mar
         levels = ticker.MaxNLocator(12).tick_values(zmin, zmax)
         cs = ax.contourf(xs, ys, z, levels=levels, cmap=cmap)
         ax.contour(xs, ys, z, levels=levels[::2], colors="white", linewidths=0.6, alpha=0.7)
-    ax.set_facecolor("#dddddd")
     ax.grid(False)
+    if np.ma.getmaskarray(z).any():
+        bad = np.ma.masked_where(~np.ma.getmaskarray(z), np.ones(z.shape))
+        ax.pcolormesh(xs, ys, bad, cmap=mcolors.ListedColormap(["#d9d9d9"]), shading="nearest", zorder=0.5)
     if z.size <= 900:
         gx, gy = np.meshgrid(xs, ys)
         ok = ~np.ma.getmaskarray(z)
@@ -618,19 +656,21 @@ def surface_figure(ds, x_dim, y_dim, var, reduce="min", *, by="total_tco2e", mar
         if (~ok).any():
             ax.scatter(gx[~ok], gy[~ok], s=14, marker="x", color="#aa0000", linewidths=0.8, zorder=3)
     iy, ix = np.unravel_index(np.ma.argmin(z), z.shape)
-    ax.plot(xs[ix], ys[iy], marker="*", ms=15, color="#ffdd00", mec="black", mew=0.8, zorder=5, ls="",
-            clip_on=False)
-    right, top = ix >= len(xs) / 2, iy >= len(ys) / 2
-    ax.annotate(f"min {fmt_num(z[iy, ix])}", (xs[ix], ys[iy]), xytext=(-10 if right else 10, -10 if top else 10),
-                textcoords="offset points", ha="right" if right else "left", va="top" if top else "bottom",
-                fontsize=9, zorder=5, bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="none", alpha=0.85))
+    if var != SHARE:  # the lowest value: the best cell of a cost surface
+        ax.plot(xs[ix], ys[iy], marker="*", ms=15, color="#ffdd00", mec="black", mew=0.8, zorder=5, ls="",
+                clip_on=False)
+        right, top = ix >= len(xs) / 2, iy >= len(ys) / 2
+        ax.annotate(f"min {fmt_num(z[iy, ix])}", (xs[ix], ys[iy]), xytext=(-10 if right else 10, -10 if top else 10),
+                    textcoords="offset points", ha="right" if right else "left", va="top" if top else "bottom",
+                    fontsize=9, zorder=5, bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="none", alpha=0.85))
     _marks(ax, marks)
     _set_numeric_axis(ax, "x", xs, x_dim)
     _set_numeric_axis(ax, "y", ys, y_dim)
+    _pad_limits(ax, xs, ys)
     cb = fig.colorbar(cs, ax=ax, label=label(var, ds if var in getattr(ds, "variables", {}) else None))
     if log:
         _log_colorbar(cb)
-    notes = [desc] if desc else []
+    notes = ([desc] if desc else []) + dropped
     if np.ma.getmaskarray(z).any():
         notes.append("grey / ×: no feasible design")
     if const:
@@ -746,8 +786,7 @@ def heatmap_figure(ds, x_dim, y_dim, var, reduce="min", *, by="total_tco2e", tit
     fig = _new_figure(w, h)
     ax = fig.add_subplot()
     ax.grid(False)
-    cmap = matplotlib.colormaps[cmap or "YlOrRd"].copy()
-    cmap.set_bad("#e6e6e6")
+    cmap = matplotlib.colormaps[cmap or "YlOrRd"].with_extremes(bad="#e6e6e6")
     if log is None:
         log = var != SHARE and _spans_decades(z.compressed(), 1.0)
     zmin, zmax = float(z.min()), float(z.max())
@@ -806,7 +845,8 @@ def _breakdown_frame(df_or_ds, by, best_by="total_tco2e"):
         if not by:
             by = [c for c in df.columns if c not in comps and c in SHORT and df[c].dtype.kind in "OUSb"]
         vary = [d for d in by if d in df and df[d].nunique() > 1] or [d for d in by if d in df]
-        df["label"] = [_design_label(r, vary) for _, r in df.iterrows()] if vary else [f"#{i + 1}" for i in range(len(df))]
+        df["label"] = ([_design_label(r, vary) for _, r in df.iterrows()] if vary
+                       else [f"#{i + 1}" for i in range(len(df))])
         return df, ""
     by = [by] if isinstance(by, str) else list(by)
     best, sampled = at_best(df_or_ds, by, best_by, comps + [best_by])
@@ -902,7 +942,8 @@ def layout_map(ds, x_dim, y_dim=None, *, by="total_tco2e", title=None):
         xc = ds[x_dim].values
         cat = _is_categorical(xc)
         xpos = np.arange(len(xc)) if cat else np.asarray(xc, float)
-        styles = {"tp": ("#1f5fa8", "o"), "pp": ("#d95f02", "s"), "dp": ("#1b9e77", "^"), "ep": ("#7570b3", "D")}
+        styles = {"tp": ("#1f5fa8", "o", 11, 4.0), "pp": ("#d95f02", "s", 7, 2.2), "dp": ("#1b9e77", "^", 7, 1.8),
+                  "ep": ("#7570b3", "D", 5, 1.4)}
         top = 1.0
         for c in ("tp", "pp", "dp", "ep"):
             if c not in lay:
@@ -910,8 +951,8 @@ def layout_map(ds, x_dim, y_dim=None, *, by="total_tco2e", title=None):
             v = np.asarray(lay[c].transpose(x_dim).values, float)
             if c == "ep" and not (v[np.isfinite(v)] > 1).any():
                 continue
-            col, mk = styles[c]
-            ax.plot(xpos, v, marker=mk, ms=6, lw=1.6, color=col, label=short_name(c))
+            col, mk, ms, lw = styles[c]
+            ax.plot(xpos, v, marker=mk, ms=ms, lw=lw, color=col, label=short_name(c), alpha=0.55 if c == "tp" else 1)
             top = max(top, np.nanmax(v))
         ax.set_yscale("log", base=2)
         ax.yaxis.set_major_locator(ticker.LogLocator(base=2))
@@ -937,8 +978,7 @@ def layout_map(ds, x_dim, y_dim=None, *, by="total_tco2e", title=None):
     fig = _new_figure(min(14.0, max(7.0, 2.2 + 1.05 * nx)), min(12.0, max(4.2, 1.9 + (0.3 + 0.2 * lines) * ny)))
     ax = fig.add_subplot()
     ax.grid(False)
-    cmap = matplotlib.colormaps["Blues"].copy()
-    cmap.set_bad("#e6e6e6")
+    cmap = matplotlib.colormaps["Blues"].with_extremes(bad="#e6e6e6")
     vmax = max(1.0, float(mp.max()) if mp.count() else 1.0)
     origin = "upper" if _is_categorical(lay[y_dim].values) else "lower"
     im = ax.imshow(mp, cmap=cmap, vmin=0, vmax=vmax + 0.5, aspect="auto", interpolation="nearest", origin=origin)
@@ -963,6 +1003,41 @@ def layout_map(ds, x_dim, y_dim=None, *, by="total_tco2e", title=None):
     cb.set_ticks(np.arange(0, int(vmax) + 1))
     cb.set_ticklabels([fmt_num(2 ** k) for k in range(int(vmax) + 1)])
     _title(ax, title or f"best parallelism layout over {short_name(y_dim)} × {short_name(x_dim)}", desc)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# validation studies
+
+
+@_styled
+def validation_figure(df, *, title=None, max_rows=60):
+    """Signed error (%) of each prediction against its published figure, one bar per case · quantity."""
+    df = df[np.isfinite(df["error_pct"].astype(float))].head(max_rows)
+    if df.empty:
+        raise FigureSkipped("no validation rows with an error")
+    labels = [f"{c} · {q}" for c, q in zip(df["case"], df["quantity"])]
+    err = df["error_pct"].to_numpy(float)
+    n = len(df)
+    fig = _new_figure(min(15.0, 7.5 + 0.075 * max(len(s) for s in labels)), max(3.5, 1.6 + 0.3 * n))
+    ax = fig.add_subplot()
+    ypos = np.arange(n)[::-1]
+    col = np.where(np.abs(err) <= 10, "#1b9e77", np.where(np.abs(err) <= 25, "#e6ab02", "#d95f02"))
+    ax.barh(ypos, err, color=col, height=0.7)
+    ax.axvline(0, color="black", lw=0.8)
+    lim = max(5.0, float(np.nanmax(np.abs(err))) * 1.3)
+    ax.set_xlim(-lim, lim)
+    for yp, e in zip(ypos, err):
+        ax.text(e + (lim * 0.015 if e >= 0 else -lim * 0.015), yp, f"{e:+.1f} %", va="center",
+                ha="left" if e >= 0 else "right", fontsize=8)
+    ax.set_yticks(ypos, labels, fontsize=8.5)
+    ax.set_ylim(-0.7, n - 0.3)
+    ax.set_xlabel("signed error of the prediction (%)")
+    ax.set_ylabel("case · quantity")
+    ax.grid(axis="y", visible=False)
+    fig.legend(handles=[Patch(color="#1b9e77", label="|error| ≤ 10 %"), Patch(color="#e6ab02", label="≤ 25 %"),
+                        Patch(color="#d95f02", label="> 25 %")], loc="outside lower center", ncol=3, frameon=False)
+    _title(ax, title or "Predictions beside published figures", "(predicted − published) / published")
     return fig
 
 
@@ -1022,6 +1097,29 @@ def plan_figures(res) -> list[dict]:
     def add(kind, name, caption, make):
         plans.append({"kind": kind, "name": name, "caption": caption, "make": make})
 
+    vfile = Path(res.out_dir) / "validation.csv" if res.out_dir is not None else None
+    if vfile is not None and vfile.exists():
+        import pandas as pd
+
+        add("validation", "validation_errors", "Signed error of each prediction against the published figure.",
+            functools.partial(validation_figure, pd.read_csv(vfile)))
+    marks = ((res.summary.get("spec") or {}).get("study") or {}).get("marks") or []
+
+    def marks_for(a, b, var):
+        """Published points with both coordinates; those naming outputs only on that output's figure."""
+        out = []
+        for m in marks:
+            if a not in m or (b is not None and b not in m):
+                continue
+            named = [k for k in m if k not in dims and k != "label"]
+            if named and var not in named:
+                continue
+            y = m[b] if b is not None else m.get(var)
+            if y is None:
+                continue
+            out.append((m[a], y, m.get("label", "")))
+        return out
+
     # Pareto fronts
     group = "experts" if "experts" in dims and len(dims["experts"]) > 1 else (
         next((d for d in cat if len(dims[d]) <= 8), None))
@@ -1033,7 +1131,8 @@ def plan_figures(res) -> list[dict]:
         g = group if color is None else None
         cap = (f"Pareto front of {short_name(y)} against {short_name(x)} ({len(df)} designs, bold)"
                + (" over every feasible design of the grid (faint)" if ds is not None else "")
-               + (f"; colour: {short_name(g)}" if g else "") + (f"; marker colour: {short_name(color)}" if color else "")
+               + (f"; colour: {short_name(g)}" if g else "")
+               + (f"; marker colour: {short_name(color)}" if color else "")
                + ".")
         add("pareto", f"{fname}", cap, functools.partial(pareto_figure, ds, df, x, y, g, color=color, dims=list(dims)))
     if ds is None or main is None:
@@ -1052,7 +1151,7 @@ def plan_figures(res) -> list[dict]:
         red_txt = f", minimum over {', '.join(others)}" if others else ""
         add("surface", f"surface_{main}_{a}_{b}",
             f"{short_name(main)} over {short_name(a)} × {short_name(b)} (feasible designs{red_txt}).",
-            functools.partial(surface_figure, ds, a, b, main))
+            functools.partial(surface_figure, ds, a, b, main, marks=marks_for(a, b, main)))
         n_surf += 1
     for a, b in pairs:
         if n_surf >= MAX_SURFACES:
@@ -1066,11 +1165,13 @@ def plan_figures(res) -> list[dict]:
     for v in chosen:
         if n_surf >= MAX_SURFACES or not pairs:
             break
-        if v in (main, "reason", "loss_in_range") or v.endswith("tco2e") or not _has(ds, v):
+        if v in (main, "reason", "loss_in_range", "embodied_share") or v.endswith("tco2e") or not _has(ds, v):
             continue
         a, b = pairs[0]
-        add("surface", f"surface_{v}_{a}_{b}", f"{short_name(v)} over {short_name(a)} × {short_name(b)}.",
-            functools.partial(surface_figure, ds, a, b, v))
+        mk = marks_for(a, b, v)
+        add("surface", f"surface_{v}_{a}_{b}", f"{short_name(v)} over {short_name(a)} × {short_name(b)}"
+            + (" (red diamonds: published figures)" if mk else "") + ".",
+            functools.partial(surface_figure, ds, a, b, v, marks=mk))
         n_surf += 1
     # lines
     line_dims = []
@@ -1102,7 +1203,8 @@ def plan_figures(res) -> list[dict]:
             f"{short_name(main)} by {short_name(ydim)} and {short_name(xdim)} (minimum over the other dims).",
             functools.partial(heatmap_figure, ds, xdim, ydim, main))
         add("heatmap", f"heatmap_{SHARE}_{ydim}_{xdim}",
-            f"Embodied share of total CO₂e by {short_name(ydim)} and {short_name(xdim)}, at the lowest-CO₂e design.",
+            f"Embodied share of total CO₂e by {short_name(ydim)} and {short_name(xdim)}, "
+            "at the lowest-CO₂e design.",
             functools.partial(heatmap_figure, ds, xdim, ydim, SHARE, "best", cmap="Blues",
                               fmt=lambda v: f"{fmt_num(v, 2)} %"))
     # breakdown bars
@@ -1148,10 +1250,10 @@ def _load(out_dir):
 def save_figure(fig, path: Path, svg=False) -> list[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path.with_suffix(".png"), dpi=DPI)
+    fig.savefig(path.with_suffix(".png"), dpi=DPI, bbox_inches="tight", pad_inches=0.15)
     out = [path.with_suffix(".png")]
     if svg:
-        fig.savefig(path.with_suffix(".svg"))
+        fig.savefig(path.with_suffix(".svg"), bbox_inches="tight", pad_inches=0.15)
         out.append(path.with_suffix(".svg"))
     return out
 

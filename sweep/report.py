@@ -61,6 +61,8 @@ def _fmt(v, unit="") -> str:
         s = f"{int(v):,}"
     elif abs(v) >= 1e6 or (v != 0 and abs(v) < 1e-3):
         s = f"{v:.4g}"
+    elif abs(v) >= 1e3:
+        s = f"{v:,.0f}"
     else:
         s = f"{v:,.4g}"
     unit = "" if unit in ("1", None) else unit
@@ -334,8 +336,6 @@ def build_doc(out_dir, figures=None, db=None) -> Doc:
 
 
 def _build(out_dir, res, figures, db) -> Doc:
-    from kernels.reasons import REASONS
-
     from .spec import KEYS
 
     s = res.summary
@@ -351,6 +351,11 @@ def _build(out_dir, res, figures, db) -> Doc:
     ver = (s.get("versions") or {}).get("carbon-sweep") or "?"
     d.p(f"Result folder `{out_dir}`; spec `{s.get('spec_file', '?')}` (hash `{s.get('spec_hash', '?')}`); "
         f"carbon-sweep {ver}; report written {when}.")
+
+    # -- spec ---------------------------------------------------------------------------------
+    d.h(2, "Spec")
+    d.p("The study as run (values not given here take the defaults listed under assumptions):")
+    d.code("toml", to_toml(spec))
 
     # -- key numbers ------------------------------------------------------------------------
     d.h(2, "Key numbers")
@@ -370,7 +375,8 @@ def _build(out_dir, res, figures, db) -> Doc:
     if inf:
         d.p("Infeasible designs by the first rule they break:")
         d.table(["reason", "designs", "share"],
-                [[r, _fmt(c), f"{100 * c / n:.1f} %" if n else ""] for r, c in sorted(inf.items(), key=lambda t: -t[1])],
+                [[r, _fmt(c), f"{100 * c / n:.1f} %" if n else ""]
+                 for r, c in sorted(inf.items(), key=lambda t: -t[1])],
                 ["l", "r", "r"])
     best, src = _best_design(res, dims)
     if best is not None:
@@ -386,24 +392,30 @@ def _build(out_dir, res, figures, db) -> Doc:
             rows.append([k, _fmt(v), "" if u == "1" else u, desc])
         d.table(["output", "value", "unit", "meaning"], rows, ["l", "r", "l", "l"])
     mins, maxs = s.get("min") or {}, s.get("max") or {}
-    rows = []
+    rows, constant = [], []
     for k in MAIN_OUTPUTS:
         lo, hi = mins.get(k), maxs.get(k)
         if lo is None and hi is None:
             continue
         u = units.get(k, ("1", ""))[0]
+        if lo is not None and hi is not None and hi == lo:
+            constant.append(f"{k} = {_fmt(lo, u)}")
+            continue
         rows.append([k, _fmt(lo), _fmt(hi), "" if u == "1" else u,
                      f"{hi / lo:.3g}×" if lo and hi and lo > 0 else ""])
-    if rows:
+    if rows or constant:
         d.h(3, "Ranges over the feasible designs")
         d.table(["output", "min", "max", "unit", "max / min"], rows, ["l", "r", "r", "l", "r"])
+        if constant:
+            d.p("The same for every feasible design: " + ", ".join(constant) + ".")
     if res.pareto:
         d.h(3, "Pareto fronts")
         from .plots import _front_objectives
 
         objs = _front_objectives(res)
         d.table(["front", "objectives", "designs", "file"],
-                [[k, ", ".join(objs.get(k, [])), len(v), f"{k}.csv"] for k, v in res.pareto.items()], ["l", "l", "r", "l"])
+                [[k, ", ".join(objs.get(k, [])), len(v), f"{k}.csv"] for k, v in res.pareto.items()],
+                ["l", "l", "r", "l"])
     if res.top is not None and len(res.top):
         top = study_opts.get("top") or {}
         by = top.get("by", "total_tco2e")
@@ -411,7 +423,7 @@ def _build(out_dir, res, figures, db) -> Doc:
 
         by_name = red.parse_objective(by)[0]
         d.h(3, f"Top designs by {by}")
-        cols = [c for c in dims if c in res.top and res.top[c].nunique() > 1] or [c for c in dims if c in res.top]
+        cols = [c for c in dims if c in res.top and len(dims[c]) > 1] or [c for c in dims if c in res.top]
         outs = [c for c in dict.fromkeys([by_name, "total_tco2e", "loss", "train_days"]) if c in res.top]
         head = cols + [f"{c} ({units.get(c, ('1',))[0]})" if units.get(c, ("1",))[0] != "1" else c for c in outs]
         rows = [[_fmt(r[c]) for c in cols] + [_fmt(r[c]) for c in outs] for _, r in res.top.head(10).iterrows()]
@@ -425,11 +437,6 @@ def _build(out_dir, res, figures, db) -> Doc:
         d.h(2, "Figures")
         for path, caption in figs:
             d.img(path, caption)
-
-    # -- spec ---------------------------------------------------------------------------------
-    d.h(2, "Spec")
-    d.p("The study as run (values not given here take the defaults listed under assumptions):")
-    d.code("toml", to_toml(spec))
 
     # -- assumptions and sources ------------------------------------------------------------
     d.h(2, "Assumptions and sources")
@@ -481,9 +488,9 @@ def _build(out_dir, res, figures, db) -> Doc:
             host = (spec.get("cluster") or {}).get("host") or r.get("host") or ""
             if host and host not in hosts:
                 hosts.append(host)
+            emb_txt = _fmt(emb) if math.isfinite(emb) else "unknown (designs: missing_data)"
             rows.append([f"`{h}`", r.get("name", ""), _fmt(r.get(f"peak_{precision}_tflops")), _fmt(r.get("tdp_w")),
-                         r.get("process_node") or "", _fmt(emb) if math.isfinite(emb) else "unknown (designs: missing_data)",
-                         host])
+                         r.get("process_node") or "", emb_txt, host])
         d.table(["id", "name", f"peak {precision} TFLOP/s", "TDP W", "process", f"embodied kg CO2e / device ({method})",
                  "host"], rows, ["l", "l", "r", "r", "l", "r", "l"])
         d.p("Sources:")
@@ -493,8 +500,9 @@ def _build(out_dir, res, figures, db) -> Doc:
         nodes = sorted({db.accelerators[h].get("process_node") for h in hws if db.accelerators[h].get("process_node")})
         for node in nodes:
             row = db.tables.get("process_nodes.csv", {}).get((node, m))
-            em.append(f"process node `{node}` ({m}): " + (f"{_fmt(row['cpa_kgco2e_per_cm2'])} kg CO2e/cm², "
-                                                             f"{row['source']}" if row else "no figure in the database"))
+            fig = (f"{_fmt(row['cpa_kgco2e_per_cm2'])} kg CO2e/cm², {row['source']}" if row
+                   else "no figure in the database")
+            em.append(f"process node `{node}` ({m}): {fig}")
         if method == "act":
             for kind in ("hbm",):
                 row = db.tables.get("memory.csv", {}).get((kind, m))
@@ -529,9 +537,11 @@ def _build(out_dir, res, figures, db) -> Doc:
         for rid in regions:
             r = db.regions[rid]
             pue = r.get("pue")
-            pue_txt = _fmt(pue) if isinstance(pue, (int, float)) and math.isfinite(pue) else f"{_fmt(pue_default)} (default)"
-            rows.append([f"`{rid}`", r.get("name", ""), _fmt(r.get("carbon_intensity_kg_per_kwh")),
-                         _fmt(r.get("year")), pue_txt])
+            known = isinstance(pue, (int, float)) and math.isfinite(pue)
+            pue_txt = _fmt(pue) if known else f"{_fmt(pue_default)} (default)"
+            year = r.get("year")
+            year = str(int(year)) if isinstance(year, (int, float)) and math.isfinite(year) else "n/a"
+            rows.append([f"`{rid}`", r.get("name", ""), _fmt(r.get("carbon_intensity_kg_per_kwh")), year, pue_txt])
         d.table(["id", "name", "kg CO2e/kWh", "year", "PUE"], rows, ["l", "l", "r", "r", "r"])
         d.p("Sources:")
         d.ul([f"`{rid}`: {db.regions[rid].get('source', 'n/a')}" for rid in regions])
@@ -545,7 +555,10 @@ def _build(out_dir, res, figures, db) -> Doc:
 
     d.h(2, "Files")
     names = sorted(p.name for p in out_dir.iterdir() if not p.name.startswith("."))
-    d.ul([f"`{n}`" for n in names] + (["`report.md`", "`report.html`"] if "report.md" not in names else []))
+    listed = [f"`{n}/`" if (out_dir / n).is_dir() else f"`{n}`" for n in names]
+    if "report.md" not in names:
+        listed += ["`report.md`", "`report.html`"]
+    d.ul(listed)
     return d
 
 

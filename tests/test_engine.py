@@ -293,3 +293,18 @@ def test_empty_grid_is_an_error():
     s["grid"] = {}
     with pytest.raises(SpecError, match="empty"):
         run(s, write=False)
+
+
+def test_best_layout_grid_keeps_each_points_device_count():
+    s = {
+        "model": {"layers": 24, "d_model": 2048, "heads": 16, "vocab": 32000, "seq_len": 2048},
+        "training": {"tokens": 1e11, "global_batch": 512},
+        "cluster": {"hardware": "a100-sxm4-80gb"},
+        "site": {"region": "us"},
+        "grid": {"devices": [64, 256, 1024]},
+        "study": {"layout": "best"},
+    }
+    ds = run(s, write=False).dataset
+    tp, pp, dp = (ds[k].values for k in ("tp", "pp", "dp"))
+    np.testing.assert_array_equal(tp * pp * dp, [64, 256, 1024])
+    assert len(set(ds.train_days.values.round(6))) == 3
