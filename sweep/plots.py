@@ -726,8 +726,16 @@ def line_figure(ds, x_dim, var, hue=None, reduce="min", *, by="total_tco2e", mar
     want_layout = annotate_layout if annotate_layout is not None else (
         hue is None and all(c in ds.variables for c in ("tp", "pp")))
     if want_layout:
+        # layouts may be grid dimensions (every layout evaluated) rather than variables (best per point)
+        names = {}
+        for c in ("tp", "pp", "dp", "ep"):
+            names[c] = c
+            if c in ds.dims and by in ds:
+                names[c] = f"{c}__layout"
+                ds = ds.assign({names[c]: ds[c].broadcast_like(ds[by])})
         try:
-            lay, _ = at_best(ds, [x_dim], by, ["tp", "pp", "dp", "ep"])
+            lay, _ = at_best(ds, [x_dim], by, [names[c] for c in ("tp", "pp", "dp", "ep")])
+            lay = {c: lay[names[c]] for c in ("tp", "pp", "dp", "ep") if names[c] in lay}
             v0, da0 = panels[0]
             y0 = np.asarray(da0.transpose(x_dim).values, float)
             for xp, yp, k in zip(xpos, y0, range(len(xpos))):
@@ -1092,6 +1100,8 @@ def plan_figures(res) -> list[dict]:
     num3 = [d for d in num if len(dims[d]) >= 3]
     main = "total_tco2e" if (ds is None or _has(ds, "total_tco2e")) else None
     layout_vars = _has(ds, "tp") and _has(ds, "pp") and res.summary.get("layout") == "best"
+    # a fixed-layout grid whose layouts are dimensions (every layout of a model): the best per x
+    layout_dims = "tp" in dims and "pp" in dims
     plans = []
 
     def add(kind, name, caption, make):
@@ -1177,21 +1187,22 @@ def plan_figures(res) -> list[dict]:
     line_dims = []
     if len(num3) == 1 or (not num3 and num):
         line_dims.append((num3 or num)[0])
-    if "devices" in num and "devices" not in line_dims and layout_vars:
+    if "devices" in num and "devices" not in line_dims and (layout_vars or layout_dims):
         line_dims.append("devices")
     for xd in line_dims:
-        if layout_vars:
+        if layout_vars or (layout_dims and xd == "devices"):
             variables = [main, "step_time_s", "mfu"]
         else:
             variables = [main, "train_days"] + (["loss"] if _has(ds, "loss") and "loss" in chosen else [])
         hue = next((d for d in cat if len(dims[d]) <= 8), None) or next(
             (d for d in num if d != xd and len(dims[d]) <= 6), None)
-        if layout_vars and xd == "devices":
+        best_line = layout_vars or (layout_dims and xd == "devices")
+        if best_line and xd == "devices":
             hue = None
-        reduce = "best" if layout_vars else "min"
+        reduce = "best" if best_line else "min"
         cap = (f"{', '.join(short_name(v) for v in variables)} against {short_name(xd)}"
                + (f", one line per {short_name(hue)}" if hue else "")
-               + ("; each point is the lowest-CO₂e design, its layout written above" if layout_vars else "") + ".")
+               + ("; each point is the lowest-CO₂e design, its layout written above" if best_line else "") + ".")
         add("line", f"line_{xd}", cap,
             functools.partial(line_figure, ds, xd, variables, hue, reduce))
     # heatmaps over two categorical dims
