@@ -256,11 +256,10 @@ class Evaluator:
 
     # -- the grid path: the kernel unravels flat indices and gathers coordinates itself ---------
     def _grid_tables(self) -> tuple[dict, tuple]:
-        """Coordinate tables (arrays, by dimension) and the static (dim, kind, stride, size) plan."""
+        """Coordinate tables (arrays, by dimension) and the static (dim, size) plan."""
         dt = self.dtype
         tables, plan = {}, []
-        strides = np.cumprod((1,) + self.shape[::-1])[::-1][1:] if self.shape else ()
-        for d, stride, size in zip(self.dims, strides, self.shape):
+        for d, size in zip(self.dims, self.shape):
             vals = self.study.dims[d]
             if d == "hardware":
                 tables[d] = {**{k: a.astype(dt) for k, a in self.tables["hardware"].items()},
@@ -275,7 +274,7 @@ class Evaluator:
                 tables[d] = {"recompute": np.array([RECOMPUTE_CODE[v] for v in vals], dt)}
             else:
                 tables[d] = {SPEC_TO_X.get(d, d): np.asarray(vals).astype(dt)}
-            plan.append((d, int(stride), int(size)))
+            plan.append((d, int(size)))
         return tables, tuple(plan)
 
     @property
@@ -283,7 +282,7 @@ class Evaluator:
         if getattr(self, "_grid_fn", None) is None:
             self._tables_dev, plan = self._grid_tables()
             self._grid_fn = jax.jit(functools.partial(_evaluate_grid, plan=plan, core=self._core_kwargs()),
-                                    static_argnames=("capacity",))
+                                    static_argnames=("block", "axis"))
         return self._grid_fn
 
     def _core_kwargs(self) -> dict:
@@ -291,16 +290,19 @@ class Evaluator:
                     law_table=tuple(sorted((k, v) for k, v in self.law_table.items() if not isinstance(v, (list, dict)))),
                     objective=self.objective, outputs=tuple(self.outputs))
 
-    def evaluate_range(self, start: int, stop: int, capacity: int | None = None) -> dict[str, np.ndarray]:
-        """Outputs at flat indices [start, stop): one jitted call of fixed ``capacity`` (≥ stop − start)."""
-        n = stop - start
-        capacity = max(capacity or n, n)
+    def evaluate_chunk(self, plan: "Plan", i: int) -> dict[str, np.ndarray]:
+        """Outputs of chunk i of a plan: one jitted call of the plan's fixed block shape."""
+        start, stop = plan.bounds(i)
+        region = plan.region(i)
+        lead = np.array([r.start for r in region[:plan.axis]], np.int64)
+        a = np.int64(region[plan.axis].start)
+        block = (plan.step,) + tuple(plan.shape[plan.axis + 1:])
         fn = self.grid_fn
         x = {k: np.asarray(v, self.dtype) for k, v in self.base.items()}
         cal = {k: np.asarray(v, self.dtype) for k, v in self.cal.items()}
         lay = ({k: np.asarray(v, self.dtype) for k, v in self.layouts.items()} if self.layouts is not None else {})
-        out = fn(np.int64(start), x, cal, lay, self._tables_dev, capacity=capacity)
-        return {k: np.asarray(v)[:n] for k, v in out.items()}
+        out = fn(lead, a, x, cal, lay, self._tables_dev, block=block, axis=plan.axis)
+        return {k: np.asarray(v)[:stop - start] for k, v in out.items()}
 
     def evaluate_values(self, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Outputs at arbitrary values of the dimensions ({dimension: 1-D array}, equal lengths)."""
@@ -312,18 +314,34 @@ class Evaluator:
         return {k: np.asarray(v) for k, v in out.items()}
 
 
-def _evaluate_grid(start, x, cal, lay, tables, *, capacity, plan, core):
-    """The grid path: flat indices start … start+capacity−1 → coordinates gathered in-kernel → _evaluate."""
-    flat = start + jnp.arange(capacity, dtype=jnp.int64)
+def _evaluate_grid(lead, a, x, cal, lay, tables, *, block, axis, plan, core):
+    """The grid path for one hyper-rectangular chunk, without per-point index division.
+
+    ``lead`` holds the (traced) indices of the axes before the split ``axis``, ``a`` the first index
+    along it; ``block`` = (step, sizes of the later axes) is static. Each dimension's index comes from
+    a broadcast iota, and its values from one gather; the outputs are flat, in the grid's C order,
+    i.e. the flat indices [start, start + prod(block)).
+    """
     x, cal = dict(x), dict(cal)
-    for d, stride, size in plan:
-        ix = (flat // stride) % size
-        for k, a in tables[d].items():
+    nblk = len(block)
+    for pos, (d, size) in enumerate(plan):
+        if pos < axis:
+            ix = jnp.broadcast_to(lead[pos].astype(jnp.int32), block)
+        else:
+            j = pos - axis
+            n = block[j]
+            ix = (a.astype(jnp.int32) + jnp.arange(n, dtype=jnp.int32)) if j == 0 else jnp.arange(n, dtype=jnp.int32)
+            ix = jnp.minimum(ix, size - 1).reshape((n,) + (1,) * (nblk - 1 - j))  # padding repeats the last
+            ix = jnp.broadcast_to(ix, block)
+        # a full per-point gather (not a broadcast): every point takes the same arithmetic path
+        # whatever the chunk shape, so chunked and unchunked runs agree to the bit
+        ix = ix.reshape(-1)
+        for k, arr in tables[d].items():
             if k.startswith("cal__"):
-                cal[k[5:]] = a[ix]
+                cal[k[5:]] = arr[ix]
             else:
-                x[k] = a[ix]
-    x["_points"] = jnp.zeros(capacity, jnp.int8)
+                x[k] = arr[ix]
+    x["_points"] = jnp.zeros(math.prod(block), jnp.int8)
     return _evaluate(x, cal, lay, **core)
 
 
@@ -414,7 +432,7 @@ def finished_chunks(part_dir: Path) -> set[int]:
 def chunk_partial(ev: Evaluator, plan: Plan, i: int, keep_full: bool):
     """Outputs of chunk i and its partial results (reductions, plus the full outputs when kept)."""
     start, stop = plan.bounds(i)
-    out = ev.evaluate_range(start, stop, plan.capacity)
+    out = ev.evaluate_chunk(plan, i)
     out["index"] = np.arange(start, stop, dtype=np.int64)
     feasible = out["reason"] == 0
     res: dict[str, np.ndarray] = {}
