@@ -148,6 +148,9 @@ def footprint(x, cal=None):
     emb_device = embodied.amortised_tco2e(devices * x["device_embodied_kgco2e"], hours, x["lifespan_years"])
     emb_host = embodied.amortised_tco2e(nodes * x["host_embodied_kgco2e"], hours, x["lifespan_years"])
     gpus = materials.gpus_consumed(train_flops, x["peak_flops"], mfu, x["lifespan_years"])
+    total = op_device + op_host + emb_device + emb_host
+    # a feasible design whose total is unknown lacks a published figure (a TDP, a die area, ...)
+    reason = jnp.where((reason == 0) & ~jnp.isfinite(total), CODE["missing_data"], reason).astype(jnp.int32)
 
     out = {
         "params": params,
@@ -172,8 +175,8 @@ def footprint(x, cal=None):
         "embodied_device_tco2e": emb_device,
         "embodied_host_tco2e": emb_host,
         "embodied_tco2e": emb_device + emb_host,
-        "total_tco2e": op_device + op_host + emb_device + emb_host,
-        "embodied_share": (emb_device + emb_host) / (op_device + op_host + emb_device + emb_host),
+        "total_tco2e": total,
+        "embodied_share": (emb_device + emb_host) / total,
         "gpus_consumed": gpus,
         "material_kg": materials.material_kg(gpus, x["material_kg_per_device"]),
         "water_m3": energy.water_m3(it_kwh, x["wue_l_per_kwh"]),

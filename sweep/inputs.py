@@ -40,8 +40,8 @@ def host_embodied_kgco2e(db, host_id: str, method: str) -> float:
 
     Parts with no figure in the database count 0 (stated in the README); supply them in a user file.
     """
-    if not host_id:
-        return NAN
+    if not host_id:  # a device with no host server in the data: only the accelerators are counted
+        return 0.0
     h = db.hosts[host_id]
     m = "act" if method == "vendor_pcf" else method
     cpa, yld = db.process_cpa(h["cpu_process_node"], m) if h["cpu_process_node"] else (NAN, NAN)

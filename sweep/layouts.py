@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import time
 
 import jax
@@ -137,7 +136,3 @@ def layout_command(args, db):
         print(f"  {i:>3} {r['tp']:>3} {r['pp']:>3} {r['dp']:>5} {r['ep']:>3} {r['microbatch']:>3} "
               f"{r['recompute']:>9} {r['interleave']:>3} {r['mfu']:>6.3f} {r['step_time_s']:>8.2f} "
               f"{r['train_days']:>7.1f} {r['memory_gb']:>7.1f} {r['total_tco2e']:>9.1f}")
-
-
-def _finite(x):
-    return x if (isinstance(x, float) and math.isfinite(x)) else None

@@ -211,7 +211,11 @@ def test_user_database_folder_adds_a_device(tmp_path, capsys):
     text = GOOD.replace('hardware = "a100-sxm4-80gb"', 'hardware = "my-npu"')
     code, out, err = cli(capsys, "--db", db, "estimate", write(tmp_path, text), "--json")
     assert code == 0, err
-    assert json.loads(out)["hardware"] == "my-npu"
+    doc = json.loads(out)
+    assert doc["hardware"] == "my-npu"
+    assert doc["total_tco2e"] is None  # no die area or footprint published for it: embodied unknown
+    assert doc["reason"] == 14  # missing_data
+    assert doc["operational_tco2e"] > 0
 
 
 def test_user_database_schema_errors_name_file_row_and_column(tmp_path, capsys):
