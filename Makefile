@@ -34,6 +34,7 @@ studies: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/search_quality.py
 
 clean:
 	rm -rf $(VENV) results bench/out .pytest_cache

@@ -684,6 +684,9 @@ def _figure(result: SearchResult, opts: SearchOptions, out_dir: Path) -> str | N
             else:
                 ax = ovm.plot_optimization_history(result.study, target_name=labels[0])
                 name = "optimization_history.png"
+                vals = [t.value for t in result.study.get_trials(deepcopy=False) if t.value is not None]
+                if vals and min(vals) > 0 and max(vals) > 100 * min(vals):
+                    ax.set_yscale("log")
         except (ValueError, optuna.exceptions.OptunaError) as exc:  # e.g. no feasible trial to draw
             print(f"carbon-sweep optimize: no figure: {exc}", file=sys.stderr)
             return None
