@@ -134,6 +134,14 @@ class Evaluator:
         self.derive = tuple(k for k in DERIVABLE if k not in given)
         self.layouts = self._candidate_layouts(db) if self.mode == "best" else None
         self.outputs = self._output_names()
+        # Reductions only (no full grid kept): the kernel computes just what the reductions need and
+        # prefilters their candidates; the few rows kept are completed with every output at the end.
+        opts = study.options
+        self.fast = not opts["keep_full_grid"]
+        needed = {red.parse_objective(o)[0] for p in opts["pareto"] for o in p}
+        if opts["top"]:
+            needed.add(red.parse_objective(opts["top"]["by"])[0])
+        self.reduce_outputs = sorted(needed - {"reason"}) + ["reason"]
 
     # -- what is kept ----------------------------------------------------------------------
     def _output_names(self) -> list[str]:
@@ -237,7 +245,7 @@ class Evaluator:
     # -- the jitted function ---------------------------------------------------------------
     def __getstate__(self):
         state = dict(self.__dict__)
-        for k in ("_fn", "_grid_fn", "_tables_dev"):
+        for k in ("_fn", "_grid_fn", "_tables_dev", "_fn_all"):
             state.pop(k, None)
         return state
 
@@ -281,14 +289,25 @@ class Evaluator:
     def grid_fn(self):
         if getattr(self, "_grid_fn", None) is None:
             self._tables_dev, plan = self._grid_tables()
-            self._grid_fn = jax.jit(functools.partial(_evaluate_grid, plan=plan, core=self._core_kwargs()),
+            outputs = self.reduce_outputs if self.fast else self.outputs
+            self._grid_fn = jax.jit(functools.partial(_evaluate_grid, plan=plan, core=self._core_kwargs(outputs),
+                                                      reduce=self._reduce_spec()),
                                     static_argnames=("block", "axis"))
         return self._grid_fn
 
-    def _core_kwargs(self) -> dict:
+    def _core_kwargs(self, outputs=None) -> dict:
         return dict(mode=self.mode, derive=self.derive, law=self.law_table.get("form"),
                     law_table=tuple(sorted((k, v) for k, v in self.law_table.items() if not isinstance(v, (list, dict)))),
-                    objective=self.objective, outputs=tuple(self.outputs))
+                    objective=self.objective, outputs=tuple(outputs or self.outputs))
+
+    def _reduce_spec(self):
+        """Static description of the in-kernel prefilters (fast mode), or None."""
+        if not self.fast:
+            return None
+        opts = self.study.options
+        fronts = tuple(tuple(red.parse_objective(o) for o in p) for p in opts["pareto"])
+        top = (red.parse_objective(opts["top"]["by"]) + (opts["top"]["n"],)) if opts["top"] else None
+        return fronts, top
 
     def evaluate_chunk(self, plan: "Plan", i: int) -> dict[str, np.ndarray]:
         """Outputs of chunk i of a plan: one jitted call of the plan's fixed block shape."""
@@ -301,8 +320,24 @@ class Evaluator:
         x = {k: np.asarray(v, self.dtype) for k, v in self.base.items()}
         cal = {k: np.asarray(v, self.dtype) for k, v in self.cal.items()}
         lay = ({k: np.asarray(v, self.dtype) for k, v in self.layouts.items()} if self.layouts is not None else {})
-        out = fn(lead, a, x, cal, lay, self._tables_dev, block=block, axis=plan.axis)
-        return {k: np.asarray(v)[:stop - start] for k, v in out.items()}
+        out = fn(lead, a, np.int64(stop - start), x, cal, lay, self._tables_dev, block=block, axis=plan.axis)
+        n = stop - start
+        return {k: (np.asarray(v) if k.startswith("__stat") else np.asarray(v)[:n]) for k, v in out.items()}
+
+    def complete_rows(self, cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Add every kept output to rows known by flat index (fast mode keeps only the reduced ones)."""
+        idx = cols["index"]
+        if len(idx) == 0:
+            return {**{k: np.zeros(0) for k in self.outputs}, **cols}
+        if getattr(self, "_fn_all", None) is None:
+            self._fn_all = jax.jit(functools.partial(_evaluate, **self._core_kwargs()))
+        size = 1 << int(np.ceil(np.log2(len(idx))))  # few compiled sizes
+        flat = np.concatenate([idx, np.full(size - len(idx), idx[0])])
+        x, cal = self.inputs(flat)
+        x["_points"] = np.zeros(size, np.int8)
+        lay = ({k: np.asarray(v, self.dtype) for k, v in self.layouts.items()} if self.layouts is not None else {})
+        out = {k: np.asarray(v)[:len(idx)] for k, v in self._fn_all(x, cal, lay).items()}
+        return {**out, **cols}
 
     def evaluate_values(self, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Outputs at arbitrary values of the dimensions ({dimension: 1-D array}, equal lengths)."""
@@ -314,7 +349,7 @@ class Evaluator:
         return {k: np.asarray(v) for k, v in out.items()}
 
 
-def _evaluate_grid(lead, a, x, cal, lay, tables, *, block, axis, plan, core):
+def _evaluate_grid(lead, a, n_valid, x, cal, lay, tables, *, block, axis, plan, core, reduce=None):
     """The grid path for one hyper-rectangular chunk, without per-point index division.
 
     ``lead`` holds the (traced) indices of the axes before the split ``axis``, ``a`` the first index
@@ -342,7 +377,62 @@ def _evaluate_grid(lead, a, x, cal, lay, tables, *, block, axis, plan, core):
             else:
                 x[k] = arr[ix]
     x["_points"] = jnp.zeros(math.prod(block), jnp.int8)
-    return _evaluate(x, cal, lay, **core)
+    out = _evaluate(x, cal, lay, **core)
+    if reduce is None:
+        return out
+    # materialise the outputs once: otherwise XLA fuses the whole chain into every reduction below
+    out = jax.lax.optimization_barrier(out)
+    return {**out, **_prefilter(out, n_valid, *reduce)}
+
+
+def _prefilter(out, n_valid, fronts, top, bins=4096):
+    """In-kernel reductions of a chunk: exact candidate masks for its Pareto fronts and top-k, and
+    its statistics (reason counts, min/max of the reduced outputs over feasible points).
+
+    Two-objective fronts: points are binned by the first objective (a monotone map, so a point in a
+    lower bin has a strictly smaller first objective); a point is dominated when a lower bin holds a
+    second objective ≤ its own. Only such points are dropped, so the mask keeps every member of the
+    chunk's front (and more); NumPy then computes the exact front of the few candidates.
+    Top-k: every feasible point in the key bins up to the one where the count reaches k (the k
+    smallest, ties and more); NumPy then picks the exact top-k.
+    """
+    n = out["reason"].shape[0]
+    valid = jnp.arange(n) < n_valid
+    ok = (out["reason"] == 0) & valid
+    res = {"__stat_reasons": jnp.bincount(out["reason"], weights=valid.astype(jnp.int32), length=len(REASONS))}
+    for k, v in out.items():
+        if k != "reason" and jnp.issubdtype(v.dtype, jnp.floating):
+            good = ok & jnp.isfinite(v)
+            res[f"__stat_min__{k}"] = jnp.min(jnp.where(good, v, jnp.inf))
+            res[f"__stat_max__{k}"] = jnp.max(jnp.where(good, v, -jnp.inf))
+    for j, objectives in enumerate(fronts):
+        f = [sign * out[name] for name, sign in objectives]
+        good = ok & jnp.all(jnp.stack([jnp.isfinite(c) for c in f]), axis=0)
+        if len(f) == 2:
+            f0, f1 = f
+            b = _bin(f0, good, bins)
+            bin_min = jax.ops.segment_min(jnp.where(good, f1, jnp.inf), b, num_segments=bins)
+            below = jnp.concatenate([jnp.full((1,), jnp.inf, bin_min.dtype), jax.lax.cummin(bin_min)[:-1]])
+            good = good & (f1 < below[b])
+        res[f"__cand_p{j}"] = good
+    if top is not None:  # histogram threshold: every point in the bins up to the one holding the k-th
+        name, sign, k = top
+        key = sign * out[name]
+        good = ok & jnp.isfinite(key)
+        b = _bin(key, good, bins)
+        counts = jnp.bincount(b, weights=good.astype(jnp.int32), length=bins)
+        last = jnp.argmax(jnp.cumsum(counts) >= k)  # 0 when fewer than k: then every bin
+        last = jnp.where(jnp.sum(counts) >= k, last, bins - 1)
+        res["__cand_top"] = good & (b <= last)
+    return res
+
+
+def _bin(v, good, bins):
+    """Bin index of v over [min, max] of the good points: monotone, so lower bins hold smaller v."""
+    lo = jnp.min(jnp.where(good, v, jnp.inf))
+    hi = jnp.max(jnp.where(good, v, -jnp.inf))
+    scale = jnp.where(hi > lo, bins / (hi - lo), 0.0)
+    return jnp.clip(jnp.floor((jnp.where(good, v, lo) - lo) * scale), 0, bins - 1).astype(jnp.int32)
 
 
 def _evaluate(x, cal, lay, *, mode, derive, law, law_table, objective, outputs):
@@ -434,6 +524,8 @@ def chunk_partial(ev: Evaluator, plan: Plan, i: int, keep_full: bool):
     start, stop = plan.bounds(i)
     out = ev.evaluate_chunk(plan, i)
     out["index"] = np.arange(start, stop, dtype=np.int64)
+    if ev.fast:
+        return _fast_partial(ev, out), out
     feasible = out["reason"] == 0
     res: dict[str, np.ndarray] = {}
     cand = {k: v[feasible] for k, v in out.items()}
@@ -458,6 +550,27 @@ def chunk_partial(ev: Evaluator, plan: Plan, i: int, keep_full: bool):
     if keep_full:
         res.update({f"full__{k}": v for k, v in out.items() if k != "index"})
     return res, out
+
+
+def _fast_partial(ev: Evaluator, out: dict) -> dict[str, np.ndarray]:
+    """Partial results from the kernel's prefilter masks and statistics (reductions-only sweeps)."""
+    cols = [k for k in out if not k.startswith("__")]
+    res = {"stats__reasons": out["__stat_reasons"].astype(np.int64)}
+    for k in cols:
+        if f"__stat_min__{k}" in out:
+            lo, hi = float(out[f"__stat_min__{k}"]), float(out[f"__stat_max__{k}"])
+            res[f"stats__min__{k}"] = np.asarray(lo if math.isfinite(lo) else np.nan)
+            res[f"stats__max__{k}"] = np.asarray(hi if math.isfinite(hi) else np.nan)
+    for j, objectives in enumerate(ev.study.options["pareto"]):
+        c = np.flatnonzero(out[f"__cand_p{j}"])
+        front = red.merge_front(None, {k: out[k][c] for k in cols}, objectives)
+        res.update({f"pareto{j}__{k}": v for k, v in front.items()})
+    top = ev.study.options["top"]
+    if top:
+        c = np.flatnonzero(out["__cand_top"])
+        best = red.top_k({k: out[k][c] for k in cols}, top["by"], top["n"])
+        res.update({f"top__{k}": v for k, v in best.items()})
+    return res
 
 
 def run_chunk(ev: Evaluator, plan: Plan, i: int, out_dir: str, keep_full: bool, zarr_path: str | None) -> int:
@@ -719,6 +832,9 @@ def _merge(ev: Evaluator, plan: Plan, out_dir: Path, keep_full: bool, zarr_path)
         "min": {k: _num(v) for k, v in mins.items()},
         "max": {k: _num(v) for k, v in maxs.items()},
     }
+    if ev.fast:
+        fronts = [ev.complete_rows(f) if f is not None else None for f in fronts]
+        top = ev.complete_rows(top) if top is not None else None
     pareto = {_front_name(o): _table(ev, f) for o, f in zip(opts["pareto"], fronts) if f is not None}
     top_df = _table(ev, top) if top is not None else None
     if dataset is not None:

@@ -308,3 +308,17 @@ def test_best_layout_grid_keeps_each_points_device_count():
     tp, pp, dp = (ds[k].values for k in ("tp", "pp", "dp"))
     np.testing.assert_array_equal(tp * pp * dp, [64, 256, 1024])
     assert len(set(ds.train_days.values.round(6))) == 3
+
+
+@pytest.mark.parametrize("size", [7, 40, 10_000])
+def test_reductions_only_fast_path_equals_the_full_grid_path(size):
+    full = run(spec(), write=False, chunk_size=size)
+    fast = run(spec(study__keep_full_grid=False), write=False, chunk_size=size)
+    same_tables(full.pareto, fast.pareto)
+    np.testing.assert_array_equal(full.top["index"].values, fast.top["index"].values)
+    for name in full.pareto:  # completed rows carry every output, equal to the grid's
+        for col in ("params", "train_days", "energy_mwh", "total_tco2e"):
+            np.testing.assert_allclose(fast.pareto[name][col].values, full.pareto[name][col].values, rtol=1e-12)
+    assert fast.summary["infeasible"] == full.summary["infeasible"]
+    assert fast.summary["n_feasible"] == full.summary["n_feasible"]
+    assert fast.summary["min"]["total_tco2e"] == full.summary["min"]["total_tco2e"]
