@@ -162,7 +162,9 @@ def footprint(x, cal=None):
         "compute_s": step["compute_s"],
         "comm_exposed_s": step["comm_exposed_s"],
         "bubble_s": step["bubble_s"],
-        "tokens_per_s": jnp.where(mfu_given, train_flops / seconds / per_token, step["tokens_per_s"]),
+        # devices·peak·MFU / FLOPs per token (not F / seconds / per-token: XLA may reorder that into
+        # F·devices·peak·MFU / F, which overflows float32)
+        "tokens_per_s": jnp.where(mfu_given, devices * x["peak_flops"] * mfu / per_token, step["tokens_per_s"]),
         "memory_gb": step["memory_bytes"] / 1e9,
         "dp": step["dp"],
         "train_days": hours / 24.0,

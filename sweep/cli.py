@@ -262,9 +262,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _compilation_cache() -> None:
+    """Persist compiled kernels between commands (JAX's on-disk cache): a cold start skips XLA.
+
+    The folder is $CARBON_SWEEP_CACHE, else ~/.cache/carbon-sweep/jax; CARBON_SWEEP_CACHE=off disables it.
+    """
+    folder = os.environ.get("CARBON_SWEEP_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "carbon-sweep", "jax")
+    if folder.lower() == "off":
+        return
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError:
+        return
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _compilation_cache()
     try:
         db = hardware_db.load(args.db)
         args.func(args, db)

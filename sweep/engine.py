@@ -252,7 +252,7 @@ class Evaluator:
     @property
     def fn(self):
         if getattr(self, "_fn", None) is None:
-            self._fn = jax.jit(functools.partial(_evaluate, **self._core_kwargs()))
+            self._fn = _values_jit(tuple(self._core_kwargs().items()))
         return self._fn
 
     def evaluate(self, flat: np.ndarray, pad_to: int | None = None) -> dict[str, np.ndarray]:
@@ -290,9 +290,7 @@ class Evaluator:
         if getattr(self, "_grid_fn", None) is None:
             self._tables_dev, plan = self._grid_tables()
             outputs = self.reduce_outputs if self.fast else self.outputs
-            self._grid_fn = jax.jit(functools.partial(_evaluate_grid, plan=plan, core=self._core_kwargs(outputs),
-                                                      reduce=self._reduce_spec()),
-                                    static_argnames=("block", "axis"))
+            self._grid_fn = _grid_jit(plan, tuple(self._core_kwargs(outputs).items()), self._reduce_spec())
         return self._grid_fn
 
     def _core_kwargs(self, outputs=None) -> dict:
@@ -330,7 +328,7 @@ class Evaluator:
         if len(idx) == 0:
             return {**{k: np.zeros(0) for k in self.outputs}, **cols}
         if getattr(self, "_fn_all", None) is None:
-            self._fn_all = jax.jit(functools.partial(_evaluate, **self._core_kwargs()))
+            self._fn_all = _values_jit(tuple(self._core_kwargs().items()))
         size = 1 << int(np.ceil(np.log2(len(idx))))  # few compiled sizes
         flat = np.concatenate([idx, np.full(size - len(idx), idx[0])])
         x, cal = self.inputs(flat)
@@ -347,6 +345,32 @@ class Evaluator:
         lay = ({k: np.asarray(v, self.dtype) for k, v in self.layouts.items()} if self.layouts is not None else {})
         out = self.fn(x, cal, lay)
         return {k: np.asarray(v) for k, v in out.items()}
+
+
+@functools.lru_cache(maxsize=32)
+def _values_jit(core_items):
+    """The chain on arbitrary points (search, completed rows), jitted once per configuration."""
+    return jax.jit(functools.partial(_evaluate, **dict(core_items)))
+
+
+@functools.lru_cache(maxsize=32)
+def _grid_jit(plan, core_items, reduce):
+    """One jitted grid function per static configuration, shared by every Evaluator (and run()).
+
+    With reductions, two jitted calls: the chain, then the prefilters on its materialised outputs
+    (fused into one, XLA on CPU ran the prefilters several times slower).
+    """
+    chain = jax.jit(functools.partial(_evaluate_grid, plan=plan, core=dict(core_items), reduce=None),
+                    static_argnames=("block", "axis"))
+    if reduce is None:
+        return chain
+    prefilter = jax.jit(functools.partial(_prefilter, fronts=reduce[0], top=reduce[1]))
+
+    def both(lead, a, n_valid, x, cal, lay, tables, *, block, axis):
+        out = chain(lead, a, n_valid, x, cal, lay, tables, block=block, axis=axis)
+        return {**out, **prefilter(out, n_valid)}
+
+    return both
 
 
 def _evaluate_grid(lead, a, n_valid, x, cal, lay, tables, *, block, axis, plan, core, reduce=None):
@@ -380,8 +404,6 @@ def _evaluate_grid(lead, a, n_valid, x, cal, lay, tables, *, block, axis, plan, 
     out = _evaluate(x, cal, lay, **core)
     if reduce is None:
         return out
-    # materialise the outputs once: otherwise XLA fuses the whole chain into every reduction below
-    out = jax.lax.optimization_barrier(out)
     return {**out, **_prefilter(out, n_valid, *reduce)}
 
 
