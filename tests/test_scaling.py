@@ -134,6 +134,14 @@ def test_besiroglu_optimum_at_chinchilla_budget_is_70B_params_1p4T_tokens():
     assert 15 < float(d / n) < 25
 
 
+def test_besiroglu_compute_optimal_exponent_is_the_printed_0_5126():
+    # Besiroglu et al. 2024 print the optimal-size exponent a = beta/(alpha+beta) = 0.5126 (b = 0.4874)
+    # for their refit; 0.3658 / (0.3478 + 0.3658) = 0.51261
+    c = LAWS["besiroglu"]
+    assert c["beta"] / (c["alpha"] + c["beta"]) == pytest.approx(0.5126, abs=5e-5)
+    assert c["alpha"] / (c["alpha"] + c["beta"]) == pytest.approx(0.4874, abs=5e-5)
+
+
 def test_besiroglu_reuses_the_chinchilla_function_through_its_form():
     c = LAWS["besiroglu"]
     got = scaling.predict_loss("besiroglu", c, params=7e10, tokens=1.4e12)
