@@ -407,7 +407,7 @@ def _evaluate_grid(lead, a, n_valid, x, cal, lay, tables, *, block, axis, plan, 
     return {**out, **_prefilter(out, n_valid, *reduce)}
 
 
-def _prefilter(out, n_valid, fronts, top, bins=4096):
+def _prefilter(out, n_valid, fronts, top, bins=4096, stride=32):
     """In-kernel reductions of a chunk: exact candidate masks for its Pareto fronts and top-k, and
     its statistics (reason counts, min/max of the reduced outputs over feasible points).
 
@@ -416,7 +416,8 @@ def _prefilter(out, n_valid, fronts, top, bins=4096):
     second objective ≤ its own. Only such points are dropped, so the mask keeps every member of the
     chunk's front (and more); NumPy then computes the exact front of the few candidates.
     Top-k: every feasible point in the key bins up to the one where the count reaches k (the k
-    smallest, ties and more); NumPy then picks the exact top-k.
+    smallest, ties and more); NumPy then picks the exact top-k. Bin minima and counts come from
+    every ``stride``-th point: a sample's bound is weaker, so the masks only keep more candidates.
     """
     n = out["reason"].shape[0]
     valid = jnp.arange(n) < n_valid
@@ -427,33 +428,41 @@ def _prefilter(out, n_valid, fronts, top, bins=4096):
             good = ok & jnp.isfinite(v)
             res[f"__stat_min__{k}"] = jnp.min(jnp.where(good, v, jnp.inf))
             res[f"__stat_max__{k}"] = jnp.max(jnp.where(good, v, -jnp.inf))
+    sub = slice(None, None, stride)  # bounds from a strided sample: weaker, still exact as a prefilter
     for j, objectives in enumerate(fronts):
         f = [sign * out[name] for name, sign in objectives]
         good = ok & jnp.all(jnp.stack([jnp.isfinite(c) for c in f]), axis=0)
         if len(f) == 2:
             f0, f1 = f
-            b = _bin(f0, good, bins)
-            bin_min = jax.ops.segment_min(jnp.where(good, f1, jnp.inf), b, num_segments=bins)
+            lo, scale = _bin_scale(f0[sub], good[sub], bins)
+            b = _bin(f0, good, lo, scale, bins)
+            bin_min = jax.ops.segment_min(jnp.where(good[sub], f1[sub], jnp.inf), b[sub], num_segments=bins)
             below = jnp.concatenate([jnp.full((1,), jnp.inf, bin_min.dtype), jax.lax.cummin(bin_min)[:-1]])
             good = good & (f1 < below[b])
         res[f"__cand_p{j}"] = good
-    if top is not None:  # histogram threshold: every point in the bins up to the one holding the k-th
+    if top is not None:  # every point in the bins up to the one where the sample's count reaches k
         name, sign, k = top
         key = sign * out[name]
         good = ok & jnp.isfinite(key)
-        b = _bin(key, good, bins)
-        counts = jnp.bincount(b, weights=good.astype(jnp.int32), length=bins)
-        last = jnp.argmax(jnp.cumsum(counts) >= k)  # 0 when fewer than k: then every bin
-        last = jnp.where(jnp.sum(counts) >= k, last, bins - 1)
+        lo, scale = _bin_scale(key[sub], good[sub], bins)
+        b = _bin(key, good, lo, scale, bins)
+        counts = jnp.bincount(b[sub], weights=good[sub].astype(jnp.int32), length=bins)
+        enough = jnp.sum(counts) >= k
+        last = jnp.where(enough, jnp.argmax(jnp.cumsum(counts) >= k), bins - 1)
         res["__cand_top"] = good & (b <= last)
     return res
 
 
-def _bin(v, good, bins):
-    """Bin index of v over [min, max] of the good points: monotone, so lower bins hold smaller v."""
+def _bin_scale(v, good, bins):
+    """(lo, scale) mapping [min, max] of the good values onto [0, bins)."""
     lo = jnp.min(jnp.where(good, v, jnp.inf))
     hi = jnp.max(jnp.where(good, v, -jnp.inf))
-    scale = jnp.where(hi > lo, bins / (hi - lo), 0.0)
+    lo = jnp.where(jnp.isfinite(lo), lo, 0.0)
+    return lo, jnp.where(hi > lo, bins / (hi - lo), 0.0)
+
+
+def _bin(v, good, lo, scale, bins):
+    """Bin index: monotone non-decreasing in v (clipped at both ends), so lower bins hold smaller v."""
     return jnp.clip(jnp.floor((jnp.where(good, v, lo) - lo) * scale), 0, bins - 1).astype(jnp.int32)
 
 
