@@ -385,21 +385,22 @@ def _evaluate_grid(lead, a, n_valid, x, cal, lay, tables, *, block, axis, plan, 
     nblk = len(block)
     for pos, (d, size) in enumerate(plan):
         if pos < axis:
-            ix = jnp.broadcast_to(lead[pos].astype(jnp.int32), block)
+            ix = lead[pos]
         else:
             j = pos - axis
             n = block[j]
-            ix = (a.astype(jnp.int32) + jnp.arange(n, dtype=jnp.int32)) if j == 0 else jnp.arange(n, dtype=jnp.int32)
+            ix = (a + jnp.arange(n)) if j == 0 else jnp.arange(n)
             ix = jnp.minimum(ix, size - 1).reshape((n,) + (1,) * (nblk - 1 - j))  # padding repeats the last
-            ix = jnp.broadcast_to(ix, block)
-        # a full per-point gather (not a broadcast): every point takes the same arithmetic path
-        # whatever the chunk shape, so chunked and unchunked runs agree to the bit
-        ix = ix.reshape(-1)
         for k, arr in tables[d].items():
+            v = jnp.broadcast_to(arr[ix], block).reshape(-1)  # values on their own axis, then broadcast
             if k.startswith("cal__"):
-                cal[k[5:]] = arr[ix]
+                cal[k[5:]] = v
             else:
-                x[k] = arr[ix]
+                x[k] = v
+    # Materialise the broadcast inputs: every point then takes the same arithmetic path whatever the
+    # chunk shape (XLA would otherwise compute some terms at lower rank), so chunked and unchunked
+    # runs agree to the bit.
+    x, cal = jax.lax.optimization_barrier((x, cal))
     x["_points"] = jnp.zeros(math.prod(block), jnp.int8)
     out = _evaluate(x, cal, lay, **core)
     if reduce is None:
