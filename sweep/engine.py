@@ -355,22 +355,9 @@ def _values_jit(core_items):
 
 @functools.lru_cache(maxsize=32)
 def _grid_jit(plan, core_items, reduce):
-    """One jitted grid function per static configuration, shared by every Evaluator (and run()).
-
-    With reductions, two jitted calls: the chain, then the prefilters on its materialised outputs
-    (fused into one, XLA on CPU ran the prefilters several times slower).
-    """
-    chain = jax.jit(functools.partial(_evaluate_grid, plan=plan, core=dict(core_items), reduce=None),
-                    static_argnames=("block", "axis"))
-    if reduce is None:
-        return chain
-    prefilter = jax.jit(functools.partial(_prefilter, fronts=reduce[0], top=reduce[1]))
-
-    def both(lead, a, n_valid, x, cal, lay, tables, *, block, axis):
-        out = chain(lead, a, n_valid, x, cal, lay, tables, block=block, axis=axis)
-        return {**out, **prefilter(out, n_valid)}
-
-    return both
+    """One jitted grid function per static configuration, shared by every Evaluator (and run())."""
+    return jax.jit(functools.partial(_evaluate_grid, plan=plan, core=dict(core_items), reduce=reduce),
+                   static_argnames=("block", "axis"))
 
 
 def _evaluate_grid(lead, a, n_valid, x, cal, lay, tables, *, block, axis, plan, core, reduce=None):

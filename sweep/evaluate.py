@@ -15,7 +15,6 @@ from .inputs import as_arrays, point_inputs
 from .spec import LAYOUT_DEFAULTS, resolve
 
 LAYOUT_OUT = ("tp", "pp", "dp", "ep", "microbatch", "recompute", "interleave")
-RECOMPUTE_NAME = {0: "none", 1: "selective", 2: "full"}
 
 
 @functools.cache
@@ -90,8 +89,6 @@ def db_calibration(db, hw_id: str) -> dict:
 
     return {k: np.asarray(val) for k, val in calibration_for(db, hw_id).items()}
 
-
-UNITS = {k: u for k, (u, _) in OUTPUTS.items()}
 
 
 def quality(v: dict, x: dict, out: dict, db) -> dict:

@@ -23,7 +23,7 @@ import hardware_db
 from hardware_db import closest
 from kernels.footprint import OUTPUTS
 
-from .spec import BOOL, INT, KEYS, NUM, SECTIONS, SpecError, check_sections, check_value, flat_values, read_toml
+from .spec import BOOL, INT, KEYS, NUM, SpecError, check_sections, check_value, flat_values, read_toml
 from .spec import resolve
 
 CATEGORICAL_DIMS = ("hardware", "region", "ffn", "recompute")
@@ -271,6 +271,3 @@ def load_study(path_or_doc, db=None, *, extra_sections=("grid", "study", "search
     return Study(file=file, doc=doc, name=name, fixed=fixed, dims=dims, options=options, base=base, law=law,
                  search=doc.get("search", {}))
 
-
-def resolve_sections(doc) -> list[str]:
-    return [s for s in SECTIONS if s in doc]

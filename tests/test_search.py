@@ -251,7 +251,7 @@ def test_bad_search_sections(search, key, text, tmp_path):
 
 
 def test_bad_search_through_the_cli(tmp_path, capsys):
-    for i, (search, key, text) in enumerate(BAD[:6] + BAD[8:10]):
+    for i, (search, key, _text) in enumerate(BAD[:6] + BAD[8:10]):
         path = tmp_path / f"bad{i}.toml"
         path.write_text(toml_text(doc(search=search)))
         assert main(["optimize", str(path), "--out", str(tmp_path / f"o{i}")]) == 2
