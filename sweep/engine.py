@@ -507,7 +507,8 @@ def _evaluate(x, cal, lay, *, mode, derive, law, law_table, objective, outputs):
         non_emb = jnp.where(jnp.isfinite(emb), out["params"] - emb, out["params"])
         kw = dict(params=out["params"], active_params=out["active_params"], tokens=x["tokens"])
         out["loss"] = scaling.predict_loss(law, consts, non_embedding_params=non_emb, experts=x["experts"],
-                                           top_k=x["top_k"], **kw) * jnp.ones(shape)
+                                           top_k=x["top_k"], **kw)
+        out["loss"] = jnp.broadcast_to(out["loss"], shape)  # not × ones(shape): that would be float64
         rng = scaling.in_fitted_range(consts, non_embedding_params=non_emb, total_params=out["params"],
                                       experts=x["experts"], top_k=x["top_k"], **kw)
         out["loss_in_range"] = jnp.broadcast_to(rng, shape).astype(jnp.float32)

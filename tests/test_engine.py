@@ -171,6 +171,13 @@ def test_float32_sweep_agrees_with_float64_and_counts_do_not_drift():
     np.testing.assert_array_equal(f32.gpus_consumed.values, f64.gpus_consumed.values)
 
 
+def test_float32_sweep_keeps_float32_outputs_except_the_counts():
+    ds = run(spec(study__dtype="float32"), write=False).dataset
+    wide = {k for k, v in ds.data_vars.items() if v.dtype.kind == "f" and v.dtype != np.float32}
+    assert wide == {"gpus_consumed", "material_kg"}  # counted in float64 so they cannot drift
+    assert ds.loss.dtype == np.float32
+
+
 # -- files, resume, zarr, dask ---------------------------------------------------------------
 
 def test_run_writes_open_formats_and_study_json(tmp_path):
