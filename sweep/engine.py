@@ -401,7 +401,8 @@ def _prefilter(out, n_valid, fronts, top, bins=4096, stride=32):
 
     Two-objective fronts: points are binned by the first objective (a monotone map, so a point in a
     lower bin has a strictly smaller first objective); a point is dominated when a lower bin holds a
-    second objective ≤ its own. Only such points are dropped, so the mask keeps every member of the
+    second objective ≤ its own, or when it is dominated by its own bin's point of least second
+    objective. Only such points are dropped, so the mask keeps every member of the
     chunk's front (and more); NumPy then computes the exact front of the few candidates.
     Top-k: every feasible point in the key bins up to the one where the count reaches k (the k
     smallest, ties and more); NumPy then picks the exact top-k. Bin minima and counts come from
@@ -410,7 +411,13 @@ def _prefilter(out, n_valid, fronts, top, bins=4096, stride=32):
     n = out["reason"].shape[0]
     valid = jnp.arange(n) < n_valid
     ok = (out["reason"] == 0) & valid
-    res = {"__stat_reasons": jnp.bincount(out["reason"], weights=valid.astype(jnp.int32), length=len(REASONS))}
+    n_ok = jnp.sum(ok, dtype=jnp.int32)
+    # the histogram of reasons (a slow scatter on CPU) only when some point is infeasible
+    res = {"__stat_reasons": jax.lax.cond(
+        n_ok == n_valid,
+        lambda r: jnp.zeros(len(REASONS), jnp.int32).at[0].set(n_ok),
+        lambda r: jnp.bincount(r, weights=valid.astype(jnp.int32), length=len(REASONS)).astype(jnp.int32),
+        out["reason"])}
     for k, v in out.items():
         if k != "reason" and jnp.issubdtype(v.dtype, jnp.floating):
             good = ok & jnp.isfinite(v)
@@ -424,9 +431,14 @@ def _prefilter(out, n_valid, fronts, top, bins=4096, stride=32):
             f0, f1 = f
             lo, scale = _bin_scale(f0[sub], good[sub], bins)
             b = _bin(f0, good, lo, scale, bins)
-            bin_min = jax.ops.segment_min(jnp.where(good[sub], f1[sub], jnp.inf), b[sub], num_segments=bins)
+            s0, s1, sb = f0[sub], jnp.where(good[sub], f1[sub], jnp.inf), b[sub]
+            bin_min = jax.ops.segment_min(s1, sb, num_segments=bins)
             below = jnp.concatenate([jnp.full((1,), jnp.inf, bin_min.dtype), jax.lax.cummin(bin_min)[:-1]])
-            good = good & (f1 < below[b])
+            # within the bin: the sample point with the bin's least f1 (and, among those, least f0)
+            at_min = jax.ops.segment_min(jnp.where(s1 == bin_min[sb], s0, jnp.inf), sb, num_segments=bins)
+            m1, a0 = bin_min[b], at_min[b]
+            in_bin = ((f0 >= a0) & (f1 > m1)) | ((f0 > a0) & (f1 >= m1))
+            good = good & (f1 < below[b]) & ~in_bin
         res[f"__cand_p{j}"] = good
     if top is not None:  # every point in the bins up to the one where the sample's count reaches k
         name, sign, k = top

@@ -329,3 +329,28 @@ def test_reductions_only_fast_path_equals_the_full_grid_path(size):
     assert fast.summary["infeasible"] == full.summary["infeasible"]
     assert fast.summary["n_feasible"] == full.summary["n_feasible"]
     assert fast.summary["min"]["total_tco2e"] == full.summary["min"]["total_tco2e"]
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 512), st.sampled_from([3, 40, 1000]))
+def test_prefilter_masks_keep_every_front_member_and_the_top_k(seed, n_valid, levels):
+    """The in-kernel prefilter may keep extra candidates but never drops a member (ties included)."""
+    import jax
+
+    rng = np.random.default_rng(seed)
+    n = 512
+    out = {"loss": rng.integers(0, levels, n).astype(np.float32),
+           "total_tco2e": rng.integers(0, levels, n).astype(np.float32),
+           "reason": np.where(rng.random(n) < 0.2, 3, 0).astype(np.int32)}
+    fronts = ((("loss", 1.0), ("total_tco2e", 1.0)),)
+    top = ("total_tco2e", 1.0, 10)
+    res = {k: np.asarray(v) for k, v in
+           jax.jit(lambda o, m: engine._prefilter(o, m, fronts, top))(out, np.int64(n_valid)).items()}
+    ok = np.flatnonzero(out["reason"][:n_valid] == 0)
+    f = np.stack([out["loss"][ok], out["total_tco2e"][ok]], 1).astype(float)
+    members = ok[pareto_mask(f)]
+    assert res["__cand_p0"][members].all()
+    assert not res["__cand_p0"][n_valid:].any()
+    order = ok[np.lexsort((ok, out["total_tco2e"][ok]))][:10]
+    assert res["__cand_top"][order].all()
+    np.testing.assert_array_equal(res["__stat_reasons"][[0, 3]], [len(ok), n_valid - len(ok)])
