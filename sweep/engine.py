@@ -772,9 +772,15 @@ def run(spec, out=None, *, resume=False, chunk_size=None, scheduler=None, quiet=
     done = finished_chunks(part_dir)
     todo = [i for i in range(plan.n_chunks) if i not in done]
     progress = _progress(plan.n_chunks, len(done), quiet)
+    # nothing to resume without an output folder: partial results then stay in memory
+    in_memory = None if (write or scheduler or zarr_path) else {}
     try:
         if scheduler:
             _run_dask(ev, plan, todo, str(out_dir), keep_full, zarr_path, scheduler, progress)
+        elif in_memory is not None:
+            for i in todo:
+                in_memory[i] = chunk_partial(ev, plan, i, keep_full)[0]
+                progress.update(1)
         else:
             for i in todo:
                 run_chunk(ev, plan, i, str(out_dir), keep_full, zarr_path)
@@ -786,7 +792,7 @@ def run(spec, out=None, *, resume=False, chunk_size=None, scheduler=None, quiet=
             doc = json.loads(plan_file.read_text())
             doc["elapsed_s"] = prior_elapsed + elapsed_now
             plan_file.write_text(json.dumps(doc))
-    result = _merge(ev, plan, out_dir, keep_full, zarr_path)
+    result = _merge(ev, plan, out_dir, keep_full, zarr_path, in_memory)
     elapsed = prior_elapsed + (time.perf_counter() - t0)
     result.summary["elapsed_s"] = elapsed
     if write:
@@ -822,7 +828,8 @@ def _run_dask(ev, plan, todo, out_dir, keep_full, zarr_path, scheduler, progress
             client.close()
 
 
-def _merge(ev: Evaluator, plan: Plan, out_dir: Path, keep_full: bool, zarr_path) -> SweepResult:
+def _merge(ev: Evaluator, plan: Plan, out_dir: Path, keep_full: bool, zarr_path, partials=None) -> SweepResult:
+    """Merge every chunk's partial results (from ``partials`` {chunk: dict} if given, else the files)."""
     import xarray as xr
 
     opts = ev.study.options
@@ -832,8 +839,11 @@ def _merge(ev: Evaluator, plan: Plan, out_dir: Path, keep_full: bool, zarr_path)
     mins, maxs = {}, {}
     full = {k: [] for k in ev.outputs} if keep_full and zarr_path is None else None
     for i in range(plan.n_chunks):
-        with np.load(out_dir / PARTIAL_DIR / f"chunk_{i:08d}.npz") as z:
-            parts = {k: z[k] for k in z.files}
+        if partials is not None:
+            parts = partials.pop(i)
+        else:
+            with np.load(out_dir / PARTIAL_DIR / f"chunk_{i:08d}.npz") as z:
+                parts = {k: z[k] for k in z.files}
         for j, objectives in enumerate(opts["pareto"]):
             cand = {k.split("__", 1)[1]: v for k, v in parts.items() if k.startswith(f"pareto{j}__")}
             fronts[j] = red.merge_front(fronts[j], cand, objectives)
