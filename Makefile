@@ -29,8 +29,15 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# each study with the command it is written for: [search] → optimize, [grid]/[study] → run,
+# a single design → estimate (its JSON saved beside the others)
 studies: $(STAMP)
-	for s in studies/*.toml; do $(BIN)/carbon-sweep run $$s --out results/$$(basename $$s .toml) || exit 1; done
+	@mkdir -p results
+	@for s in studies/*.toml; do n=$$(basename $$s .toml); echo "== $$s"; \
+	  if grep -q '^\[search\]' $$s; then $(BIN)/carbon-sweep optimize $$s --out results/$$n || exit 1; \
+	  elif grep -q '^\[grid\]\|^\[study\]' $$s; then $(BIN)/carbon-sweep run $$s --out results/$$n || exit 1; \
+	  else $(BIN)/carbon-sweep estimate $$s --json > results/$$n.json && $(BIN)/carbon-sweep estimate $$s || exit 1; fi; \
+	done
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
