@@ -112,11 +112,24 @@ def design_reason(x):
     return jnp.where(x["top_k"] > x["experts"], CODE["top_k_exceeds_experts"], 0).astype(jnp.int32)
 
 
-def footprint(x, cal=None):
-    """The footprint of a training run; see the module docstring for inputs and ``OUTPUTS``."""
+def design_terms(x):
+    """What the design alone fixes (architecture, tokens, given counts): parameters, FLOPs per
+    token and of the run. Evaluated once per design, then shared by every deployment of it."""
     params, active = design_params(x)
     per_token = design_flops_per_token(x, active)
     train_flops = jnp.where(_given(x["flops"]), x["flops"], flops.total_flops(per_token, x["tokens"]))
+    return {"params": params, "active_params": active, "flops_per_token": per_token, "train_flops": train_flops}
+
+
+def footprint(x, cal=None, design=None):
+    """The footprint of a training run; see the module docstring for inputs and ``OUTPUTS``.
+
+    ``design``: ``design_terms(x)`` computed beforehand (the sweep evaluates it on the design
+    axes only); computed here when not given.
+    """
+    d = design_terms(x) if design is None else design
+    params, active, per_token, train_flops = (d[k] for k in ("params", "active_params", "flops_per_token",
+                                                             "train_flops"))
     devices = x["devices"]
     reason = design_reason(x)
 

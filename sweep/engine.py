@@ -30,7 +30,7 @@ import numpy as np
 
 import hardware_db
 from kernels import scaling
-from kernels.footprint import OUTPUTS, footprint
+from kernels.footprint import DESIGN_KEYS, OUTPUTS, design_terms, footprint
 from kernels.reasons import CODE, REASONS
 
 from . import reduce as red
@@ -46,6 +46,8 @@ OBJECTIVE_OUTPUT = {"co2e": "total_tco2e", "time": "train_days", "energy": "ener
 LAYOUT_VARS = ("tp", "pp", "ep", "microbatch", "recompute", "interleave")
 DERIVABLE = ("head_dim", "kv_heads", "d_ff", "expert_d_ff")
 PARTIAL_DIR = ".chunks"
+# inputs of the design stage: what the architecture and the token budget alone fix
+DESIGN_INPUTS = frozenset(DESIGN_KEYS) | {"tokens", "flops"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -370,26 +372,40 @@ def _evaluate_grid(lead, a, n_valid, x, cal, lay, tables, *, block, axis, plan, 
     """
     x, cal = dict(x), dict(cal)
     nblk = len(block)
+    natural, on_axis = {}, {}
     for pos, (d, size) in enumerate(plan):
         if pos < axis:
-            ix = lead[pos]
+            ix, j = lead[pos], None
         else:
             j = pos - axis
             n = block[j]
             ix = (a + jnp.arange(n)) if j == 0 else jnp.arange(n)
             ix = jnp.minimum(ix, size - 1).reshape((n,) + (1,) * (nblk - 1 - j))  # padding repeats the last
         for k, arr in tables[d].items():
-            v = jnp.broadcast_to(arr[ix], block).reshape(-1)  # values on their own axis, then broadcast
-            if k.startswith("cal__"):
-                cal[k[5:]] = v
-            else:
-                x[k] = v
-    # Materialise the broadcast inputs: every point then takes the same arithmetic path whatever the
-    # chunk shape (XLA would otherwise compute some terms at lower rank), so chunked and unchunked
-    # runs agree to the bit.
-    x, cal = jax.lax.optimization_barrier((x, cal))
+            natural[k], on_axis[k] = arr[ix], j  # values on their own axis (a scalar for a lead axis)
+    # Two stages, each on materialised inputs, so every point takes the same arithmetic path whatever
+    # the chunk shape (XLA would otherwise compute some terms at lower rank, and differently for
+    # different shapes) and chunked and unchunked runs agree to the bit:
+    # 1. the design stage on the design axes only (one evaluation per design, not per point);
+    dshape = [1] * nblk
+    for k, j in on_axis.items():
+        if k in DESIGN_INPUTS and j is not None:
+            dshape[j] = block[j]
+    xd = {k: v for k, v in x.items() if k in DESIGN_INPUTS}
+    xd.update({k: jnp.broadcast_to(v, dshape) for k, v in natural.items() if k in DESIGN_INPUTS})
+    staged = _design_stage(jax.lax.optimization_barrier(xd), derive=core["derive"], law=core["law"],
+                           law_table=core["law_table"])
+    # 2. everything else on every point, the design results broadcast to it.
+    full = lambda v: v if jnp.ndim(v) == 0 else jnp.broadcast_to(v, block).reshape(-1)  # noqa: E731
+    for k, v in natural.items():
+        if k.startswith("cal__"):
+            cal[k[5:]] = full(jnp.broadcast_to(v, block))
+        elif k not in DESIGN_INPUTS:
+            x[k] = full(jnp.broadcast_to(v, block))
+    staged = jax.tree_util.tree_map(full, staged)
+    x, cal, staged = jax.lax.optimization_barrier((x, cal, staged))
     x["_points"] = jnp.zeros(math.prod(block), jnp.int8)
-    out = _evaluate(x, cal, lay, **core)
+    out = _evaluate(x, cal, lay, staged=staged, **core)
     if reduce is None:
         return out
     return {**out, **_prefilter(out, n_valid, *reduce)}
@@ -466,11 +482,15 @@ def _bin(v, good, lo, scale, bins):
     return jnp.clip(jnp.floor((jnp.where(good, v, lo) - lo) * scale), 0, bins - 1).astype(jnp.int32)
 
 
-def _evaluate(x, cal, lay, *, mode, derive, law, law_table, objective, outputs):
-    """One chunk: derived defaults, the footprint (over layouts when optimising), loss, reasons."""
-    x = dict(x)
-    points = jnp.shape(x.pop("_points"))
-    reason = jnp.zeros(points, jnp.int32)
+def _design_stage(x, *, derive, law, law_table):
+    """What the design alone fixes, on the shapes of the design inputs: derived defaults (head_dim,
+    kv_heads, d_ff, expert_d_ff), the design's own reasons, parameters and FLOPs
+    (``kernels.footprint.design_terms``) and the predicted loss.
+
+    Returns (design inputs with the derived ones, design terms, loss outputs, reason).
+    """
+    x = {k: v for k, v in x.items() if k in DESIGN_INPUTS}
+    reason = jnp.int32(0)
     if "head_dim" in derive:
         uneven = jnp.isfinite(x["d_model"]) & (jnp.mod(x["d_model"], x["heads"]) != 0)
         reason = jnp.where(uneven, CODE["heads_not_dividing_d_model"], reason)
@@ -484,12 +504,44 @@ def _evaluate(x, cal, lay, *, mode, derive, law, law_table, objective, outputs):
         x["d_ff"] = 4.0 * x["d_model"]
     if "expert_d_ff" in derive:
         x["expert_d_ff"] = x["d_ff"]
+    design = design_terms(x)
+    loss = {}
+    if law is not None:
+        consts = dict(law_table)
+        params, active = design["params"], design["active_params"]
+        emb = x["vocab"] * x["d_model"] * jnp.where(x["tied_embeddings"] > 0, 1.0, 2.0)
+        non_emb = jnp.where(jnp.isfinite(emb), params - emb, params)
+        kw = dict(params=params, active_params=active, tokens=x["tokens"])
+        loss["loss"] = scaling.predict_loss(law, consts, non_embedding_params=non_emb, experts=x["experts"],
+                                            top_k=x["top_k"], **kw)
+        rng = scaling.in_fitted_range(consts, non_embedding_params=non_emb, total_params=params,
+                                      experts=x["experts"], top_k=x["top_k"], **kw)
+        loss["loss_in_range"] = jnp.asarray(rng).astype(jnp.float32)
+    return x, design, loss, reason.astype(jnp.int32)
+
+
+def _evaluate(x, cal, lay, *, mode, derive, law, law_table, objective, outputs, staged=None):
+    """One chunk: the design stage, then the footprint (over layouts when optimising), loss, reasons.
+
+    The design stage's results pass an optimisation barrier, so XLA evaluates both stages the same
+    way whether the design terms were computed here, per point, or by the grid path on the design
+    axes only (``staged``: its results, already broadcast to the points).
+    """
+    x = dict(x)
+    marker = x.pop("_points")
+    # natural: every output keeps the shape of its own inputs (the grid path broadcasts afterwards)
+    points = None if marker is None else jnp.shape(marker)
+    bc = (lambda v: v) if points is None else (lambda v: jnp.broadcast_to(v, points))  # noqa: E731
+    if staged is None:
+        staged = jax.lax.optimization_barrier(_design_stage(x, derive=derive, law=law, law_table=law_table))
+    xd, design, loss, reason = staged
+    x.update(xd)
     if mode == "best":
         col = lambda a: a[:, None] if jnp.ndim(a) == 1 else a  # noqa: E731
         xx = {k: col(v) for k, v in x.items()}
         xx.update({k: v[None, :] for k, v in lay.items()})
         cc = {k: col(v) for k, v in cal.items()}
-        full = footprint(xx, cc)
+        full = footprint(xx, cc, design={k: col(v) for k, v in design.items()})
         full["reason"] = jnp.where((full["reason"] == 0) & ~jnp.isfinite(full[objective]), CODE["missing_data"],
                                    full["reason"])
         ok = full["reason"] == 0
@@ -505,25 +557,14 @@ def _evaluate(x, cal, lay, *, mode, derive, law, law_table, objective, outputs):
         for k in LAYOUT_VARS:
             out[k] = pick(jnp.broadcast_to(lay[k][None, :], score.shape))
     elif mode == "fixed":
-        out = footprint(x, cal)
+        out = footprint(x, cal, design=design)
         for k in LAYOUT_VARS:
             out[k] = jnp.broadcast_to(x[k], jnp.shape(out["total_tco2e"]))
     else:
-        out = footprint(x, None)
-    shape = points
-    out = {k: jnp.broadcast_to(v, shape) for k, v in out.items()}
-    out["reason"] = jnp.where(reason != 0, reason, out["reason"]).astype(jnp.int32)
-    if law is not None:
-        consts = dict(law_table)
-        emb = x["vocab"] * x["d_model"] * jnp.where(x["tied_embeddings"] > 0, 1.0, 2.0)
-        non_emb = jnp.where(jnp.isfinite(emb), out["params"] - emb, out["params"])
-        kw = dict(params=out["params"], active_params=out["active_params"], tokens=x["tokens"])
-        out["loss"] = scaling.predict_loss(law, consts, non_embedding_params=non_emb, experts=x["experts"],
-                                           top_k=x["top_k"], **kw)
-        out["loss"] = jnp.broadcast_to(out["loss"], shape)  # not × ones(shape): that would be float64
-        rng = scaling.in_fitted_range(consts, non_embedding_params=non_emb, total_params=out["params"],
-                                      experts=x["experts"], top_k=x["top_k"], **kw)
-        out["loss_in_range"] = jnp.broadcast_to(rng, shape).astype(jnp.float32)
+        out = footprint(x, None, design=design)
+    out.update(loss)
+    out = {k: bc(v) for k, v in out.items()}
+    out["reason"] = bc(jnp.where(reason != 0, reason, out["reason"]).astype(jnp.int32))
     missing = ~jnp.isfinite(out["total_tco2e"]) & (out["reason"] == 0)
     out["reason"] = jnp.where(missing, CODE["missing_data"], out["reason"]).astype(jnp.int32)
     return {k: out[k] for k in outputs if k in out}
