@@ -247,7 +247,7 @@ class Evaluator:
     # -- the jitted function ---------------------------------------------------------------
     def __getstate__(self):
         state = dict(self.__dict__)
-        for k in ("_fn", "_grid_fn", "_tables_dev", "_fn_all"):
+        for k in ("_fn", "_grid_fn", "_tables_dev", "_fn_all", "_chunk_args"):
             state.pop(k, None)
         return state
 
@@ -317,10 +317,13 @@ class Evaluator:
         a = np.int64(region[plan.axis].start)
         block = (plan.step,) + tuple(plan.shape[plan.axis + 1:])
         fn = self.grid_fn
-        x = {k: np.asarray(v, self.dtype) for k, v in self.base.items()}
-        cal = {k: np.asarray(v, self.dtype) for k, v in self.cal.items()}
-        lay = ({k: np.asarray(v, self.dtype) for k, v in self.layouts.items()} if self.layouts is not None else {})
-        out = fn(lead, a, np.int64(stop - start), x, cal, lay, self._tables_dev, block=block, axis=plan.axis)
+        if getattr(self, "_chunk_args", None) is None:  # on the device once, not converted per call
+            x = {k: np.asarray(v, self.dtype) for k, v in self.base.items()}
+            cal = {k: np.asarray(v, self.dtype) for k, v in self.cal.items()}
+            lay = ({k: np.asarray(v, self.dtype) for k, v in self.layouts.items()} if self.layouts is not None else {})
+            self._chunk_args = jax.device_put((x, cal, lay, self._tables_dev))
+        x, cal, lay, tables = self._chunk_args
+        out = fn(lead, a, np.int64(stop - start), x, cal, lay, tables, block=block, axis=plan.axis)
         n = stop - start
         return {k: (np.asarray(v) if k.startswith("__stat") else np.asarray(v)[:n]) for k, v in out.items()}
 
@@ -596,9 +599,9 @@ def chunk_partial(ev: Evaluator, plan: Plan, i: int, keep_full: bool):
     """Outputs of chunk i and its partial results (reductions, plus the full outputs when kept)."""
     start, stop = plan.bounds(i)
     out = ev.evaluate_chunk(plan, i)
-    out["index"] = np.arange(start, stop, dtype=np.int64)
     if ev.fast:
-        return _fast_partial(ev, out), out
+        return _fast_partial(ev, out, start), out
+    out["index"] = np.arange(start, stop, dtype=np.int64)
     feasible = out["reason"] == 0
     res: dict[str, np.ndarray] = {}
     cand = {k: v[feasible] for k, v in out.items()}
@@ -625,9 +628,11 @@ def chunk_partial(ev: Evaluator, plan: Plan, i: int, keep_full: bool):
     return res, out
 
 
-def _fast_partial(ev: Evaluator, out: dict) -> dict[str, np.ndarray]:
-    """Partial results from the kernel's prefilter masks and statistics (reductions-only sweeps)."""
+def _fast_partial(ev: Evaluator, out: dict, start: int) -> dict[str, np.ndarray]:
+    """Partial results from the kernel's prefilter masks and statistics (reductions-only sweeps);
+    ``start`` is the chunk's first flat index."""
     cols = [k for k in out if not k.startswith("__")]
+    rows = lambda c: {**{k: out[k][c] for k in cols}, "index": c + np.int64(start)}  # noqa: E731
     res = {"stats__reasons": out["__stat_reasons"].astype(np.int64)}
     for k in cols:
         if f"__stat_min__{k}" in out:
@@ -636,12 +641,12 @@ def _fast_partial(ev: Evaluator, out: dict) -> dict[str, np.ndarray]:
             res[f"stats__max__{k}"] = np.asarray(hi if math.isfinite(hi) else np.nan)
     for j, objectives in enumerate(ev.study.options["pareto"]):
         c = np.flatnonzero(out[f"__cand_p{j}"])
-        front = red.merge_front(None, {k: out[k][c] for k in cols}, objectives)
+        front = red.merge_front(None, rows(c), objectives)
         res.update({f"pareto{j}__{k}": v for k, v in front.items()})
     top = ev.study.options["top"]
     if top:
         c = np.flatnonzero(out["__cand_top"])
-        best = red.top_k({k: out[k][c] for k in cols}, top["by"], top["n"])
+        best = red.top_k(rows(c), top["by"], top["n"])
         res.update({f"top__{k}": v for k, v in best.items()})
     return res
 
