@@ -886,7 +886,7 @@ def _merge(ev: Evaluator, plan: Plan, out_dir: Path, keep_full: bool, zarr_path,
     import xarray as xr
 
     opts = ev.study.options
-    fronts = [None] * len(opts["pareto"])
+    fronts = [red.StreamingFront(objectives) for objectives in opts["pareto"]]
     top = None
     reasons = np.zeros(len(REASONS), np.int64)
     mins, maxs = {}, {}
@@ -897,9 +897,8 @@ def _merge(ev: Evaluator, plan: Plan, out_dir: Path, keep_full: bool, zarr_path,
         else:
             with np.load(out_dir / PARTIAL_DIR / f"chunk_{i:08d}.npz") as z:
                 parts = {k: z[k] for k in z.files}
-        for j, objectives in enumerate(opts["pareto"]):
-            cand = {k.split("__", 1)[1]: v for k, v in parts.items() if k.startswith(f"pareto{j}__")}
-            fronts[j] = red.merge_front(fronts[j], cand, objectives)
+        for j, front in enumerate(fronts):
+            front.add({k.split("__", 1)[1]: v for k, v in parts.items() if k.startswith(f"pareto{j}__")})
         if opts["top"]:
             cand = {k.split("__", 1)[1]: v for k, v in parts.items() if k.startswith("top__")}
             top = red.merge_top(top, cand, opts["top"]["by"], opts["top"]["n"])
@@ -911,6 +910,7 @@ def _merge(ev: Evaluator, plan: Plan, out_dir: Path, keep_full: bool, zarr_path,
         if full is not None:
             for k in ev.outputs:
                 full[k].append(parts[f"full__{k}"])
+    fronts = [f.result() for f in fronts]
     dataset = None
     if full is not None:
         data = {k: (ev.dims, np.concatenate(v).reshape(plan.shape), _var_attrs(k)) for k, v in full.items()}

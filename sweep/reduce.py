@@ -95,6 +95,32 @@ def merge_front(a: dict[str, np.ndarray] | None, b: dict[str, np.ndarray], objec
     return {k: v[order] for k, v in out.items()}
 
 
+class StreamingFront:
+    """The front of every candidate set added, merged in batches: merging each chunk's small set into
+    the running front would sort the whole front again for every chunk."""
+
+    def __init__(self, objectives, batch_rows: int = 50_000):
+        self.objectives, self.batch_rows = objectives, batch_rows
+        self.front, self.pending, self.n_pending = None, [], 0
+
+    def add(self, cand: dict[str, np.ndarray]) -> None:
+        self.pending.append(cand)
+        self.n_pending += len(cand["index"]) if "index" in cand else 0
+        size = 0 if self.front is None else len(self.front["index"])
+        if self.n_pending >= max(self.batch_rows, 2 * size):
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.pending:
+            both = {k: np.concatenate([p[k] for p in self.pending]) for k in self.pending[0]}
+            self.front = merge_front(self.front, both, self.objectives)
+            self.pending, self.n_pending = [], 0
+
+    def result(self) -> dict[str, np.ndarray] | None:
+        self._flush()
+        return self.front
+
+
 def top_k(columns: dict[str, np.ndarray], by: str, n: int) -> dict[str, np.ndarray]:
     """The n rows with the smallest ``by`` (or largest for 'max:name'); ties broken by index."""
     name, sign = parse_objective(by)

@@ -372,3 +372,23 @@ def test_points_evaluated_one_by_one_equal_the_grid_to_the_bit(dtype, mode):
     got = ev.evaluate(np.arange(ds.reason.size)[::-1].copy())  # any order, one call
     for k in ds.data_vars:
         np.testing.assert_array_equal(got[k][::-1], ds[k].values.ravel(), err_msg=k)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(0, 40), min_size=1, max_size=12), st.integers(1, 60), st.integers(0, 2**31))
+def test_streaming_front_in_batches_equals_the_front_of_everything(sizes, batch, seed):
+    from sweep.reduce import StreamingFront
+
+    rng = np.random.default_rng(seed)
+    sets, start = [], 0
+    for n in sizes:  # integer objectives: many ties and duplicates
+        sets.append({"a": rng.integers(0, 6, n).astype(float), "b": rng.integers(0, 6, n).astype(float),
+                     "index": np.arange(start, start + n)})
+        start += n
+    sf = StreamingFront(["a", "max:b"], batch_rows=batch)
+    for s in sets:
+        sf.add(s)
+    got = sf.result()
+    everything = {k: np.concatenate([s[k] for s in sets]) for k in sets[0]}
+    want = everything["index"][pareto_mask(objective_matrix(everything, ["a", "max:b"]))]
+    np.testing.assert_array_equal(got["index"], np.sort(want))
