@@ -792,11 +792,15 @@ def run(spec, out=None, *, resume=False, chunk_size=None, scheduler=None, quiet=
     keep_full = study.options["keep_full_grid"]
     large = study.n_points > SMALL_GRID
     out_dir = Path(out) if out is not None else Path("results") / study.name
+    # nothing to resume without an output folder: partial results then stay in memory, and a
+    # scratch folder is made only for what needs files (dask workers, a Zarr grid)
+    memory_only = not write and not scheduler and not (keep_full and large)
+    tmp = None
     if not write:
         import tempfile
 
-        tmp = tempfile.TemporaryDirectory()
-        out_dir = Path(tmp.name)
+        tmp = tempfile.TemporaryDirectory() if not memory_only else None
+        out_dir = Path(tmp.name) if tmp else Path(os.devnull)
     part_dir = out_dir / PARTIAL_DIR
     plan_file = part_dir / "plan.json"
     plan_doc = {"spec_hash": study.spec_hash(), "shape": list(plan.shape), "axis": plan.axis, "step": plan.step,
@@ -814,7 +818,7 @@ def run(spec, out=None, *, resume=False, chunk_size=None, scheduler=None, quiet=
         plan = Plan(tuple(old["shape"]), old["axis"], old["step"],
                     int(np.prod(old["shape"][old["axis"] + 1:], dtype=np.int64)))
         prior_elapsed = old.get("elapsed_s", 0.0)
-    else:
+    elif not memory_only:
         _clean(out_dir)
         part_dir.mkdir(parents=True, exist_ok=True)
         plan_file.write_text(json.dumps(plan_doc))
@@ -825,8 +829,7 @@ def run(spec, out=None, *, resume=False, chunk_size=None, scheduler=None, quiet=
     done = finished_chunks(part_dir)
     todo = [i for i in range(plan.n_chunks) if i not in done]
     progress = _progress(plan.n_chunks, len(done), quiet)
-    # nothing to resume without an output folder: partial results then stay in memory
-    in_memory = None if (write or scheduler or zarr_path) else {}
+    in_memory = {} if memory_only else None
     try:
         if scheduler:
             _run_dask(ev, plan, todo, str(out_dir), keep_full, zarr_path, scheduler, progress)
@@ -854,7 +857,8 @@ def run(spec, out=None, *, resume=False, chunk_size=None, scheduler=None, quiet=
     else:
         if result.dataset is not None:
             result.dataset = result.dataset.load()
-        tmp.cleanup()
+        if tmp is not None:
+            tmp.cleanup()
         result.out_dir = None
     return result
 
