@@ -538,10 +538,8 @@ def _evaluate(x, cal, lay, *, mode, derive, law, law_table, objective, outputs, 
     axes only (``staged``: its results, already broadcast to the points).
     """
     x = dict(x)
-    marker = x.pop("_points")
-    # natural: every output keeps the shape of its own inputs (the grid path broadcasts afterwards)
-    points = None if marker is None else jnp.shape(marker)
-    bc = (lambda v: v) if points is None else (lambda v: jnp.broadcast_to(v, points))  # noqa: E731
+    points = jnp.shape(x.pop("_points"))
+    bc = lambda v: jnp.broadcast_to(v, points)  # noqa: E731
     if staged is None:
         staged = jax.lax.optimization_barrier(_design_stage(x, derive=derive, law=law, law_table=law_table))
     xd, design, loss, reason = staged
