@@ -317,13 +317,18 @@ class Evaluator:
         a = np.int64(region[plan.axis].start)
         block = (plan.step,) + tuple(plan.shape[plan.axis + 1:])
         fn = self.grid_fn
-        if getattr(self, "_chunk_args", None) is None:  # on the device once, not converted per call
-            x = {k: np.asarray(v, self.dtype) for k, v in self.base.items()}
-            cal = {k: np.asarray(v, self.dtype) for k, v in self.cal.items()}
+        if getattr(self, "_chunk_args", None) is None:
+            # on the device once, packed into a few arrays (a call then passes ~5 buffers, not ~60)
+            xkeys, ckeys = tuple(self.base), tuple(self.cal)
+            xvec = np.array([self.base[k] for k in xkeys], self.dtype)
+            cvec = np.array([self.cal[k] for k in ckeys], self.dtype)
             lay = ({k: np.asarray(v, self.dtype) for k, v in self.layouts.items()} if self.layouts is not None else {})
-            self._chunk_args = jax.device_put((x, cal, lay, self._tables_dev))
-        x, cal, lay, tables = self._chunk_args
-        out = fn(lead, a, np.int64(stop - start), x, cal, lay, tables, block=block, axis=plan.axis)
+            tkeys = tuple((d, tuple(t)) for d, t in self._tables_dev.items())
+            mats = {d: (np.stack([np.asarray(self._tables_dev[d][k]) for k in keys]) if keys
+                        else np.zeros((0, len(self.study.dims[d])), self.dtype)) for d, keys in tkeys}
+            self._chunk_args = (jax.device_put((xvec, cvec, lay, mats)), (xkeys, ckeys, tkeys))
+        (xvec, cvec, lay, mats), names = self._chunk_args
+        out = fn(lead, a, np.int64(stop - start), xvec, cvec, lay, mats, block=block, axis=plan.axis, names=names)
         n = stop - start
         return {k: (np.asarray(v) if k.startswith("__stat") else np.asarray(v)[:n]) for k, v in out.items()}
 
@@ -362,18 +367,22 @@ def _values_jit(core_items):
 def _grid_jit(plan, core_items, reduce):
     """One jitted grid function per static configuration, shared by every Evaluator (and run())."""
     return jax.jit(functools.partial(_evaluate_grid, plan=plan, core=dict(core_items), reduce=reduce),
-                   static_argnames=("block", "axis"))
+                   static_argnames=("block", "axis", "names"))
 
 
-def _evaluate_grid(lead, a, n_valid, x, cal, lay, tables, *, block, axis, plan, core, reduce=None):
+def _evaluate_grid(lead, a, n_valid, xvec, cvec, lay, mats, *, block, axis, names, plan, core, reduce=None):
     """The grid path for one hyper-rectangular chunk, without per-point index division.
 
     ``lead`` holds the (traced) indices of the axes before the split ``axis``, ``a`` the first index
     along it; ``block`` = (step, sizes of the later axes) is static. Each dimension's index comes from
     a broadcast iota, and its values from one gather; the outputs are flat, in the grid's C order,
-    i.e. the flat indices [start, start + prod(block)).
+    i.e. the flat indices [start, start + prod(block)). Fixed inputs come packed in ``xvec`` and
+    ``cvec``, each dimension's table in ``mats[dim]`` (rows in the order of ``names``).
     """
-    x, cal = dict(x), dict(cal)
+    xkeys, ckeys, tkeys = names
+    x = {k: xvec[i] for i, k in enumerate(xkeys)}
+    cal = {k: cvec[i] for i, k in enumerate(ckeys)}
+    tables = {d: {k: mats[d][i] for i, k in enumerate(keys)} for d, keys in tkeys}
     nblk = len(block)
     natural, on_axis = {}, {}
     for pos, (d, size) in enumerate(plan):
