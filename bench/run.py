@@ -161,7 +161,7 @@ def grid_inputs(ev, flat: np.ndarray, dtype) -> dict[str, np.ndarray]:
 def measure_engine(spec: dict, repeats: int, db, warm_spec: dict | None = None) -> dict:
     """`run()` end to end (best of ``repeats``; each call compiles its own jit) and the warm chunk
     loop (one Evaluator, compiled once, every chunk evaluated and reduced; merge excluded)."""
-    from sweep.engine import DEFAULT_BUDGET, Evaluator, Plan, chunk_partial, run
+    from sweep.engine import DEFAULT_BUDGET, Evaluator, Plan, _pipelined, chunk_partial, run
     from sweep.study import load_study
 
     study = load_study(spec, db)
@@ -175,9 +175,9 @@ def measure_engine(spec: dict, repeats: int, db, warm_spec: dict | None = None) 
     chunk_partial(ev, plan, 0, False)
     first = time.perf_counter() - t0
 
-    def loop():
-        for i in range(plan.n_chunks):
-            chunk_partial(ev, plan, i, False)
+    def loop():  # as run() does it: the next chunk's call starts before this one is reduced
+        for i, handle in _pipelined(ev, plan, list(range(plan.n_chunks))):
+            chunk_partial(ev, plan, i, False, handle)
 
     t_loop, _ = best_of(loop, max(1, repeats - 1), warmup=0)
     return {

@@ -311,6 +311,11 @@ class Evaluator:
 
     def evaluate_chunk(self, plan: "Plan", i: int) -> dict[str, np.ndarray]:
         """Outputs of chunk i of a plan: one jitted call of the plan's fixed block shape."""
+        return self.collect_chunk(self.dispatch_chunk(plan, i))
+
+    def dispatch_chunk(self, plan: "Plan", i: int):
+        """Start chunk i's jitted call and return at once (JAX runs it in the background): the
+        loops start the next chunk before reducing this one, so NumPy and XLA overlap."""
         start, stop = plan.bounds(i)
         region = plan.region(i)
         lead = np.array([r.start for r in region[:plan.axis]], np.int64)
@@ -329,7 +334,12 @@ class Evaluator:
             self._chunk_args = (jax.device_put((xvec, cvec, lay, mats)), (xkeys, ckeys, tkeys))
         (xvec, cvec, lay, mats), names = self._chunk_args
         out = fn(lead, a, np.int64(stop - start), xvec, cvec, lay, mats, block=block, axis=plan.axis, names=names)
-        n = stop - start
+        return out, stop - start
+
+    @staticmethod
+    def collect_chunk(handle) -> dict[str, np.ndarray]:
+        """The outputs of a dispatched chunk as NumPy arrays (waits for the call to finish)."""
+        out, n = handle
         return {k: (np.asarray(v) if k.startswith("__stat") else np.asarray(v)[:n]) for k, v in out.items()}
 
     def complete_rows(self, cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -609,10 +619,11 @@ def finished_chunks(part_dir: Path) -> set[int]:
     return done
 
 
-def chunk_partial(ev: Evaluator, plan: Plan, i: int, keep_full: bool):
-    """Outputs of chunk i and its partial results (reductions, plus the full outputs when kept)."""
+def chunk_partial(ev: Evaluator, plan: Plan, i: int, keep_full: bool, handle=None):
+    """Outputs of chunk i and its partial results (reductions, plus the full outputs when kept);
+    ``handle``: chunk i already dispatched (``Evaluator.dispatch_chunk``)."""
     start, stop = plan.bounds(i)
-    out = ev.evaluate_chunk(plan, i)
+    out = ev.collect_chunk(handle if handle is not None else ev.dispatch_chunk(plan, i))
     if ev.fast:
         return _fast_partial(ev, out, start), out
     out["index"] = np.arange(start, stop, dtype=np.int64)
@@ -665,9 +676,10 @@ def _fast_partial(ev: Evaluator, out: dict, start: int) -> dict[str, np.ndarray]
     return res
 
 
-def run_chunk(ev: Evaluator, plan: Plan, i: int, out_dir: str, keep_full: bool, zarr_path: str | None) -> int:
+def run_chunk(ev: Evaluator, plan: Plan, i: int, out_dir: str, keep_full: bool, zarr_path: str | None,
+              handle=None) -> int:
     """Evaluate chunk i and write its partial file (and Zarr block); returns i. Idempotent."""
-    res, out = chunk_partial(ev, plan, i, keep_full and zarr_path is None)
+    res, out = chunk_partial(ev, plan, i, keep_full and zarr_path is None, handle)
     if zarr_path is not None:
         _write_zarr_block(ev, plan, i, zarr_path, out)
     _atomic_savez(Path(out_dir) / PARTIAL_DIR / f"chunk_{i:08d}.npz", res)
@@ -840,13 +852,12 @@ def run(spec, out=None, *, resume=False, chunk_size=None, scheduler=None, quiet=
     try:
         if scheduler:
             _run_dask(ev, plan, todo, str(out_dir), keep_full, zarr_path, scheduler, progress)
-        elif in_memory is not None:
-            for i in todo:
-                in_memory[i] = chunk_partial(ev, plan, i, keep_full)[0]
-                progress.update(1)
         else:
-            for i in todo:
-                run_chunk(ev, plan, i, str(out_dir), keep_full, zarr_path)
+            for i, handle in _pipelined(ev, plan, todo):
+                if in_memory is not None:
+                    in_memory[i] = chunk_partial(ev, plan, i, keep_full, handle)[0]
+                else:
+                    run_chunk(ev, plan, i, str(out_dir), keep_full, zarr_path, handle)
                 progress.update(1)
     finally:
         progress.close()
@@ -868,6 +879,16 @@ def run(spec, out=None, *, resume=False, chunk_size=None, scheduler=None, quiet=
             tmp.cleanup()
         result.out_dir = None
     return result
+
+
+def _pipelined(ev: Evaluator, plan: Plan, todo: list[int]):
+    """(chunk, dispatched call) in order, the next chunk's call started before this one is reduced
+    (at most two chunks' outputs in memory)."""
+    nxt = ev.dispatch_chunk(plan, todo[0]) if todo else None
+    for n, i in enumerate(todo):
+        handle = nxt
+        nxt = ev.dispatch_chunk(plan, todo[n + 1]) if n + 1 < len(todo) else None
+        yield i, handle
 
 
 def _progress(total, initial, quiet):
