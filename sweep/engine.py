@@ -1,9 +1,12 @@
 """The sweep engine: a study's grid evaluated in chunks by one jitted kernel call each.
 
-Data flow: study spec → validated Study → per chunk: flat indices → coordinate values and gathered
-hardware / region figures → ``kernels.footprint`` (over a layout axis too when the layout is
-optimised per point) → outputs → per-chunk Pareto fronts, top-k and statistics written atomically
-to ``.chunks/`` → merged into the final files.
+Data flow: study spec → validated Study → per chunk: each dimension's values on its own axis
+(hardware and region figures gathered by index) → the design terms on the design axes → the rest of
+``kernels.footprint`` on every point (over a layout axis too when the layout is optimised per
+point) → outputs → per-chunk Pareto fronts, top-k and statistics (prefiltered inside the jitted
+call when only reductions are kept) written atomically to ``.chunks/`` (or kept in memory when
+there is no output folder) → merged into the final files. The next chunk's call is dispatched
+before the current one is reduced, so XLA and NumPy overlap.
 
 Chunks are hyper-rectangles of the grid (a run of one axis times all later axes), so each is a
 contiguous range of flat indices and, for large grids, exactly one block of the Zarr store.
