@@ -418,8 +418,8 @@ def _evaluate_grid(lead, a, n_valid, xvec, cvec, lay, mats, *, block, axis, name
             dshape[j] = block[j]
     xd = {k: v for k, v in x.items() if k in DESIGN_INPUTS}
     xd.update({k: jnp.broadcast_to(v, dshape) for k, v in natural.items() if k in DESIGN_INPUTS})
-    staged = _design_stage(jax.lax.optimization_barrier(xd), derive=core["derive"], law=core["law"],
-                           law_table=core["law_table"])
+    xd = jax.tree_util.tree_map(jax.lax.optimization_barrier, xd)
+    staged = _design_stage(xd, derive=core["derive"], law=core["law"], law_table=core["law_table"])
     # 2. everything else on every point, the design results broadcast to it.
     full = lambda v: v if jnp.ndim(v) == 0 else jnp.broadcast_to(v, block).reshape(-1)  # noqa: E731
     for k, v in natural.items():
@@ -428,7 +428,8 @@ def _evaluate_grid(lead, a, n_valid, xvec, cvec, lay, mats, *, block, axis, name
         elif k not in DESIGN_INPUTS:
             x[k] = full(jnp.broadcast_to(v, block))
     staged = jax.tree_util.tree_map(full, staged)
-    x, cal, staged = jax.lax.optimization_barrier((x, cal, staged))
+    # one barrier per array, so XLA still drops the ones this chunk's outputs do not need
+    x, cal, staged = jax.tree_util.tree_map(jax.lax.optimization_barrier, (x, cal, staged))
     x["_points"] = jnp.zeros(math.prod(block), jnp.int8)
     out = _evaluate(x, cal, lay, staged=staged, **core)
     if reduce is None:
@@ -563,7 +564,8 @@ def _evaluate(x, cal, lay, *, mode, derive, law, law_table, objective, outputs, 
     points = jnp.shape(x.pop("_points"))
     bc = lambda v: jnp.broadcast_to(v, points)  # noqa: E731
     if staged is None:
-        staged = jax.lax.optimization_barrier(_design_stage(x, derive=derive, law=law, law_table=law_table))
+        staged = jax.tree_util.tree_map(jax.lax.optimization_barrier,
+                                        _design_stage(x, derive=derive, law=law, law_table=law_table))
     xd, design, loss, reason = staged
     x.update(xd)
     if mode == "best":
