@@ -157,6 +157,14 @@ def footprint_python(p: dict) -> dict:
         reason = MISSING_DATA
     else:
         reason = 0
+    return _outputs(params, active, train_flops, mfu, seconds, per_token, hours, devices, it_kwh, pue, op_dev,
+                    op_host, emb_dev, emb_host, total, (emb_dev + emb_host) / total if total != 0 else nan, gpus,
+                    gpus * p["material_kg_per_device"], it_kwh * p["wue_l_per_kwh"] / 1000.0, reason, nan)
+
+
+def _outputs(params, active, train_flops, mfu, seconds, per_token, hours, devices, it_kwh, pue, op_dev, op_host,
+             emb_dev, emb_host, total, share, gpus, material_kg, water_m3, reason, nan):
+    """The chain's outputs, by name, from its intermediate quantities (both implementations)."""
     return {
         "params": params,
         "active_params": active,
@@ -176,10 +184,10 @@ def footprint_python(p: dict) -> dict:
         "embodied_host_tco2e": emb_host,
         "embodied_tco2e": emb_dev + emb_host,
         "total_tco2e": total,
-        "embodied_share": (emb_dev + emb_host) / total if total != 0 else nan,
+        "embodied_share": share,
         "gpus_consumed": gpus,
-        "material_kg": gpus * p["material_kg_per_device"],
-        "water_m3": it_kwh * p["wue_l_per_kwh"] / 1000.0,
+        "material_kg": material_kg,
+        "water_m3": water_m3,
         "reason": reason,
     }
 
@@ -252,32 +260,11 @@ def footprint_numpy(x: dict) -> dict:
         total = op_dev + op_host + emb_dev + emb_host
         shape = np.broadcast_shapes(*[v.shape for v in a.values()])
         nan = np.full(shape, np.nan, dt)
-        out = {
-            "params": params,
-            "active_params": active,
-            "train_flops": train_flops,
-            "mfu": mfu,
-            "hfu": nan, "step_time_s": nan, "compute_s": nan, "comm_exposed_s": nan, "bubble_s": nan,
-            "tokens_per_s": train_flops / seconds / per_token,
-            "memory_gb": nan, "dp": nan,
-            "train_days": hours / 24.0,
-            "device_hours": devices * hours,
-            "it_energy_mwh": it_kwh / 1000.0,
-            "energy_mwh": it_kwh * pue / 1000.0,
-            "operational_device_tco2e": op_dev,
-            "operational_host_tco2e": op_host,
-            "operational_tco2e": op_dev + op_host,
-            "embodied_device_tco2e": emb_dev,
-            "embodied_host_tco2e": emb_host,
-            "embodied_tco2e": emb_dev + emb_host,
-            "total_tco2e": total,
-            "embodied_share": (emb_dev + emb_host) / total,
-            "gpus_consumed": gpus,
-            "material_kg": gpus * a["material_kg_per_device"],
-            "water_m3": it_kwh * a["wue_l_per_kwh"] / 1000.0,
-            "reason": np.where(top_k > experts, TOP_K_EXCEEDS_EXPERTS,
-                               np.where(np.isfinite(total), 0, MISSING_DATA)).astype(np.int32),
-        }
+        reason = np.where(top_k > experts, TOP_K_EXCEEDS_EXPERTS,
+                          np.where(np.isfinite(total), 0, MISSING_DATA)).astype(np.int32)
+        out = _outputs(params, active, train_flops, mfu, seconds, per_token, hours, devices, it_kwh, pue, op_dev,
+                       op_host, emb_dev, emb_host, total, (emb_dev + emb_host) / total, gpus,
+                       gpus * a["material_kg_per_device"], it_kwh * a["wue_l_per_kwh"] / 1000.0, reason, nan)
     return {k: np.broadcast_to(v, shape) for k, v in out.items()}
 
 

@@ -250,7 +250,7 @@ class Evaluator:
     # -- the jitted function ---------------------------------------------------------------
     def __getstate__(self):
         state = dict(self.__dict__)
-        for k in ("_fn", "_grid_fn", "_tables_dev", "_fn_all", "_chunk_args"):
+        for k in ("_fn", "_grid_fn", "_tables_dev", "_fn_all", "_chunk_args_dev"):
             state.pop(k, None)
         return state
 
@@ -324,9 +324,16 @@ class Evaluator:
         lead = np.array([r.start for r in region[:plan.axis]], np.int64)
         a = np.int64(region[plan.axis].start)
         block = (plan.step,) + tuple(plan.shape[plan.axis + 1:])
-        fn = self.grid_fn
-        if getattr(self, "_chunk_args", None) is None:
-            # on the device once, packed into a few arrays (a call then passes ~5 buffers, not ~60)
+        (xvec, cvec, lay, mats), names = self._chunk_args()
+        out = self.grid_fn(lead, a, np.int64(stop - start), xvec, cvec, lay, mats, block=block, axis=plan.axis,
+                           names=names)
+        return out, stop - start
+
+    def _chunk_args(self):
+        """The grid function's fixed arguments, on the device once and packed into a few arrays (a
+        call then passes ~5 buffers, not ~60), with their names (static)."""
+        if getattr(self, "_chunk_args_dev", None) is None:
+            _ = self.grid_fn  # builds the dimension tables
             xkeys, ckeys = tuple(self.base), tuple(self.cal)
             xvec = np.array([self.base[k] for k in xkeys], self.dtype)
             cvec = np.array([self.cal[k] for k in ckeys], self.dtype)
@@ -334,10 +341,8 @@ class Evaluator:
             tkeys = tuple((d, tuple(t)) for d, t in self._tables_dev.items())
             mats = {d: (np.stack([np.asarray(self._tables_dev[d][k]) for k in keys]) if keys
                         else np.zeros((0, len(self.study.dims[d])), self.dtype)) for d, keys in tkeys}
-            self._chunk_args = (jax.device_put((xvec, cvec, lay, mats)), (xkeys, ckeys, tkeys))
-        (xvec, cvec, lay, mats), names = self._chunk_args
-        out = fn(lead, a, np.int64(stop - start), xvec, cvec, lay, mats, block=block, axis=plan.axis, names=names)
-        return out, stop - start
+            self._chunk_args_dev = (jax.device_put((xvec, cvec, lay, mats)), (xkeys, ckeys, tkeys))
+        return self._chunk_args_dev
 
     @staticmethod
     def collect_chunk(handle) -> dict[str, np.ndarray]:
@@ -421,13 +426,13 @@ def _evaluate_grid(lead, a, n_valid, xvec, cvec, lay, mats, *, block, axis, name
     xd = jax.tree_util.tree_map(jax.lax.optimization_barrier, xd)
     staged = _design_stage(xd, derive=core["derive"], law=core["law"], law_table=core["law_table"])
     # 2. everything else on every point, the design results broadcast to it.
-    full = lambda v: v if jnp.ndim(v) == 0 else jnp.broadcast_to(v, block).reshape(-1)  # noqa: E731
+    full = lambda v: jnp.broadcast_to(v, block).reshape(-1)  # noqa: E731
     for k, v in natural.items():
         if k.startswith("cal__"):
-            cal[k[5:]] = full(jnp.broadcast_to(v, block))
+            cal[k[5:]] = full(v)
         elif k not in DESIGN_INPUTS:
-            x[k] = full(jnp.broadcast_to(v, block))
-    staged = jax.tree_util.tree_map(full, staged)
+            x[k] = full(v)
+    staged = jax.tree_util.tree_map(lambda v: v if jnp.ndim(v) == 0 else full(v), staged)  # scalars stay scalars
     # one barrier per array, so XLA still drops the ones this chunk's outputs do not need
     x, cal, staged = jax.tree_util.tree_map(jax.lax.optimization_barrier, (x, cal, staged))
     x["_points"] = jnp.zeros(math.prod(block), jnp.int8)
@@ -820,37 +825,38 @@ def run(spec, out=None, *, resume=False, chunk_size=None, scheduler=None, quiet=
     # scratch folder is made only for what needs files (dask workers, a Zarr grid)
     memory_only = not write and not scheduler and not (keep_full and large)
     tmp = None
-    if not write:
+    if not write and not memory_only:
         import tempfile
 
-        tmp = tempfile.TemporaryDirectory() if not memory_only else None
-        out_dir = Path(tmp.name) if tmp else Path(os.devnull)
+        tmp = tempfile.TemporaryDirectory()
+        out_dir = Path(tmp.name)
     part_dir = out_dir / PARTIAL_DIR
     plan_file = part_dir / "plan.json"
     plan_doc = {"spec_hash": study.spec_hash(), "shape": list(plan.shape), "axis": plan.axis, "step": plan.step,
                 "n_chunks": plan.n_chunks, "large": large, "keep_full": keep_full}
     prior_elapsed = 0.0
-    if resume and (out_dir / "study.json").exists():
-        done = json.loads((out_dir / "study.json").read_text())
-        if done.get("spec_hash") == study.spec_hash():
-            return load_result(out_dir)
-    if resume and plan_file.exists():
-        old = json.loads(plan_file.read_text())
-        if old.get("spec_hash") != study.spec_hash():
-            raise SpecError(study.file, None, None, f"--resume: {out_dir} holds a run of a different spec; "
-                            "use another --out or run without --resume")
-        plan = Plan(tuple(old["shape"]), old["axis"], old["step"],
-                    int(np.prod(old["shape"][old["axis"] + 1:], dtype=np.int64)))
-        prior_elapsed = old.get("elapsed_s", 0.0)
-    elif not memory_only:
-        _clean(out_dir)
-        part_dir.mkdir(parents=True, exist_ok=True)
-        plan_file.write_text(json.dumps(plan_doc))
+    if not memory_only:  # (a run kept in memory has no files at all)
+        if resume and (out_dir / "study.json").exists():
+            done = json.loads((out_dir / "study.json").read_text())
+            if done.get("spec_hash") == study.spec_hash():
+                return load_result(out_dir)
+        if resume and plan_file.exists():
+            old = json.loads(plan_file.read_text())
+            if old.get("spec_hash") != study.spec_hash():
+                raise SpecError(study.file, None, None, f"--resume: {out_dir} holds a run of a different spec; "
+                                "use another --out or run without --resume")
+            plan = Plan(tuple(old["shape"]), old["axis"], old["step"],
+                        int(np.prod(old["shape"][old["axis"] + 1:], dtype=np.int64)))
+            prior_elapsed = old.get("elapsed_s", 0.0)
+        else:
+            _clean(out_dir)
+            part_dir.mkdir(parents=True, exist_ok=True)
+            plan_file.write_text(json.dumps(plan_doc))
     zarr_path = str(out_dir / "grid.zarr") if (keep_full and large) else None
     if zarr_path and not Path(zarr_path).exists():
         _zarr_template(ev, plan, zarr_path)
 
-    done = finished_chunks(part_dir)
+    done = set() if memory_only else finished_chunks(part_dir)
     todo = [i for i in range(plan.n_chunks) if i not in done]
     progress = _progress(plan.n_chunks, len(done), quiet)
     in_memory = {} if memory_only else None
@@ -867,7 +873,7 @@ def run(spec, out=None, *, resume=False, chunk_size=None, scheduler=None, quiet=
     finally:
         progress.close()
         elapsed_now = time.perf_counter() - t0
-        if plan_file.exists():
+        if not memory_only and plan_file.exists():
             doc = json.loads(plan_file.read_text())
             doc["elapsed_s"] = prior_elapsed + elapsed_now
             plan_file.write_text(json.dumps(doc))

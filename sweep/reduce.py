@@ -105,7 +105,7 @@ class StreamingFront:
 
     def add(self, cand: dict[str, np.ndarray]) -> None:
         self.pending.append(cand)
-        self.n_pending += len(cand["index"]) if "index" in cand else 0
+        self.n_pending += len(cand["index"])
         size = 0 if self.front is None else len(self.front["index"])
         if self.n_pending >= max(self.batch_rows, 2 * size):
             self._flush()
