@@ -432,7 +432,7 @@ def bench_baselines(n_loop: int, n_numpy: int, repeats: int, res: dict):
     for dtype in (np.float64, np.float32):
         flat = np.arange(n_numpy, dtype=np.int64) * (study.n_points // n_numpy)
         x = grid_inputs(ev, flat, dtype)
-        t, _ = best_of(lambda: footprint_numpy(x), repeats)
+        t, _ = best_of(lambda x=x: footprint_numpy(x), repeats)
         out[f"numpy_{np.dtype(dtype).name}"] = {"points": n_numpy, "s": t, "points_per_s": n_numpy / t,
                                                 "load_avg": load()}
         print(f"  numpy {np.dtype(dtype).name}: {n_numpy:,} points in {t:.2f} s = {n_numpy / t:,.0f}/s", flush=True)
