@@ -454,26 +454,50 @@ def _prefilter(out, n_valid, fronts, top, bins=4096, stride=32):
     Top-k: every feasible point in the key bins up to the one where the count reaches k (the k
     smallest, ties and more); NumPy then picks the exact top-k. Bin minima and counts come from
     every ``stride``-th point: a sample's bound is weaker, so the masks only keep more candidates.
+
+    Most chunks have every point feasible with finite outputs: that is checked with plain
+    reductions (a NaN or infinity shows in an output's min or max), and such a chunk takes a branch
+    that needs no per-point masks of feasibility or finiteness (building them costs more than the
+    chain on CPU). Both branches give the same results on such a chunk. The plain reductions also
+    see the points past ``n_valid``: the grid path pads a chunk by repeating its real points, so
+    they change no minimum or maximum.
     """
     n = out["reason"].shape[0]
     valid = jnp.arange(n) < n_valid
-    ok = (out["reason"] == 0) & valid
-    n_ok = jnp.sum(ok, dtype=jnp.int32)
-    # the histogram of reasons (a slow scatter on CPU) only when some point is infeasible
-    res = {"__stat_reasons": jax.lax.cond(
-        n_ok == n_valid,
-        lambda r: jnp.zeros(len(REASONS), jnp.int32).at[0].set(n_ok),
-        lambda r: jnp.bincount(r, weights=valid.astype(jnp.int32), length=len(REASONS)).astype(jnp.int32),
-        out["reason"])}
-    for k, v in out.items():
-        if k != "reason" and jnp.issubdtype(v.dtype, jnp.floating):
-            good = ok & jnp.isfinite(v)
-            res[f"__stat_min__{k}"] = jnp.min(jnp.where(good, v, jnp.inf))
-            res[f"__stat_max__{k}"] = jnp.max(jnp.where(good, v, -jnp.inf))
+    floats = [k for k, v in out.items() if k != "reason" and jnp.issubdtype(v.dtype, jnp.floating)]
+    lo_hi = {k: (jnp.min(out[k]), jnp.max(out[k])) for k in floats}
+    clean = jnp.max(out["reason"]) == 0  # reasons are codes ≥ 0; padding repeats real points
+    for lo, hi in lo_hi.values():
+        clean = clean & jnp.isfinite(lo) & jnp.isfinite(hi)
+
+    def all_good(out):
+        res = {"__stat_reasons": jnp.zeros(len(REASONS), jnp.int32).at[0].set(n_valid.astype(jnp.int32))}
+        for k, (lo, hi) in lo_hi.items():
+            res[f"__stat_min__{k}"], res[f"__stat_max__{k}"] = lo, hi
+        return {**res, **_candidates(out, lambda names: valid, fronts, top, bins, stride)}
+
+    def general(out):
+        ok = (out["reason"] == 0) & valid
+        res = {"__stat_reasons": jnp.bincount(out["reason"], weights=valid.astype(jnp.int32),
+                                              length=len(REASONS)).astype(jnp.int32)}
+        for k in floats:
+            good = ok & jnp.isfinite(out[k])
+            res[f"__stat_min__{k}"] = jnp.min(jnp.where(good, out[k], jnp.inf))
+            res[f"__stat_max__{k}"] = jnp.max(jnp.where(good, out[k], -jnp.inf))
+        good = lambda names: ok & jnp.all(jnp.stack([jnp.isfinite(out[k]) for k in names]), axis=0)  # noqa: E731
+        return {**res, **_candidates(out, good, fronts, top, bins, stride)}
+
+    return jax.lax.cond(clean, all_good, general, out)
+
+
+def _candidates(out, good_for, fronts, top, bins, stride):
+    """The prefilter's candidate masks; ``good_for(names)``: the points feasible and finite in the
+    named outputs."""
+    res = {}
     sub = slice(None, None, stride)  # bounds from a strided sample: weaker, still exact as a prefilter
     for j, objectives in enumerate(fronts):
         f = [sign * out[name] for name, sign in objectives]
-        good = ok & jnp.all(jnp.stack([jnp.isfinite(c) for c in f]), axis=0)
+        good = good_for([name for name, _ in objectives])
         if len(f) == 2:
             f0, f1 = f
             lo, scale = _bin_scale(f0[sub], good[sub], bins)
@@ -491,7 +515,7 @@ def _prefilter(out, n_valid, fronts, top, bins=4096, stride=32):
     if top is not None:  # every point in the bins up to the one where the sample's count reaches k
         name, sign, k = top
         key = sign * out[name]
-        good = ok & jnp.isfinite(key)
+        good = good_for([name])
         lo, scale = _bin_scale(key[sub], good[sub], bins)
         b = _bin(key, good, lo, scale, bins)
         counts = jnp.bincount(b[sub], weights=good[sub].astype(jnp.int32), length=bins)

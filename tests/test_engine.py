@@ -1,6 +1,7 @@
 """The sweep engine: chunking, resume, dask, streaming reductions, masking and study-spec errors."""
 
 import copy
+import functools
 import json
 
 import numpy as np
@@ -131,6 +132,16 @@ def test_pareto_mask_two_objectives_with_duplicates():
     want = np.array([not any((f[j] <= f[i]).all() and (f[j] < f[i]).any() for j in range(len(f)))
                      for i in range(len(f))])
     np.testing.assert_array_equal(pareto_mask(f), want)
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(1, 200), st.sampled_from([2, 5, 50, 10**6]))
+def test_two_objective_front_matches_the_definition(seed, n, levels):
+    """The two-objective front (one sort by the first objective, groups of its ties) equals the
+    brute-force definition, duplicates and ties included."""
+    f = np.random.default_rng(seed).integers(0, levels, size=(n, 2)).astype(float)
+    le = (f[None, :, :] <= f[:, None, :]).all(-1)  # [i, j]: j is no worse than i in both
+    lt = (f[None, :, :] < f[:, None, :]).any(-1)
+    np.testing.assert_array_equal(pareto_mask(f), ~(le & lt).any(1))
 
 
 def test_maximised_objective_is_respected():
@@ -331,29 +342,58 @@ def test_reductions_only_fast_path_equals_the_full_grid_path(size):
     assert fast.summary["min"]["total_tco2e"] == full.summary["min"]["total_tco2e"]
 
 
-@settings(max_examples=25, deadline=None)
-@given(st.integers(0, 2**32 - 1), st.integers(1, 512), st.sampled_from([3, 40, 1000]))
-def test_prefilter_masks_keep_every_front_member_and_the_top_k(seed, n_valid, levels):
-    """The in-kernel prefilter may keep extra candidates but never drops a member (ties included)."""
+@functools.cache
+def _prefilter_jit():
+    """One compiled prefilter for the property test's fixed shapes (a front and a top-10)."""
     import jax
 
+    fronts = ((("loss", 1.0), ("total_tco2e", 1.0)),)
+    return jax.jit(lambda o, m: engine._prefilter(o, m, fronts, ("total_tco2e", 1.0, 10)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 512), st.sampled_from([3, 40, 1000]),
+       st.sampled_from([0.0, 0.2]), st.sampled_from(["none", "nan", "inf"]))
+def test_prefilter_masks_keep_every_front_member_and_the_top_k(seed, n_valid, levels, p_infeasible, bad):
+    """The in-kernel prefilter may keep extra candidates but never drops a member (ties included);
+    its statistics count only the valid, feasible, finite points. Chunks with every point feasible
+    and finite take a branch of their own, so both kinds are drawn."""
     rng = np.random.default_rng(seed)
     n = 512
     out = {"loss": rng.integers(0, levels, n).astype(np.float32),
            "total_tco2e": rng.integers(0, levels, n).astype(np.float32),
-           "reason": np.where(rng.random(n) < 0.2, 3, 0).astype(np.int32)}
-    fronts = ((("loss", 1.0), ("total_tco2e", 1.0)),)
-    top = ("total_tco2e", 1.0, 10)
-    res = {k: np.asarray(v) for k, v in
-           jax.jit(lambda o, m: engine._prefilter(o, m, fronts, top))(out, np.int64(n_valid)).items()}
-    ok = np.flatnonzero(out["reason"][:n_valid] == 0)
+           "reason": np.where(rng.random(n) < p_infeasible, 3, 0).astype(np.int32)}
+    if bad != "none":  # a non-finite objective on a feasible point: neither a candidate nor in the statistics
+        out["total_tco2e"][rng.integers(0, n)] = np.nan if bad == "nan" else np.inf
+    pad = rng.integers(0, n_valid, n - n_valid)  # as on the grid, padding repeats real points
+    out = {k: np.concatenate([v[:n_valid], v[pad]]) for k, v in out.items()}
+    res = {k: np.asarray(v) for k, v in _prefilter_jit()(out, np.int64(n_valid)).items()}
+    ok = np.flatnonzero((out["reason"][:n_valid] == 0) & np.isfinite(out["total_tco2e"][:n_valid]))
     f = np.stack([out["loss"][ok], out["total_tco2e"][ok]], 1).astype(float)
     members = ok[pareto_mask(f)]
     assert res["__cand_p0"][members].all()
     assert not res["__cand_p0"][n_valid:].any()
+    assert np.isfinite(out["total_tco2e"][res["__cand_p0"]]).all()
     order = ok[np.lexsort((ok, out["total_tco2e"][ok]))][:10]
     assert res["__cand_top"][order].all()
-    np.testing.assert_array_equal(res["__stat_reasons"][[0, 3]], [len(ok), n_valid - len(ok)])
+    assert not res["__cand_top"][n_valid:].any()
+    feasible = np.flatnonzero(out["reason"][:n_valid] == 0)
+    np.testing.assert_array_equal(res["__stat_reasons"][[0, 3]], [len(feasible), n_valid - len(feasible)])
+    assert res["__stat_min__total_tco2e"] == out["total_tco2e"][ok].min(initial=np.inf)  # ±inf: none
+    assert res["__stat_max__total_tco2e"] == out["total_tco2e"][ok].max(initial=-np.inf)
+    assert res["__stat_max__loss"] == out["loss"][feasible].max(initial=-np.inf)
+
+
+def test_prefilter_statistics_of_a_padded_chunk_count_only_its_points():
+    """The grid's last chunk along the split axis is padded by repeating its last row; its reason
+    counts and min/max are those of the real points alone (every point feasible here)."""
+    s = spec(study__keep_full_grid=False)
+    full = run(spec(), write=False).dataset
+    for size in (7, 40):
+        fast = run(s, write=False, chunk_size=size)
+        assert fast.summary["n_feasible"] == int((full.reason == 0).sum())
+        assert fast.summary["min"]["total_tco2e"] == float(full.total_tco2e.min())
+        assert fast.summary["max"]["total_tco2e"] == float(full.total_tco2e.max())
 
 
 MODES = {"mfu given": {}, "fixed layout": {"cluster__mfu": None, "cluster__tp": 8, "cluster__pp": 4,
