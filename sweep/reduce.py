@@ -35,28 +35,35 @@ def pareto_mask(f: np.ndarray) -> np.ndarray:
         return np.zeros(0, bool)
     if m == 1:
         return f[:, 0] == f[:, 0].min()
-    order = np.lexsort(f.T[::-1])  # lexicographic by f0, then f1, ...
-    g = f[order]
     if m == 2:
-        keep = _front_2d_sorted(g)
-    else:
-        keep = _front_nd_sorted(g)
+        return _front_2d(f)
+    order = np.lexsort(f.T[::-1])  # lexicographic by f0, then f1, ...
     mask = np.zeros(n, bool)
-    mask[order[keep]] = True
+    mask[order[_front_nd_sorted(f[order])]] = True
     return mask
 
 
-def _front_2d_sorted(g: np.ndarray) -> np.ndarray:
-    """Non-dominated rows of g sorted lexicographically (f0, f1): one pass with a running minimum."""
-    f0, f1 = g[:, 0], g[:, 1]
-    run = np.minimum.accumulate(f1)
-    prev = np.concatenate([[np.inf], run[:-1]])  # min of f1 over strictly earlier rows
-    idx = np.arange(len(f1))
-    new_min = np.concatenate([[True], run[1:] < run[:-1]])
-    first_of_min = np.maximum.accumulate(np.where(new_min, idx, 0))  # first row attaining run[i]
-    prev_first = np.concatenate([[0], first_of_min[:-1]])
-    dominated = (prev < f1) | ((prev == f1) & (f0[prev_first] < f0))
-    return ~dominated
+def _front_2d(f: np.ndarray) -> np.ndarray:
+    """Non-dominated rows of f (n, 2), with one sort by f0 (a lexicographic sort costs ~4x more).
+
+    Rows with equal f0 form a group. Row i is dominated exactly when an earlier group (smaller f0)
+    holds an f1 ≤ its own, or its own group holds an f1 < its own.
+    """
+    n = len(f)
+    order = np.argsort(f[:, 0])
+    g0, g1 = f[order, 0], f[order, 1]
+    new = np.empty(n, bool)
+    new[0] = True
+    np.not_equal(g0[1:], g0[:-1], out=new[1:])
+    group_min = np.minimum.reduceat(g1, np.flatnonzero(new))
+    before = np.empty_like(group_min)  # least f1 of the groups with smaller f0
+    before[0] = np.inf
+    np.minimum.accumulate(group_min[:-1], out=before[1:])
+    gid = np.cumsum(new) - 1
+    dominated = (before[gid] <= g1) | (group_min[gid] < g1)
+    mask = np.zeros(n, bool)
+    mask[order[~dominated]] = True
+    return mask
 
 
 def _front_nd_sorted(g: np.ndarray, block: int = 2048) -> np.ndarray:
