@@ -432,7 +432,8 @@ def _evaluate_grid(lead, a, n_valid, xvec, cvec, lay, mats, *, block, axis, name
             cal[k[5:]] = full(v)
         elif k not in DESIGN_INPUTS:
             x[k] = full(v)
-    staged = jax.tree_util.tree_map(lambda v: v if jnp.ndim(v) == 0 else full(v), staged)  # scalars stay scalars
+    # each design term a buffer of its own (XLA would otherwise recompute it for every point it is broadcast to)
+    staged = jax.tree_util.tree_map(lambda v: v if jnp.ndim(v) == 0 else full(_buffer(v)), staged)  # scalars stay scalars
     # one barrier per array, so XLA still drops the ones this chunk's outputs do not need
     x, cal, staged = jax.tree_util.tree_map(jax.lax.optimization_barrier, (x, cal, staged))
     x["_points"] = jnp.zeros(math.prod(block), jnp.int8)
@@ -507,7 +508,7 @@ def _candidates(out, good_for, fronts, top, bins, stride):
             below = jnp.concatenate([jnp.full((1,), jnp.inf, bin_min.dtype), jax.lax.cummin(bin_min)[:-1]])
             # within the bin: the sample point with the bin's least f1 (and, among those, least f0)
             at_min = jax.ops.segment_min(jnp.where(s1 == bin_min[sb], s0, jnp.inf), sb, num_segments=bins)
-            below, bin_min, at_min = _lookup_table(below), _lookup_table(bin_min), _lookup_table(at_min)
+            below, bin_min, at_min = _buffer(below), _buffer(bin_min), _buffer(at_min)
             m1, a0 = bin_min[b], at_min[b]
             in_bin = ((f0 >= a0) & (f1 > m1)) | ((f0 > a0) & (f1 >= m1))
             good = good & (f1 < below[b]) & ~in_bin
@@ -525,10 +526,13 @@ def _candidates(out, good_for, fronts, top, bins, stride):
     return res
 
 
-def _lookup_table(v):
-    """A small table made a buffer of its own before per-point lookups: XLA would otherwise fuse the
-    ops that compute it (a running minimum's last steps) into every lookup, 3-4x slower."""
-    return jnp.zeros_like(v).at[jnp.arange(v.shape[0])].set(v)
+def _buffer(v):
+    """A small array made a buffer of its own (a scatter ends XLA's fusion; an optimisation barrier
+    does not): XLA would otherwise fuse the ops that compute it into every per-point use of it, e.g.
+    a running minimum into every lookup of a prefilter table (3-4x slower), or a design's FLOPs into
+    every point of the design."""
+    flat = v.reshape(-1)
+    return jnp.zeros_like(flat).at[jnp.arange(flat.shape[0])].set(flat).reshape(v.shape)
 
 
 def _bin_scale(v, good, bins):
