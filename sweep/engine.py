@@ -887,14 +887,15 @@ def run(spec, out=None, *, resume=False, chunk_size=None, scheduler=None, quiet=
     done = set() if memory_only else finished_chunks(part_dir)
     todo = [i for i in range(plan.n_chunks) if i not in done]
     progress = _progress(plan.n_chunks, len(done), quiet)
-    in_memory = {} if memory_only else None
+    # in memory, each chunk is merged while the next one's call runs
+    merger = _Merger(ev, keep_full) if memory_only else None
     try:
         if scheduler:
             _run_dask(ev, plan, todo, str(out_dir), keep_full, zarr_path, scheduler, progress)
         else:
             for i, handle in _pipelined(ev, plan, todo):
-                if in_memory is not None:
-                    in_memory[i] = chunk_partial(ev, plan, i, keep_full, handle)[0]
+                if merger is not None:
+                    merger.add(chunk_partial(ev, plan, i, keep_full, handle)[0])
                 else:
                     run_chunk(ev, plan, i, str(out_dir), keep_full, zarr_path, handle)
                 progress.update(1)
@@ -905,7 +906,8 @@ def run(spec, out=None, *, resume=False, chunk_size=None, scheduler=None, quiet=
             doc = json.loads(plan_file.read_text())
             doc["elapsed_s"] = prior_elapsed + elapsed_now
             plan_file.write_text(json.dumps(doc))
-    result = _merge(ev, plan, out_dir, keep_full, zarr_path, in_memory)
+    result = (merger.result(plan, out_dir, zarr_path) if merger is not None
+              else _merge(ev, plan, out_dir, keep_full, zarr_path))
     elapsed = prior_elapsed + (time.perf_counter() - t0)
     result.summary["elapsed_s"] = elapsed
     if write:
@@ -952,62 +954,74 @@ def _run_dask(ev, plan, todo, out_dir, keep_full, zarr_path, scheduler, progress
             client.close()
 
 
-def _merge(ev: Evaluator, plan: Plan, out_dir: Path, keep_full: bool, zarr_path, partials=None) -> SweepResult:
-    """Merge every chunk's partial results (from ``partials`` {chunk: dict} if given, else the files)."""
-    import xarray as xr
+class _Merger:
+    """Every chunk's partial results folded into the study's result as they come: Pareto fronts,
+    top-k, reason counts, min/max and (if kept in memory) the full grid, in chunk order."""
 
-    opts = ev.study.options
-    fronts = [red.StreamingFront(objectives) for objectives in opts["pareto"]]
-    top = None
-    reasons = np.zeros(len(REASONS), np.int64)
-    mins, maxs = {}, {}
-    full = {k: [] for k in ev.outputs} if keep_full and zarr_path is None else None
-    for i in range(plan.n_chunks):
-        if partials is not None:
-            parts = partials.pop(i)
-        else:
-            with np.load(out_dir / PARTIAL_DIR / f"chunk_{i:08d}.npz") as z:
-                parts = {k: z[k] for k in z.files}
-        for j, front in enumerate(fronts):
+    def __init__(self, ev: Evaluator, keep_arrays: bool):
+        self.ev, self.opts = ev, ev.study.options
+        self.fronts = [red.StreamingFront(objectives) for objectives in self.opts["pareto"]]
+        self.top = None
+        self.reasons = np.zeros(len(REASONS), np.int64)
+        self.mins, self.maxs = {}, {}
+        self.full = {k: [] for k in ev.outputs} if keep_arrays else None
+
+    def add(self, parts: dict[str, np.ndarray]) -> None:
+        for j, front in enumerate(self.fronts):
             front.add({k.split("__", 1)[1]: v for k, v in parts.items() if k.startswith(f"pareto{j}__")})
-        if opts["top"]:
+        if self.opts["top"]:
             cand = {k.split("__", 1)[1]: v for k, v in parts.items() if k.startswith("top__")}
-            top = red.merge_top(top, cand, opts["top"]["by"], opts["top"]["n"])
-        reasons += parts["stats__reasons"]
-        for k in ev.outputs:
+            self.top = red.merge_top(self.top, cand, self.opts["top"]["by"], self.opts["top"]["n"])
+        self.reasons += parts["stats__reasons"]
+        for k in self.ev.outputs:
             if f"stats__min__{k}" in parts:
-                mins[k] = np.fmin(mins.get(k, np.nan), parts[f"stats__min__{k}"])
-                maxs[k] = np.fmax(maxs.get(k, np.nan), parts[f"stats__max__{k}"])
-        if full is not None:
-            for k in ev.outputs:
-                full[k].append(parts[f"full__{k}"])
-    fronts = [f.result() for f in fronts]
-    dataset = None
-    if full is not None:
-        data = {k: (ev.dims, np.concatenate(v).reshape(plan.shape), _var_attrs(k)) for k, v in full.items()}
-        dataset = xr.Dataset(data, coords=_coords(ev.study))
-    elif zarr_path is not None:
-        dataset = xr.open_zarr(zarr_path)
-    n_points = ev.study.n_points
-    summary = {
-        "n_points": n_points,
-        "n_feasible": int(reasons[0]),
-        "n_chunks": plan.n_chunks,
-        "n_layouts": ev.n_layouts,
-        "infeasible": {REASONS[c]: int(n) for c, n in enumerate(reasons) if c and n},
-        "min": {k: _num(v) for k, v in mins.items()},
-        "max": {k: _num(v) for k, v in maxs.items()},
-    }
-    if ev.fast:
-        fronts = [ev.complete_rows(f) if f is not None else None for f in fronts]
-        top = ev.complete_rows(top) if top is not None else None
-    pareto = {_front_name(o): _table(ev, f) for o, f in zip(opts["pareto"], fronts) if f is not None}
-    top_df = _table(ev, top) if top is not None else None
-    if dataset is not None:
-        dataset.attrs.update({"title": f"carbon-sweep study {ev.study.name}", "n_points": n_points,
-                              "n_feasible": int(reasons[0]), "layout": ev.mode,
-                              "law": ev.study.law or "", "law_name": ev.law_table.get("name", "")})
-    return SweepResult(out_dir, dataset, pareto, top_df, summary)
+                self.mins[k] = np.fmin(self.mins.get(k, np.nan), parts[f"stats__min__{k}"])
+                self.maxs[k] = np.fmax(self.maxs.get(k, np.nan), parts[f"stats__max__{k}"])
+        if self.full is not None:
+            for k in self.ev.outputs:
+                self.full[k].append(parts[f"full__{k}"])
+
+    def result(self, plan: Plan, out_dir: Path, zarr_path) -> SweepResult:
+        import xarray as xr
+
+        ev, opts, reasons = self.ev, self.opts, self.reasons
+        fronts = [f.result() for f in self.fronts]
+        top = self.top
+        dataset = None
+        if self.full is not None:
+            data = {k: (ev.dims, np.concatenate(v).reshape(plan.shape), _var_attrs(k)) for k, v in self.full.items()}
+            dataset = xr.Dataset(data, coords=_coords(ev.study))
+        elif zarr_path is not None:
+            dataset = xr.open_zarr(zarr_path)
+        n_points = ev.study.n_points
+        summary = {
+            "n_points": n_points,
+            "n_feasible": int(reasons[0]),
+            "n_chunks": plan.n_chunks,
+            "n_layouts": ev.n_layouts,
+            "infeasible": {REASONS[c]: int(n) for c, n in enumerate(reasons) if c and n},
+            "min": {k: _num(v) for k, v in self.mins.items()},
+            "max": {k: _num(v) for k, v in self.maxs.items()},
+        }
+        if ev.fast:
+            fronts = [ev.complete_rows(f) if f is not None else None for f in fronts]
+            top = ev.complete_rows(top) if top is not None else None
+        pareto = {_front_name(o): _table(ev, f) for o, f in zip(opts["pareto"], fronts) if f is not None}
+        top_df = _table(ev, top) if top is not None else None
+        if dataset is not None:
+            dataset.attrs.update({"title": f"carbon-sweep study {ev.study.name}", "n_points": n_points,
+                                  "n_feasible": int(reasons[0]), "layout": ev.mode,
+                                  "law": ev.study.law or "", "law_name": ev.law_table.get("name", "")})
+        return SweepResult(out_dir, dataset, pareto, top_df, summary)
+
+
+def _merge(ev: Evaluator, plan: Plan, out_dir: Path, keep_full: bool, zarr_path) -> SweepResult:
+    """Merge every chunk's partial file."""
+    merger = _Merger(ev, keep_full and zarr_path is None)
+    for i in range(plan.n_chunks):
+        with np.load(out_dir / PARTIAL_DIR / f"chunk_{i:08d}.npz") as z:
+            merger.add({k: z[k] for k in z.files})
+    return merger.result(plan, out_dir, zarr_path)
 
 
 def _num(v):

@@ -50,7 +50,10 @@ def _front_2d(f: np.ndarray) -> np.ndarray:
     holds an f1 ≤ its own, or its own group holds an f1 < its own.
     """
     n = len(f)
-    order = np.argsort(f[:, 0])
+    # candidates come in grid order, where the first objective often runs in sorted stretches (e.g.
+    # loss, one value per design): a merge sort uses them (3x faster then, 2x slower on random data)
+    runs = np.count_nonzero(f[1:, 0] < f[:-1, 0])
+    order = np.argsort(f[:, 0], kind="stable" if runs < n // 16 else None)
     g0, g1 = f[order, 0], f[order, 1]
     new = np.empty(n, bool)
     new[0] = True

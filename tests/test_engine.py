@@ -134,11 +134,15 @@ def test_pareto_mask_two_objectives_with_duplicates():
     np.testing.assert_array_equal(pareto_mask(f), want)
 
 
-@given(st.integers(0, 2**32 - 1), st.integers(1, 200), st.sampled_from([2, 5, 50, 10**6]))
-def test_two_objective_front_matches_the_definition(seed, n, levels):
+@given(st.integers(0, 2**32 - 1), st.integers(1, 200), st.sampled_from([2, 5, 50, 10**6]), st.booleans())
+def test_two_objective_front_matches_the_definition(seed, n, levels, runs):
     """The two-objective front (one sort by the first objective, groups of its ties) equals the
-    brute-force definition, duplicates and ties included."""
+    brute-force definition, duplicates and ties included; also when the first objective comes in
+    sorted runs, as in grid order (another sort is used then)."""
     f = np.random.default_rng(seed).integers(0, levels, size=(n, 2)).astype(float)
+    if runs:
+        f[: n // 2] = f[: n // 2][np.argsort(f[: n // 2, 0])]
+        f[n // 2:] = f[n // 2:][np.argsort(f[n // 2:, 0])]
     le = (f[None, :, :] <= f[:, None, :]).all(-1)  # [i, j]: j is no worse than i in both
     lt = (f[None, :, :] < f[:, None, :]).any(-1)
     np.testing.assert_array_equal(pareto_mask(f), ~(le & lt).any(1))
