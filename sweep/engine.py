@@ -664,53 +664,66 @@ def chunk_partial(ev: Evaluator, plan: Plan, i: int, keep_full: bool, handle=Non
     out = ev.collect_chunk(handle if handle is not None else ev.dispatch_chunk(plan, i))
     if ev.fast:
         return _fast_partial(ev, out, start), out
-    out["index"] = np.arange(start, stop, dtype=np.int64)
+    opts = ev.study.options
     feasible = out["reason"] == 0
-    res: dict[str, np.ndarray] = {}
-    cand = {k: v[feasible] for k, v in out.items()}
-    for j, objectives in enumerate(ev.study.options["pareto"]):
-        names = [red.parse_objective(o)[0] for o in objectives]
-        finite = np.all([np.isfinite(cand[n]) for n in names], axis=0)
-        front = red.merge_front(None, {k: v[finite] for k, v in cand.items()}, objectives)
-        res.update({f"pareto{j}__{k}": v for k, v in front.items()})
-    top = ev.study.options["top"]
-    if top:
-        name = red.parse_objective(top["by"])[0]
-        finite = np.isfinite(cand[name])
-        best = red.top_k({k: v[finite] for k, v in cand.items()}, top["by"], top["n"])
-        res.update({f"top__{k}": v for k, v in best.items()})
+
+    def rows(names):  # feasible points with finite values of the named outputs
+        ok = feasible.copy()
+        for n in names:
+            ok &= np.isfinite(out[n])
+        return np.flatnonzero(ok)
+
+    fronts = [rows([red.parse_objective(o)[0] for o in objectives]) for objectives in opts["pareto"]]
+    top = rows([red.parse_objective(opts["top"]["by"])[0]]) if opts["top"] else None
+    res = _reduce_rows(ev, out, start, fronts, top)
     res["stats__reasons"] = np.bincount(out["reason"], minlength=len(REASONS)).astype(np.int64)
     for k, v in out.items():
-        if k in ("index", "reason"):
+        if k == "reason":
             continue
-        f = v[feasible & np.isfinite(v)] if v.dtype.kind == "f" else v[feasible]
-        res[f"stats__min__{k}"] = np.asarray(f.min() if len(f) else np.nan, np.float64)
-        res[f"stats__max__{k}"] = np.asarray(f.max() if len(f) else np.nan, np.float64)
+        ok = feasible & np.isfinite(v)  # (every output but the reason is a float)
+        found = ok.any()
+        lo = np.min(v, where=ok, initial=np.inf) if found else np.nan  # where=: no copy of the column
+        hi = np.max(v, where=ok, initial=-np.inf) if found else np.nan
+        res[f"stats__min__{k}"], res[f"stats__max__{k}"] = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
     if keep_full:
-        res.update({f"full__{k}": v for k, v in out.items() if k != "index"})
+        res.update({f"full__{k}": v for k, v in out.items()})
     return res, out
+
+
+def _reduce_rows(ev: Evaluator, out: dict, start: int, fronts: list, top) -> dict[str, np.ndarray]:
+    """A chunk's Pareto fronts and top-k from candidate rows (ascending positions in the chunk, one
+    array per front, and one for the top-k or None): the objectives are read at the candidates, every
+    output only at the rows kept. ``start`` is the chunk's first flat index."""
+    res = {}
+    cols = [k for k in out if not k.startswith("__")]
+    for j, (objectives, c) in enumerate(zip(ev.study.options["pareto"], fronts)):
+        names = {red.parse_objective(o)[0] for o in objectives}
+        keep = c[red.pareto_mask(red.objective_matrix({n: out[n][c] for n in names}, objectives))]
+        res.update({f"pareto{j}__{k}": out[k][keep] for k in cols})
+        res[f"pareto{j}__index"] = keep + np.int64(start)
+    if top is not None:
+        by, n = ev.study.options["top"]["by"], ev.study.options["top"]["n"]
+        name = red.parse_objective(by)[0]
+        best = red.top_k({name: out[name][top], "index": top + np.int64(start)}, by, n)
+        keep = best["index"] - np.int64(start)
+        res.update({f"top__{k}": out[k][keep] for k in cols})
+        res["top__index"] = best["index"]
+    return res
 
 
 def _fast_partial(ev: Evaluator, out: dict, start: int) -> dict[str, np.ndarray]:
     """Partial results from the kernel's prefilter masks and statistics (reductions-only sweeps);
     ``start`` is the chunk's first flat index."""
     cols = [k for k in out if not k.startswith("__")]
-    rows = lambda c: {**{k: out[k][c] for k in cols}, "index": c + np.int64(start)}  # noqa: E731
     res = {"stats__reasons": out["__stat_reasons"].astype(np.int64)}
     for k in cols:
         if f"__stat_min__{k}" in out:
             lo, hi = float(out[f"__stat_min__{k}"]), float(out[f"__stat_max__{k}"])
             res[f"stats__min__{k}"] = np.asarray(lo if math.isfinite(lo) else np.nan)
             res[f"stats__max__{k}"] = np.asarray(hi if math.isfinite(hi) else np.nan)
-    for j, objectives in enumerate(ev.study.options["pareto"]):
-        c = np.flatnonzero(out[f"__cand_p{j}"])
-        front = red.merge_front(None, rows(c), objectives)
-        res.update({f"pareto{j}__{k}": v for k, v in front.items()})
-    top = ev.study.options["top"]
-    if top:
-        c = np.flatnonzero(out["__cand_top"])
-        best = red.top_k(rows(c), top["by"], top["n"])
-        res.update({f"top__{k}": v for k, v in best.items()})
+    fronts = [np.flatnonzero(out[f"__cand_p{j}"]) for j in range(len(ev.study.options["pareto"]))]
+    top = np.flatnonzero(out["__cand_top"]) if ev.study.options["top"] else None
+    res.update(_reduce_rows(ev, out, start, fronts, top))
     return res
 
 

@@ -388,6 +388,25 @@ def test_prefilter_masks_keep_every_front_member_and_the_top_k(seed, n_valid, le
     assert res["__stat_max__loss"] == out["loss"][feasible].max(initial=-np.inf)
 
 
+@pytest.mark.parametrize("size", [7, 10_000])
+def test_summary_min_and_max_cover_exactly_the_feasible_finite_points(size):
+    """Every output's min and max in the summary are over feasible points with finite values only
+    (here some designs are infeasible: top_k > experts)."""
+    res = run(spec(grid__experts=[1, 4], grid__top_k=[1, 2], study__layout="best", cluster__mfu=None,
+                   training__global_batch=512, cluster__devices=64), write=False, chunk_size=size)
+    ds = res.dataset
+    ok = (ds.reason == 0).values
+    assert 0 < ok.sum() < ok.size
+    for k in ds.data_vars:
+        if k == "reason":
+            continue
+        v = ds[k].values
+        good = ok & np.isfinite(v)
+        if good.any():
+            assert res.summary["min"][k] == v[good].min(), k
+            assert res.summary["max"][k] == v[good].max(), k
+
+
 def test_prefilter_statistics_of_a_padded_chunk_count_only_its_points():
     """The grid's last chunk along the split axis is padded by repeating its last row; its reason
     counts and min/max are those of the real points alone (every point feasible here)."""
