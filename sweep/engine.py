@@ -666,6 +666,7 @@ def chunk_partial(ev: Evaluator, plan: Plan, i: int, keep_full: bool, handle=Non
         return _fast_partial(ev, out, start), out
     opts = ev.study.options
     feasible = out["reason"] == 0
+    every = bool(feasible.all())
 
     def rows(names):  # feasible points with finite values of the named outputs
         ok = feasible.copy()
@@ -680,10 +681,12 @@ def chunk_partial(ev: Evaluator, plan: Plan, i: int, keep_full: bool, handle=Non
     for k, v in out.items():
         if k == "reason":
             continue
-        ok = feasible & np.isfinite(v)  # (every output but the reason is a float)
-        found = ok.any()
-        lo = np.min(v, where=ok, initial=np.inf) if found else np.nan  # where=: no copy of the column
-        hi = np.max(v, where=ok, initial=-np.inf) if found else np.nan
+        lo, hi = v.min(), v.max()  # a NaN shows in both
+        if not (every and np.isfinite(lo) and np.isfinite(hi)):  # (every output but the reason is a float)
+            ok = feasible & np.isfinite(v)
+            found = ok.any()
+            lo = np.min(v, where=ok, initial=np.inf) if found else np.nan  # where=: no copy of the column
+            hi = np.max(v, where=ok, initial=-np.inf) if found else np.nan
         res[f"stats__min__{k}"], res[f"stats__max__{k}"] = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
     if keep_full:
         res.update({f"full__{k}": v for k, v in out.items()})
@@ -908,7 +911,7 @@ def run(spec, out=None, *, resume=False, chunk_size=None, scheduler=None, quiet=
         else:
             for i, handle in _pipelined(ev, plan, todo):
                 if merger is not None:
-                    merger.add(chunk_partial(ev, plan, i, keep_full, handle)[0])
+                    merger.add(chunk_partial(ev, plan, i, keep_full, handle)[0], plan.bounds(i))
                 else:
                     run_chunk(ev, plan, i, str(out_dir), keep_full, zarr_path, handle)
                 progress.update(1)
@@ -977,9 +980,10 @@ class _Merger:
         self.top = None
         self.reasons = np.zeros(len(REASONS), np.int64)
         self.mins, self.maxs = {}, {}
-        self.full = {k: [] for k in ev.outputs} if keep_arrays else None
+        self.keep_arrays, self.full = keep_arrays, {}
 
-    def add(self, parts: dict[str, np.ndarray]) -> None:
+    def add(self, parts: dict[str, np.ndarray], span: tuple[int, int]) -> None:
+        """Fold in one chunk's partial results; ``span``: its flat index range [start, stop)."""
         for j, front in enumerate(self.fronts):
             front.add({k.split("__", 1)[1]: v for k, v in parts.items() if k.startswith(f"pareto{j}__")})
         if self.opts["top"]:
@@ -990,9 +994,12 @@ class _Merger:
             if f"stats__min__{k}" in parts:
                 self.mins[k] = np.fmin(self.mins.get(k, np.nan), parts[f"stats__min__{k}"])
                 self.maxs[k] = np.fmax(self.maxs.get(k, np.nan), parts[f"stats__max__{k}"])
-        if self.full is not None:
+        if self.keep_arrays:  # copied into the grid's arrays as they come: one copy, overlapped
             for k in self.ev.outputs:
-                self.full[k].append(parts[f"full__{k}"])
+                v = parts[f"full__{k}"]
+                if k not in self.full:
+                    self.full[k] = np.empty(self.ev.study.n_points, v.dtype)
+                self.full[k][span[0]:span[1]] = v
 
     def result(self, plan: Plan, out_dir: Path, zarr_path) -> SweepResult:
         import xarray as xr
@@ -1001,8 +1008,8 @@ class _Merger:
         fronts = [f.result() for f in self.fronts]
         top = self.top
         dataset = None
-        if self.full is not None:
-            data = {k: (ev.dims, np.concatenate(v).reshape(plan.shape), _var_attrs(k)) for k, v in self.full.items()}
+        if self.keep_arrays:
+            data = {k: (ev.dims, self.full[k].reshape(plan.shape), _var_attrs(k)) for k in ev.outputs}
             dataset = xr.Dataset(data, coords=_coords(ev.study))
         elif zarr_path is not None:
             dataset = xr.open_zarr(zarr_path)
@@ -1033,7 +1040,7 @@ def _merge(ev: Evaluator, plan: Plan, out_dir: Path, keep_full: bool, zarr_path)
     merger = _Merger(ev, keep_full and zarr_path is None)
     for i in range(plan.n_chunks):
         with np.load(out_dir / PARTIAL_DIR / f"chunk_{i:08d}.npz") as z:
-            merger.add({k: z[k] for k in z.files})
+            merger.add({k: z[k] for k in z.files}, plan.bounds(i))
     return merger.result(plan, out_dir, zarr_path)
 
 
