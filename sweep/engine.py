@@ -3,8 +3,8 @@
 Data flow: study spec → validated Study → per chunk: each dimension's values on its own axis
 (hardware and region figures gathered by index) → the design terms on the design axes → the rest of
 ``kernels.footprint`` on every point (over a layout axis too when the layout is optimised per
-point) → outputs → per-chunk Pareto fronts, top-k and statistics (prefiltered inside the jitted
-call when only reductions are kept) written atomically to ``.chunks/`` (or kept in memory when
+point) → outputs → per-chunk Pareto fronts, top-k and statistics (their candidates prefiltered
+inside the jitted call) written atomically to ``.chunks/`` (or kept in memory when
 there is no output folder) → merged into the final files. The next chunk's call is dispatched
 before the current one is reduced, so XLA and NumPy overlap.
 
@@ -139,8 +139,8 @@ class Evaluator:
         self.derive = tuple(k for k in DERIVABLE if k not in given)
         self.layouts = self._candidate_layouts(db) if self.mode == "best" else None
         self.outputs = self._output_names()
-        # Reductions only (no full grid kept): the kernel computes just what the reductions need and
-        # prefilters their candidates; the few rows kept are completed with every output at the end.
+        # The kernel always prefilters the reductions' candidates. With no full grid kept it computes
+        # just the outputs the reductions need; the few rows kept get every output at the end.
         opts = study.options
         self.fast = not opts["keep_full_grid"]
         needed = {red.parse_objective(o)[0] for p in opts["pareto"] for o in p}
@@ -304,9 +304,7 @@ class Evaluator:
                     objective=self.objective, outputs=tuple(outputs or self.outputs))
 
     def _reduce_spec(self):
-        """Static description of the in-kernel prefilters (fast mode), or None."""
-        if not self.fast:
-            return None
+        """Static description of the in-kernel prefilters."""
         opts = self.study.options
         fronts = tuple(tuple(red.parse_objective(o) for o in p) for p in opts["pareto"])
         top = (red.parse_objective(opts["top"]["by"]) + (opts["top"]["n"],)) if opts["top"] else None
@@ -388,7 +386,7 @@ def _grid_jit(plan, core_items, reduce):
                    static_argnames=("block", "axis", "names"))
 
 
-def _evaluate_grid(lead, a, n_valid, xvec, cvec, lay, mats, *, block, axis, names, plan, core, reduce=None):
+def _evaluate_grid(lead, a, n_valid, xvec, cvec, lay, mats, *, block, axis, names, plan, core, reduce):
     """The grid path for one hyper-rectangular chunk, without per-point index division.
 
     ``lead`` holds the (traced) indices of the axes before the split ``axis``, ``a`` the first index
@@ -438,9 +436,9 @@ def _evaluate_grid(lead, a, n_valid, xvec, cvec, lay, mats, *, block, axis, name
     x, cal, staged = jax.tree_util.tree_map(jax.lax.optimization_barrier, (x, cal, staged))
     x["_points"] = jnp.zeros(math.prod(block), jnp.int8)
     out = _evaluate(x, cal, lay, staged=staged, **core)
-    if reduce is None:
-        return out
-    return {**out, **_prefilter(out, n_valid, *reduce)}
+    fronts, top = reduce
+    names = {n for objectives in fronts for n, _ in objectives} | ({top[0]} if top else set()) | {"reason"}
+    return {**out, **_prefilter({k: out[k] for k in names}, n_valid, fronts, top)}
 
 
 def _prefilter(out, n_valid, fronts, top, bins=4096, stride=32):
@@ -662,34 +660,23 @@ def chunk_partial(ev: Evaluator, plan: Plan, i: int, keep_full: bool, handle=Non
     ``handle``: chunk i already dispatched (``Evaluator.dispatch_chunk``)."""
     start, stop = plan.bounds(i)
     out = ev.collect_chunk(handle if handle is not None else ev.dispatch_chunk(plan, i))
-    if ev.fast:
-        return _fast_partial(ev, out, start), out
-    opts = ev.study.options
-    feasible = out["reason"] == 0
-    every = bool(feasible.all())
-
-    def rows(names):  # feasible points with finite values of the named outputs
-        ok = feasible.copy()
-        for n in names:
-            ok &= np.isfinite(out[n])
-        return np.flatnonzero(ok)
-
-    fronts = [rows([red.parse_objective(o)[0] for o in objectives]) for objectives in opts["pareto"]]
-    top = rows([red.parse_objective(opts["top"]["by"])[0]]) if opts["top"] else None
-    res = _reduce_rows(ev, out, start, fronts, top)
-    res["stats__reasons"] = np.bincount(out["reason"], minlength=len(REASONS)).astype(np.int64)
-    for k, v in out.items():
-        if k == "reason":
-            continue
-        lo, hi = v.min(), v.max()  # a NaN shows in both
-        if not (every and np.isfinite(lo) and np.isfinite(hi)):  # (every output but the reason is a float)
-            ok = feasible & np.isfinite(v)
-            found = ok.any()
-            lo = np.min(v, where=ok, initial=np.inf) if found else np.nan  # where=: no copy of the column
-            hi = np.max(v, where=ok, initial=-np.inf) if found else np.nan
-        res[f"stats__min__{k}"], res[f"stats__max__{k}"] = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+    res = _partial(ev, out, start)
+    if not ev.fast:  # min/max of the outputs the kernel did not reduce
+        feasible = out["reason"] == 0
+        every = int(res["stats__reasons"][0]) == len(feasible)
+        for k in ev.outputs:
+            if k == "reason" or f"stats__min__{k}" in res:
+                continue
+            v = out[k]
+            lo, hi = v.min(), v.max()  # a NaN shows in both
+            if not (every and np.isfinite(lo) and np.isfinite(hi)):  # (every output but the reason is a float)
+                ok = feasible & np.isfinite(v)
+                found = ok.any()
+                lo = np.min(v, where=ok, initial=np.inf) if found else np.nan  # where=: no copy of the column
+                hi = np.max(v, where=ok, initial=-np.inf) if found else np.nan
+            res[f"stats__min__{k}"], res[f"stats__max__{k}"] = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
     if keep_full:
-        res.update({f"full__{k}": v for k, v in out.items()})
+        res.update({f"full__{k}": out[k] for k in ev.outputs})
     return res, out
 
 
@@ -714,9 +701,10 @@ def _reduce_rows(ev: Evaluator, out: dict, start: int, fronts: list, top) -> dic
     return res
 
 
-def _fast_partial(ev: Evaluator, out: dict, start: int) -> dict[str, np.ndarray]:
-    """Partial results from the kernel's prefilter masks and statistics (reductions-only sweeps);
-    ``start`` is the chunk's first flat index."""
+def _partial(ev: Evaluator, out: dict, start: int) -> dict[str, np.ndarray]:
+    """A chunk's partial results from the kernel's prefilter masks and statistics; ``start`` is the
+    chunk's first flat index. (With the full grid kept, the kernel reduces only the reductions'
+    outputs: see ``chunk_partial``.)"""
     cols = [k for k in out if not k.startswith("__")]
     res = {"stats__reasons": out["__stat_reasons"].astype(np.int64)}
     for k in cols:
