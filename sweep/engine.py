@@ -173,8 +173,6 @@ class Evaluator:
     # -- layout candidates -----------------------------------------------------------------
     def _candidate_layouts(self, db) -> dict[str, np.ndarray]:
         """Union of the exact layout enumerations over the grid's distinct structural values."""
-        from kernels.layout import enumerate_layouts
-
         s, b = self.study, self.base
         def values(key, xkey=None):
             if key in s.dims:
@@ -182,26 +180,25 @@ class Evaluator:
             return [b[xkey or key]]
         dpn = (list(self.tables["hardware"]["devices_per_node"]) if "hardware" in self.tables
                else [b["devices_per_node"]])
-        seen = set()
-        cols = None
         import itertools
 
         kv_given = "kv_heads" in s.fixed or "kv_heads" in s.dims
+        blocks = []
         for devices, layers, heads, kv, experts, gb, n in itertools.product(
                 values("devices"), values("layers"), values("heads"),
                 values("kv_heads") if kv_given else [None], values("experts"), values("global_batch"), set(dpn)):
             kv = heads if kv is None else kv
-            cand = enumerate_layouts(int(devices), int(layers), int(heads), int(kv), int(experts), int(gb), int(n))
-            cand.pop("devices", None)  # each point keeps its own device count
-            keys = sorted(cand)
-            for row in zip(*(np.asarray(cand[k]).tolist() for k in keys)):
-                if row not in seen:
-                    seen.add(row)
-            cols = keys
-        if not seen:
+            blocks.append(_layout_rows(int(devices), int(layers), int(heads), int(kv), int(experts), int(gb), int(n)))
+        rows = np.concatenate(blocks)
+        if not len(rows):
             raise SpecError(self.study.file, "cluster", "devices", "no parallelism layout can be enumerated")
-        arr = np.array(sorted(seen), dtype=np.float64)
-        return {k: arr[:, i] for i, k in enumerate(cols)}
+        # distinct rows in lexicographic order: each row as one mixed-radix integer (values are ≥ 0)
+        radix = rows.max(axis=0) + 1
+        assert np.log2(radix.astype(float)).sum() < 62, "layout values too large to pack"
+        place = np.cumprod(np.concatenate([radix[1:], [1]])[::-1])[::-1]
+        _, first = np.unique(rows @ place, return_index=True)
+        arr = rows[first].astype(np.float64)
+        return {k: arr[:, i] for i, k in enumerate(_LAYOUT_KEYS)}
 
     # -- inputs ------------------------------------------------------------------------------
     def values_at(self, flat: np.ndarray) -> dict[str, np.ndarray]:
@@ -631,6 +628,22 @@ def _evaluate(x, cal, lay, *, mode, derive, law, law_table, objective, outputs, 
     missing = ~jnp.isfinite(out["total_tco2e"]) & (out["reason"] == 0)
     out["reason"] = jnp.where(missing, CODE["missing_data"], out["reason"]).astype(jnp.int32)
     return {k: out[k] for k in outputs if k in out}
+
+
+_LAYOUT_KEYS = ("ep", "interleave", "microbatch", "pp", "recompute", "sequence_parallel", "shard_optimizer", "tp")
+
+
+@functools.lru_cache(maxsize=256)
+def _layout_rows(devices, layers, heads, kv_heads, experts, global_batch, devices_per_node) -> np.ndarray:
+    """``kernels.layout.enumerate_layouts`` as rows of ``_LAYOUT_KEYS`` (each point keeps its own device
+    count), cached: the enumeration is a pure function of these integers, and slow in Python."""
+    from kernels.layout import enumerate_layouts
+
+    cand = enumerate_layouts(devices, layers, heads, kv_heads, experts, global_batch, devices_per_node)
+    assert set(cand) - {"devices"} == set(_LAYOUT_KEYS), sorted(cand)
+    rows = np.stack([np.asarray(cand[k], np.int64) for k in _LAYOUT_KEYS], axis=1).reshape(-1, len(_LAYOUT_KEYS))
+    rows.flags.writeable = False
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------

@@ -455,3 +455,22 @@ def test_streaming_front_in_batches_equals_the_front_of_everything(sizes, batch,
     everything = {k: np.concatenate([s[k] for s in sets]) for k in sets[0]}
     want = everything["index"][pareto_mask(objective_matrix(everything, ["a", "max:b"]))]
     np.testing.assert_array_equal(got["index"], np.sort(want))
+
+
+def test_best_layout_candidates_are_the_sorted_union_of_each_designs_enumeration():
+    """A best-layout grid searches the distinct layouts enumerated for any of its (devices, layers,
+    heads, ...) combinations, each listed once, in lexicographic order of the layout keys."""
+    from kernels.layout import enumerate_layouts
+
+    s = spec(cluster__mfu=None, cluster__devices=None, study__layout="best", training__global_batch=512,
+             grid__devices=[64, 96, 256], grid__layers=[12, 24, 36])
+    ev = engine.Evaluator(load_study(s, hardware_db.load()), hardware_db.load())
+    want = set()
+    for devices in (64, 96, 256):
+        for layers in (12, 24, 36):
+            cand = enumerate_layouts(devices, layers, 16, 16, 1, 512, 8)
+            keys = sorted(k for k in cand if k != "devices")
+            want |= set(zip(*(cand[k].tolist() for k in keys)))
+    got = list(zip(*(ev.layouts[k].tolist() for k in keys)))
+    assert list(ev.layouts) == keys
+    assert got == sorted(want)
