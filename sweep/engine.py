@@ -428,17 +428,20 @@ def _evaluate_grid(lead, a, n_valid, xvec, cvec, lay, mats, *, block, axis, name
         elif k not in DESIGN_INPUTS:
             x[k] = full(v)
     # each design term a buffer of its own (XLA would otherwise recompute it for every point it is broadcast to)
-    staged = jax.tree_util.tree_map(lambda v: v if jnp.ndim(v) == 0 else full(_buffer(v)), staged)  # scalars stay scalars
+    staged = jax.tree_util.tree_map(lambda v: v if jnp.ndim(v) == 0 else _buffer(v), staged)  # scalars stay scalars
+    per_design = {k: v for k, v in staged[2].items() if jnp.ndim(v)}  # the loss: one value per design
+    staged = jax.tree_util.tree_map(lambda v: v if jnp.ndim(v) == 0 else full(v), staged)
     # one barrier per array, so XLA still drops the ones this chunk's outputs do not need
     x, cal, staged = jax.tree_util.tree_map(jax.lax.optimization_barrier, (x, cal, staged))
     x["_points"] = jnp.zeros(math.prod(block), jnp.int8)
     out = _evaluate(x, cal, lay, staged=staged, **core)
     fronts, top = reduce
     names = {n for objectives in fronts for n, _ in objectives} | ({top[0]} if top else set()) | {"reason"}
-    return {**out, **_prefilter({k: out[k] for k in names}, n_valid, fronts, top)}
+    low = {k: v for k, v in per_design.items() if k in names}
+    return {**out, **_prefilter({k: out[k] for k in names}, n_valid, fronts, top, low=low, expand=full)}
 
 
-def _prefilter(out, n_valid, fronts, top, bins=4096, stride=32):
+def _prefilter(out, n_valid, fronts, top, bins=4096, stride=32, low=None, expand=None):
     """In-kernel reductions of a chunk: exact candidate masks for its Pareto fronts and top-k, and
     its statistics (reason counts, min/max of the reduced outputs over feasible points).
 
@@ -457,11 +460,16 @@ def _prefilter(out, n_valid, fronts, top, bins=4096, stride=32):
     chain on CPU). Both branches give the same results on such a chunk. The plain reductions also
     see the points past ``n_valid``: the grid path pads a chunk by repeating its real points, so
     they change no minimum or maximum.
+
+    ``low``: outputs also given at a lower rank (the loss, one value per design), each equal to
+    ``expand(low[name])`` point by point: their min/max, and a front's per-point work that depends
+    on its first objective alone, are computed there. The masks are the same.
     """
     n = out["reason"].shape[0]
     valid = jnp.arange(n) < n_valid
+    low = low or {}
     floats = [k for k, v in out.items() if k != "reason" and jnp.issubdtype(v.dtype, jnp.floating)]
-    lo_hi = {k: (jnp.min(out[k]), jnp.max(out[k])) for k in floats}
+    lo_hi = {k: (jnp.min(low.get(k, out[k])), jnp.max(low.get(k, out[k]))) for k in floats}
     clean = jnp.max(out["reason"]) == 0  # reasons are codes ≥ 0; padding repeats real points
     for lo, hi in lo_hi.values():
         clean = clean & jnp.isfinite(lo) & jnp.isfinite(hi)
@@ -470,7 +478,7 @@ def _prefilter(out, n_valid, fronts, top, bins=4096, stride=32):
         res = {"__stat_reasons": jnp.zeros(len(REASONS), jnp.int32).at[0].set(n_valid.astype(jnp.int32))}
         for k, (lo, hi) in lo_hi.items():
             res[f"__stat_min__{k}"], res[f"__stat_max__{k}"] = lo, hi
-        return {**res, **_candidates(out, lambda names: valid, fronts, top, bins, stride)}
+        return {**res, **_candidates(out, lambda names: valid, fronts, top, bins, stride, low, expand)}
 
     def general(out):
         ok = (out["reason"] == 0) & valid
@@ -481,14 +489,14 @@ def _prefilter(out, n_valid, fronts, top, bins=4096, stride=32):
             res[f"__stat_min__{k}"] = jnp.min(jnp.where(good, out[k], jnp.inf))
             res[f"__stat_max__{k}"] = jnp.max(jnp.where(good, out[k], -jnp.inf))
         good = lambda names: ok & jnp.all(jnp.stack([jnp.isfinite(out[k]) for k in names]), axis=0)  # noqa: E731
-        return {**res, **_candidates(out, good, fronts, top, bins, stride)}
+        return {**res, **_candidates(out, good, fronts, top, bins, stride, low, expand)}
 
     return jax.lax.cond(clean, all_good, general, out)
 
 
-def _candidates(out, good_for, fronts, top, bins, stride):
+def _candidates(out, good_for, fronts, top, bins, stride, low, expand):
     """The prefilter's candidate masks; ``good_for(names)``: the points feasible and finite in the
-    named outputs."""
+    named outputs; ``low``, ``expand``: see ``_prefilter``."""
     res = {}
     sub = slice(None, None, stride)  # bounds from a strided sample: weaker, still exact as a prefilter
     for j, objectives in enumerate(fronts):
@@ -504,9 +512,17 @@ def _candidates(out, good_for, fronts, top, bins, stride):
             # within the bin: the sample point with the bin's least f1 (and, among those, least f0)
             at_min = jax.ops.segment_min(jnp.where(s1 == bin_min[sb], s0, jnp.inf), sb, num_segments=bins)
             below, bin_min, at_min = _buffer(below), _buffer(bin_min), _buffer(at_min)
-            m1, a0 = bin_min[b], at_min[b]
-            in_bin = ((f0 >= a0) & (f1 > m1)) | ((f0 > a0) & (f1 >= m1))
-            good = good & (f1 < below[b]) & ~in_bin
+            name0, sign0 = objectives[0]
+            if name0 in low:  # what depends on f0 alone, once per design (a bad point's bin does not matter)
+                g0 = sign0 * low[name0]
+                bl = _bin(g0, True, lo, scale, bins)
+                m1, bound, a0 = expand(bin_min[bl]), expand(below[bl]), at_min[bl]
+                ge, gt = expand(g0 >= a0), expand(g0 > a0)
+            else:
+                m1, bound, a0 = bin_min[b], below[b], at_min[b]
+                ge, gt = f0 >= a0, f0 > a0
+            in_bin = (ge & (f1 > m1)) | (gt & (f1 >= m1))
+            good = good & (f1 < bound) & ~in_bin
         res[f"__cand_p{j}"] = good
     if top is not None:  # every point in the bins up to the one where the sample's count reaches k
         name, sign, k = top

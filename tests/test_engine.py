@@ -4,6 +4,7 @@ import copy
 import functools
 import json
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import xarray as xr
@@ -405,6 +406,32 @@ def test_summary_min_and_max_cover_exactly_the_feasible_finite_points(size):
         if good.any():
             assert res.summary["min"][k] == v[good].min(), k
             assert res.summary["max"][k] == v[good].max(), k
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 8), st.sampled_from([0.0, 0.2]), st.sampled_from([3, 1000]))
+def test_prefilter_with_the_loss_per_design_gives_the_per_point_masks(seed, n_pad, p_infeasible, levels):
+    """Given the loss once per design (as the grid path does), the prefilter computes what depends on
+    it alone per design; its masks and statistics are those of the per-point computation, also in a
+    chunk padded (as on the grid) by repeating its last row of designs."""
+    rng = np.random.default_rng(seed)
+    designs, per = 16, 32
+    loss = rng.integers(0, levels, designs).astype(np.float64)
+    total = rng.integers(0, levels, (designs, per)).astype(np.float64)
+    reason = np.where(rng.random((designs, per)) < p_infeasible, 3, 0).astype(np.int32)
+    real = designs - n_pad
+    for a in (loss, total, reason):
+        a[real:] = a[real - 1]
+    expand = lambda v: jnp.broadcast_to(v.reshape(designs, 1), (designs, per)).reshape(-1)  # noqa: E731
+    out = {"loss": expand(jnp.asarray(loss)), "total_tco2e": jnp.asarray(total.ravel()), "reason": reason.ravel()}
+    fronts, top = ((("loss", 1.0), ("total_tco2e", 1.0)),), ("total_tco2e", 1.0, 10)
+    n_valid = np.int64(real * per)
+    import jax
+
+    both = [jax.jit(lambda o, m, low: engine._prefilter(o, m, fronts, top, low=low, expand=expand))(out, n_valid, low)
+            for low in ({}, {"loss": jnp.asarray(loss)})]
+    for k in both[0]:
+        np.testing.assert_array_equal(np.asarray(both[0][k]), np.asarray(both[1][k]), err_msg=k)
 
 
 def test_prefilter_statistics_of_a_padded_chunk_count_only_its_points():
