@@ -692,9 +692,9 @@ def table(res: dict) -> str:
         if not e:
             continue
         add(f"| engine, fixed layout, {e['points']:.0e} points, {dt}, Pareto + top-k only: `run()` end to end | "
-            f"{fmt_rate(e['run_points_per_s'])} ({e['run_s']:.1f} s) | ≥ 1e8/s {ok(e['run_points_per_s'] >= 1e8)} |")
+            f"{fmt_rate(e['run_points_per_s'])} ({e['run_s']:.2f} s) | ≥ 1e8/s {ok(e['run_points_per_s'] >= 1e8)} |")
         add(f"| engine, same grid, {dt}, warm chunk loop (compile and merge excluded) | "
-            f"{fmt_rate(e['warm_points_per_s'])} ({e['warm_chunks_s']:.1f} s) | |")
+            f"{fmt_rate(e['warm_points_per_s'])} ({e['warm_chunks_s']:.2f} s) | |")
     for dt, e in res.get("engine_full_grid", {}).items():
         npr = np32 if dt == "float32" else np64
         vs = f"{e['run_points_per_s'] / npr:.1f}× NumPy (which also computes every output)" if npr else ""
@@ -744,7 +744,7 @@ def table(res: dict) -> str:
     elif bl:
         add(f"| engine, best-layout grid, {bl['points']:,} points × {bl['layouts_per_point']:,} layouts, float32: "
             f"`run()` end to end | {fmt_rate(bl['run_points_per_s'])} points = "
-            f"{fmt_rate(bl['run_evals_per_s'])} point×layout ({bl['run_s']:.1f} s) | |")
+            f"{fmt_rate(bl['run_evals_per_s'])} point×layout ({bl['run_s']:.2f} s) | |")
         add(f"| engine, best-layout grid, warm chunk loop | {fmt_rate(bl['warm_points_per_s'])} points = "
             f"{fmt_rate(bl['warm_evals_per_s'])} point×layout | |")
     sc = res.get("scaling", {})
