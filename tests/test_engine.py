@@ -408,6 +408,17 @@ def test_summary_min_and_max_cover_exactly_the_feasible_finite_points(size):
             assert res.summary["max"][k] == v[good].max(), k
 
 
+@functools.cache
+def _prefilter_per_design_jit(designs, per):
+    """A compiled prefilter (a front and a top-10) for points laid out as designs × per, and the
+    map from per-design values to points."""
+    import jax
+
+    expand = lambda v: jnp.broadcast_to(v.reshape(designs, 1), (designs, per)).reshape(-1)  # noqa: E731
+    fronts, top = ((("loss", 1.0), ("total_tco2e", 1.0)),), ("total_tco2e", 1.0, 10)
+    return jax.jit(lambda o, m, low: engine._prefilter(o, m, fronts, top, low=low, expand=expand)), expand
+
+
 @settings(max_examples=25, deadline=None)
 @given(st.integers(0, 2**32 - 1), st.integers(1, 8), st.sampled_from([0.0, 0.2]), st.sampled_from([3, 1000]))
 def test_prefilter_with_the_loss_per_design_gives_the_per_point_masks(seed, n_pad, p_infeasible, levels):
@@ -422,14 +433,10 @@ def test_prefilter_with_the_loss_per_design_gives_the_per_point_masks(seed, n_pa
     real = designs - n_pad
     for a in (loss, total, reason):
         a[real:] = a[real - 1]
-    expand = lambda v: jnp.broadcast_to(v.reshape(designs, 1), (designs, per)).reshape(-1)  # noqa: E731
+    prefilter, expand = _prefilter_per_design_jit(designs, per)
     out = {"loss": expand(jnp.asarray(loss)), "total_tco2e": jnp.asarray(total.ravel()), "reason": reason.ravel()}
-    fronts, top = ((("loss", 1.0), ("total_tco2e", 1.0)),), ("total_tco2e", 1.0, 10)
     n_valid = np.int64(real * per)
-    import jax
-
-    both = [jax.jit(lambda o, m, low: engine._prefilter(o, m, fronts, top, low=low, expand=expand))(out, n_valid, low)
-            for low in ({}, {"loss": jnp.asarray(loss)})]
+    both = [prefilter(out, n_valid, low) for low in ({}, {"loss": jnp.asarray(loss)})]
     for k in both[0]:
         np.testing.assert_array_equal(np.asarray(both[0][k]), np.asarray(both[1][k]), err_msg=k)
 
