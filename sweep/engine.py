@@ -192,12 +192,8 @@ class Evaluator:
         rows = np.concatenate(blocks)
         if not len(rows):
             raise SpecError(self.study.file, "cluster", "devices", "no parallelism layout can be enumerated")
-        # distinct rows in lexicographic order: each row as one mixed-radix integer (values are ≥ 0)
-        radix = rows.max(axis=0) + 1
-        assert np.log2(radix.astype(float)).sum() < 62, "layout values too large to pack"
-        place = np.cumprod(np.concatenate([radix[1:], [1]])[::-1])[::-1]
-        _, first = np.unique(rows @ place, return_index=True)
-        arr = rows[first].astype(np.float64)
+        rows = rows[np.lexsort(rows.T[::-1])]  # distinct rows, in lexicographic order
+        arr = rows[np.concatenate([[True], (rows[1:] != rows[:-1]).any(axis=1)])].astype(np.float64)
         return {k: arr[:, i] for i, k in enumerate(_LAYOUT_KEYS)}
 
     # -- inputs ------------------------------------------------------------------------------
@@ -436,9 +432,9 @@ def _evaluate_grid(lead, a, n_valid, xvec, cvec, lay, mats, *, block, axis, name
     x["_points"] = jnp.zeros(math.prod(block), jnp.int8)
     out = _evaluate(x, cal, lay, staged=staged, **core)
     fronts, top = reduce
-    names = {n for objectives in fronts for n, _ in objectives} | ({top[0]} if top else set()) | {"reason"}
-    low = {k: v for k, v in per_design.items() if k in names}
-    return {**out, **_prefilter({k: out[k] for k in names}, n_valid, fronts, top, low=low, expand=full)}
+    reduced = {n for objectives in fronts for n, _ in objectives} | ({top[0]} if top else set()) | {"reason"}
+    low = {k: v for k, v in per_design.items() if k in reduced}
+    return {**out, **_prefilter({k: out[k] for k in reduced}, n_valid, fronts, top, low=low, expand=full)}
 
 
 def _prefilter(out, n_valid, fronts, top, bins=4096, stride=32, low=None, expand=None):
