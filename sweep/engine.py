@@ -417,7 +417,7 @@ def _evaluate_grid(lead, a, n_valid, xvec, cvec, lay, mats, *, block, axis, name
     xd = jax.tree_util.tree_map(jax.lax.optimization_barrier, xd)
     staged = _design_stage(xd, derive=core["derive"], law=core["law"], law_table=core["law_table"])
     # 2. everything else on every point, the design results broadcast to it.
-    full = lambda v: jnp.broadcast_to(v, block).reshape(-1)  # noqa: E731
+    full = functools.partial(_spread, block=block)
     for k, v in natural.items():
         if k.startswith("cal__"):
             cal[k[5:]] = full(v)
@@ -531,6 +531,23 @@ def _candidates(out, good_for, fronts, top, bins, stride, low, expand):
         last = jnp.where(enough, jnp.argmax(jnp.cumsum(counts) >= k), bins - 1)
         res["__cand_top"] = good & (b <= last)
     return res
+
+
+def _spread(v, block):
+    """``v`` broadcast to the block's shape and flattened (C order), with adjacent axes merged where
+    ``v`` varies or is constant alike: the same values, but XLA's copy loop then computes a 2-3-axis
+    index per element, not a 5-axis one (a design term spread over 10^6 points: 1.9 -> 0.4 ms)."""
+    shape = (1,) * (len(block) - jnp.ndim(v)) + jnp.shape(v)
+    vs, bs, spread = [], [], None
+    for m, n in zip(shape, block):
+        if n == 1:
+            continue
+        if (m == 1) == spread:
+            vs[-1], bs[-1] = vs[-1] * m, bs[-1] * n
+        else:
+            vs.append(m), bs.append(n)
+            spread = m == 1
+    return jnp.broadcast_to(jnp.reshape(v, vs), bs).reshape(-1)
 
 
 def _buffer(v):
