@@ -288,7 +288,8 @@ class Evaluator:
         if getattr(self, "_grid_fn", None) is None:
             self._tables_dev, plan = self._grid_tables()
             outputs = self.reduce_outputs if self.fast else self.outputs
-            self._grid_fn = _grid_jit(plan, tuple(self._core_kwargs(outputs).items()), self._reduce_spec())
+            self._grid_fn = _grid_jit(plan, tuple(self._core_kwargs(outputs).items()), self._reduce_spec(),
+                                      self.fast)
         return self._grid_fn
 
     def _core_kwargs(self, outputs=None) -> dict:
@@ -318,7 +319,7 @@ class Evaluator:
         (xvec, cvec, lay, mats), names = self._chunk_args()
         out = self.grid_fn(lead, a, np.int64(stop - start), xvec, cvec, lay, mats, block=block, axis=plan.axis,
                            names=names)
-        return out, stop - start
+        return out, stop - start, block
 
     def _chunk_args(self):
         """The grid function's fixed arguments, on the device once and packed into a few arrays (a
@@ -337,9 +338,17 @@ class Evaluator:
 
     @staticmethod
     def collect_chunk(handle) -> dict[str, np.ndarray]:
-        """The outputs of a dispatched chunk as NumPy arrays (waits for the call to finish)."""
-        out, n = handle
-        return {k: (np.asarray(v) if k.startswith("__stat") else np.asarray(v)[:n]) for k, v in out.items()}
+        """The outputs of a dispatched chunk as NumPy arrays (waits for the call to finish); one given
+        once per design comes as a ``_Spread``, which the reductions read at their rows alike."""
+        out, n, block = handle
+        points = math.prod(block)
+
+        def host(k, v):
+            v = np.asarray(v)
+            if k.startswith("__stat"):
+                return v
+            return v[:n] if v.shape == (points,) else _Spread(v, block)  # (given once per design)
+        return {k: host(k, v) for k, v in out.items()}
 
     def complete_rows(self, cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Add every kept output to rows known by flat index (fast mode keeps only the reduced ones)."""
@@ -366,6 +375,18 @@ class Evaluator:
         return {k: np.asarray(v) for k, v in out.items()}
 
 
+class _Spread:
+    """A chunk output given once per design (shaped to broadcast against the chunk's block), read at
+    points by their flat positions in the chunk, as a per-point array would be."""
+
+    def __init__(self, v: np.ndarray, block: tuple[int, ...]):
+        self.values = np.broadcast_to(v, block)  # a view: nothing is copied
+        self.dtype = v.dtype
+
+    def __getitem__(self, positions: np.ndarray) -> np.ndarray:
+        return self.values[np.unravel_index(np.asarray(positions), self.values.shape)]
+
+
 @functools.lru_cache(maxsize=32)
 def _values_jit(core_items):
     """The chain on arbitrary points (search, completed rows), jitted once per configuration."""
@@ -373,20 +394,23 @@ def _values_jit(core_items):
 
 
 @functools.lru_cache(maxsize=32)
-def _grid_jit(plan, core_items, reduce):
+def _grid_jit(plan, core_items, reduce, compact):
     """One jitted grid function per static configuration, shared by every Evaluator (and run())."""
-    return jax.jit(functools.partial(_evaluate_grid, plan=plan, core=dict(core_items), reduce=reduce),
+    return jax.jit(functools.partial(_evaluate_grid, plan=plan, core=dict(core_items), reduce=reduce,
+                                     compact=compact),
                    static_argnames=("block", "axis", "names"))
 
 
-def _evaluate_grid(lead, a, n_valid, xvec, cvec, lay, mats, *, block, axis, names, plan, core, reduce):
+def _evaluate_grid(lead, a, n_valid, xvec, cvec, lay, mats, *, block, axis, names, plan, core, reduce, compact):
     """The grid path for one hyper-rectangular chunk, without per-point index division.
 
     ``lead`` holds the (traced) indices of the axes before the split ``axis``, ``a`` the first index
     along it; ``block`` = (step, sizes of the later axes) is static. Each dimension's index comes from
     a broadcast iota, and its values from one gather; the outputs are flat, in the grid's C order,
     i.e. the flat indices [start, start + prod(block)). Fixed inputs come packed in ``xvec`` and
-    ``cvec``, each dimension's table in ``mats[dim]`` (rows in the order of ``names``).
+    ``cvec``, each dimension's table in ``mats[dim]`` (rows in the order of ``names``). With
+    ``compact``, outputs fixed by the design alone (the loss) come once per design, shaped to
+    broadcast against the block (see ``_Spread``).
     """
     xkeys, ckeys, tkeys = names
     x = {k: xvec[i] for i, k in enumerate(xkeys)}
@@ -434,7 +458,10 @@ def _evaluate_grid(lead, a, n_valid, xvec, cvec, lay, mats, *, block, axis, name
     fronts, top = reduce
     reduced = {n for objectives in fronts for n, _ in objectives} | ({top[0]} if top else set()) | {"reason"}
     low = {k: v for k, v in per_design.items() if k in reduced}
-    return {**out, **_prefilter({k: out[k] for k in reduced}, n_valid, fronts, top, low=low, expand=full)}
+    pf = _prefilter({k: out[k] for k in reduced if k not in low}, n_valid, fronts, top, low=low, expand=full)
+    if compact:  # the loss once per design, not spread over the points: the host reads it at its few rows
+        out = {**out, **{k: v for k, v in per_design.items() if k in out}}
+    return {**out, **pf}
 
 
 def _prefilter(out, n_valid, fronts, top, bins=4096, stride=32, low=None, expand=None):
@@ -459,24 +486,32 @@ def _prefilter(out, n_valid, fronts, top, bins=4096, stride=32, low=None, expand
 
     ``low``: outputs also given at a lower rank (the loss, one value per design), each equal to
     ``expand(low[name])`` point by point: their min/max, and a front's per-point work that depends
-    on its first objective alone, are computed there. The masks are the same.
+    on its first objective alone, are computed there. The masks are the same. ``out`` need not hold
+    them per point: they are then spread inside the branches, where XLA fuses the spreading into
+    the loops that read them instead of writing a per-point copy (branch operands are buffers).
     """
     n = out["reason"].shape[0]
     valid = jnp.arange(n) < n_valid
     low = low or {}
-    floats = [k for k, v in out.items() if k != "reason" and jnp.issubdtype(v.dtype, jnp.floating)]
-    lo_hi = {k: (jnp.min(low.get(k, out[k])), jnp.max(low.get(k, out[k]))) for k in floats}
+    floats = [k for k, v in {**low, **out}.items() if k != "reason" and jnp.issubdtype(v.dtype, jnp.floating)]
+    lo_hi = {k: (jnp.min(low[k] if k in low else out[k]), jnp.max(low[k] if k in low else out[k])) for k in floats}
     clean = jnp.max(out["reason"]) == 0  # reasons are codes ≥ 0; padding repeats real points
     for lo, hi in lo_hi.values():
         clean = clean & jnp.isfinite(lo) & jnp.isfinite(hi)
 
-    def all_good(out):
+    def points(args):  # inside a branch: an output given only per design spreads into the points' loop
+        out, low = args
+        return {**{k: expand(v) for k, v in low.items() if k not in out}, **out}
+
+    def all_good(args):
+        out = points(args)
         res = {"__stat_reasons": jnp.zeros(len(REASONS), jnp.int32).at[0].set(n_valid.astype(jnp.int32))}
         for k, (lo, hi) in lo_hi.items():
             res[f"__stat_min__{k}"], res[f"__stat_max__{k}"] = lo, hi
         return {**res, **_candidates(out, lambda names: valid, fronts, top, bins, stride, low, expand)}
 
-    def general(out):
+    def general(args):
+        out = points(args)
         ok = (out["reason"] == 0) & valid
         res = {"__stat_reasons": jnp.bincount(out["reason"], weights=valid.astype(jnp.int32),
                                               length=len(REASONS)).astype(jnp.int32)}
@@ -487,7 +522,7 @@ def _prefilter(out, n_valid, fronts, top, bins=4096, stride=32, low=None, expand
         good = lambda names: ok & jnp.all(jnp.stack([jnp.isfinite(out[k]) for k in names]), axis=0)  # noqa: E731
         return {**res, **_candidates(out, good, fronts, top, bins, stride, low, expand)}
 
-    return jax.lax.cond(clean, all_good, general, out)
+    return jax.lax.cond(clean, all_good, general, (out, low))
 
 
 def _candidates(out, good_for, fronts, top, bins, stride, low, expand):
