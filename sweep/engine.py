@@ -499,19 +499,19 @@ def _prefilter(out, n_valid, fronts, top, bins=4096, stride=32, low=None, expand
     for lo, hi in lo_hi.values():
         clean = clean & jnp.isfinite(lo) & jnp.isfinite(hi)
 
-    def points(args):  # inside a branch: an output given only per design spreads into the points' loop
+    def per_point(args):  # inside a branch: an output given only per design spreads into the points' loop
         out, low = args
         return {**{k: expand(v) for k, v in low.items() if k not in out}, **out}
 
     def all_good(args):
-        out = points(args)
+        out = per_point(args)
         res = {"__stat_reasons": jnp.zeros(len(REASONS), jnp.int32).at[0].set(n_valid.astype(jnp.int32))}
         for k, (lo, hi) in lo_hi.items():
             res[f"__stat_min__{k}"], res[f"__stat_max__{k}"] = lo, hi
         return {**res, **_candidates(out, lambda names: valid, fronts, top, bins, stride, low, expand)}
 
     def general(args):
-        out = points(args)
+        out = per_point(args)
         ok = (out["reason"] == 0) & valid
         res = {"__stat_reasons": jnp.bincount(out["reason"], weights=valid.astype(jnp.int32),
                                               length=len(REASONS)).astype(jnp.int32)}
