@@ -339,7 +339,7 @@ class Evaluator:
     @staticmethod
     def collect_chunk(handle) -> dict[str, np.ndarray]:
         """The outputs of a dispatched chunk as NumPy arrays (waits for the call to finish); one given
-        once per design comes as a ``_Spread``, which the reductions read at their rows alike."""
+        once per design comes as a ``_PerDesign``, which the reductions read at their rows alike."""
         out, n, block = handle
         points = math.prod(block)
 
@@ -347,7 +347,7 @@ class Evaluator:
             v = np.asarray(v)
             if k.startswith("__stat"):
                 return v
-            return v[:n] if v.shape == (points,) else _Spread(v, block)  # (given once per design)
+            return v[:n] if v.shape == (points,) else _PerDesign(v, block)  # (given once per design)
         return {k: host(k, v) for k, v in out.items()}
 
     def complete_rows(self, cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -375,13 +375,12 @@ class Evaluator:
         return {k: np.asarray(v) for k, v in out.items()}
 
 
-class _Spread:
+class _PerDesign:
     """A chunk output given once per design (shaped to broadcast against the chunk's block), read at
     points by their flat positions in the chunk, as a per-point array would be."""
 
     def __init__(self, v: np.ndarray, block: tuple[int, ...]):
         self.values = np.broadcast_to(v, block)  # a view: nothing is copied
-        self.dtype = v.dtype
 
     def __getitem__(self, positions: np.ndarray) -> np.ndarray:
         return self.values[np.unravel_index(np.asarray(positions), self.values.shape)]
@@ -410,7 +409,7 @@ def _evaluate_grid(lead, a, n_valid, xvec, cvec, lay, mats, *, block, axis, name
     i.e. the flat indices [start, start + prod(block)). Fixed inputs come packed in ``xvec`` and
     ``cvec``, each dimension's table in ``mats[dim]`` (rows in the order of ``names``). With
     ``compact``, outputs fixed by the design alone (the loss) come once per design, shaped to
-    broadcast against the block (see ``_Spread``).
+    broadcast against the block (see ``_PerDesign``).
     """
     xkeys, ckeys, tkeys = names
     x = {k: xvec[i] for i, k in enumerate(xkeys)}
@@ -493,8 +492,9 @@ def _prefilter(out, n_valid, fronts, top, bins=4096, stride=32, low=None, expand
     n = out["reason"].shape[0]
     valid = jnp.arange(n) < n_valid
     low = low or {}
-    floats = [k for k, v in {**low, **out}.items() if k != "reason" and jnp.issubdtype(v.dtype, jnp.floating)]
-    lo_hi = {k: (jnp.min(low[k] if k in low else out[k]), jnp.max(low[k] if k in low else out[k])) for k in floats}
+    smallest = {**out, **low}  # each reduced output at its lowest rank, for its min/max
+    floats = [k for k, v in smallest.items() if k != "reason" and jnp.issubdtype(v.dtype, jnp.floating)]
+    lo_hi = {k: (jnp.min(smallest[k]), jnp.max(smallest[k])) for k in floats}
     clean = jnp.max(out["reason"]) == 0  # reasons are codes ≥ 0; padding repeats real points
     for lo, hi in lo_hi.values():
         clean = clean & jnp.isfinite(lo) & jnp.isfinite(hi)
