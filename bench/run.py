@@ -481,7 +481,8 @@ def bench_best_layout(quick: bool, repeats: int, res: dict):
 
         db = hardware_db.load()
         row = measure_engine(best_layout_spec(quick), repeats, db)
-        row.pop("_ev"), row.pop("_plan")
+        ev = row.pop("_ev")
+        row.pop("_plan")
         nl = row["layouts_per_point"]
         row["evaluations"] = row["points"] * nl
         row["run_evals_per_s"] = row["run_points_per_s"] * nl
@@ -490,9 +491,61 @@ def bench_best_layout(quick: bool, repeats: int, res: dict):
         print(f"  engine best-layout: {row['points']:,} points × {nl:,} layouts: run {row['run_s']:.2f} s = "
               f"{row['run_points_per_s']:,.1f} points/s ({row['run_evals_per_s']:,.0f} evaluations/s); warm "
               f"{row['warm_points_per_s']:,.1f} points/s ({row['warm_evals_per_s']:,.0f} evaluations/s)", flush=True)
+        row["baselines"] = best_layout_baselines(ev, repeats, n_loop=2 if quick else 4)
     except Exception as e:  # the layout model may be missing or failing: record and go on
         res["engine_best_layout"] = {"error": f"{type(e).__name__}: {e}"}
         print(f"  engine best-layout: skipped ({type(e).__name__}: {e})", flush=True)
+
+
+def best_layout_baselines(ev, repeats: int, n_loop: int) -> dict:
+    """The best-layout search of the same grid (bench.layout_models): NumPy over the engine's
+    candidates in chunks of ~2^20 point×layout evaluations (inputs gathered beforehand, not timed),
+    float32 and float64; the plain Python loop over each sampled point's own enumeration
+    (enumeration not timed; the engine's run() includes its own)."""
+    from bench.layout_models import best_layout_numpy, best_layout_python
+    from kernels.layout import enumerate_layouts
+
+    n, nl = int(np.prod(ev.shape)), ev.n_layouts
+    flat = np.arange(n)
+    out = {}
+    per = max(1, (1 << 20) // nl)
+    for dtype in (np.float32, np.float64):
+        x = grid_inputs(ev, flat, dtype)
+        _, cal = ev.inputs(flat)
+        cal = {k: np.broadcast_to(np.asarray(v, dtype), (n,)) for k, v in cal.items()}
+
+        def search(x=x, cal=cal):
+            return [best_layout_numpy({k: v[a:a + per] for k, v in x.items()}, ev.layouts,
+                                      {k: v[a:a + per] for k, v in cal.items()}) for a in range(0, n, per)]
+
+        t, _ = best_of(search, max(1, repeats - 1), warmup=0)
+        name = np.dtype(dtype).name
+        out[f"numpy_{name}"] = {"points": n, "s": t, "points_per_s": n / t, "evals_per_s": n * nl / t,
+                                "load_avg": load()}
+        print(f"  numpy best-layout {name}: {n:,} points × {nl:,} layouts in {t:.2f} s = {n / t:,.1f} points/s",
+              flush=True)
+        if dtype is np.float64:  # same model? the engine's picks against the float64 search
+            ref = np.concatenate([r["total_tco2e"] for r in search()])
+            eng = ev.evaluate(flat)["total_tco2e"]
+            ok = np.isfinite(ref)
+            out["engine_vs_numpy_max_rel_diff_total_tco2e"] = float(np.max(np.abs(eng[ok] / ref[ok] - 1)))
+    x = grid_inputs(ev, flat, np.float64)
+    _, cal = ev.inputs(flat)
+    sample = np.random.default_rng(2).choice(n, n_loop, replace=False)
+    cases = []
+    for i in sample:
+        p = {k: float(v[i]) for k, v in x.items()}
+        cand = enumerate_layouts(p["devices"], p["layers"], p["heads"], p["kv_heads"], p["experts"],
+                                 p["global_batch"], p["devices_per_node"])
+        layouts = [{k: float(v[j]) for k, v in cand.items()} for j in range(len(cand["tp"]))]
+        cases.append((p, layouts, {k: float(np.broadcast_to(v, (n,))[i]) for k, v in cal.items()}))
+    t, _ = best_of(lambda: [best_layout_python(*c) for c in cases], 1, warmup=0)
+    evals = sum(len(c[1]) for c in cases)
+    out["python_loop"] = {"points": n_loop, "s": t, "points_per_s": n_loop / t, "evals": evals,
+                          "evals_per_s": evals / t, "load_avg": load()}
+    print(f"  python loop best-layout: {n_loop} points ({evals:,} layouts) in {t:.2f} s = {n_loop / t:.2f} points/s",
+          flush=True)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -747,6 +800,25 @@ def table(res: dict) -> str:
             f"{fmt_rate(bl['run_evals_per_s'])} point×layout ({bl['run_s']:.2f} s) | |")
         add(f"| engine, best-layout grid, warm chunk loop | {fmt_rate(bl['warm_points_per_s'])} points = "
             f"{fmt_rate(bl['warm_evals_per_s'])} point×layout | |")
+        bb = bl.get("baselines", {})
+        lp, n32, n64 = bb.get("python_loop"), bb.get("numpy_float32"), bb.get("numpy_float64")
+        if lp:
+            add(f"| plain Python loop, best layout (bench.layout_models.best_layout_python, each point's own "
+                f"{lp['evals'] // lp['points']:,} layouts) | {lp['points_per_s']:.2f} points/s = "
+                f"{fmt_rate(lp['evals_per_s'])} point×layout | |")
+        if n32 and n64:
+            add(f"| NumPy best-layout search over the engine's candidates, float32 / float64 | "
+                f"{fmt_rate(n32['points_per_s'])} / {fmt_rate(n64['points_per_s'])} points | |")
+        if lp and n32:
+            s = bl["run_points_per_s"] / lp["points_per_s"]
+            add(f"| speed-up of the engine (best layout, float32, end to end) over the loop | {s:,.0f}× | "
+                f"≥ 1e4× {ok(s >= 1e4)} |")
+            s = bl["run_points_per_s"] / n32["points_per_s"]
+            add(f"| speed-up of the engine (best layout, float32, end to end) over NumPy (float32) | {s:.1f}× | "
+                f"≥ 3× {ok(s >= 3)} |")
+        if "engine_vs_numpy_max_rel_diff_total_tco2e" in bb:
+            add(f"| same model? engine (float32) vs the float64 NumPy search, max rel. diff of the best total_tco2e "
+                f"| {bb['engine_vs_numpy_max_rel_diff_total_tco2e']:.1e} | |")
     sc = res.get("scaling", {})
     for label, row in sc.items():
         if "s" in row:
