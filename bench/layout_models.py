@@ -8,7 +8,7 @@ Written from the equations in kernels/layout.py's docstrings, not by calling the
 ``best_layout_python(p, layouts, cal)``  the plain per-configuration loop of the best-layout
                                 benchmark: every candidate layout of one configuration through
                                 ``step_python`` and ``bench.models.footprint_python``, the least
-                                ``total_tco2e`` among the feasible ones;
+                                ``total_tco2e`` among the feasible ones (ties: the shortest step);
 ``best_layout_numpy(x, layouts, cal)``   the same search vectorised over points × layouts.
 
 ``p`` holds the chain's inputs (the names of ``kernels.footprint.INPUT_KEYS``, with params and
@@ -267,19 +267,20 @@ def with_params(p: dict) -> dict:
 
 
 def best_layout_python(p: dict, layouts: list[dict], cal: dict, objective: str = "total_tco2e") -> dict:
-    """The feasible layout of least ``objective`` for one configuration: the chain's outputs with
+    """The feasible layout of least ``objective`` (ties: the shortest step, then the first
+    candidate) for one configuration: the chain's outputs with
     the layout model's (``layout`` = its index in ``layouts``, −1 when none is feasible; then
     ``reason`` is 14 if a figure is missing for some layout, else the highest code met)."""
     q = with_params(p)
-    best, best_score, worst, missing = None, math.inf, 0, False
+    best, best_score, worst, missing = None, (math.inf, math.inf), 0, False
     for i, lay in enumerate(layouts):
         st = step_python(q, lay, cal)
         out = footprint_python({**p, "devices": lay["devices"], "mfu": st["mfu"]})
         reason = TOP_K_EXCEEDS_EXPERTS if out["reason"] == TOP_K_EXCEEDS_EXPERTS else st["reason"]
         if reason == 0 and not (math.isfinite(out["total_tco2e"]) and math.isfinite(out[objective])):
             reason = MISSING_DATA
-        if reason == 0 and out[objective] < best_score:
-            best, best_score = {**out, **st, "layout": i}, out[objective]
+        if reason == 0 and (out[objective], st["step_time_s"]) < best_score:
+            best, best_score = {**out, **st, "layout": i}, (out[objective], st["step_time_s"])
         worst, missing = max(worst, reason), missing or reason == MISSING_DATA
     if best is None:
         return {"layout": -1, "reason": MISSING_DATA if missing else worst, objective: math.nan}
@@ -468,7 +469,8 @@ def best_layout_numpy(x: dict, layouts: dict, cal: dict, objective: str = "total
     unknown = ~np.isfinite(out["total_tco2e"]) | ~np.isfinite(out[objective])
     reason = np.where((reason == 0) & unknown, MISSING_DATA, reason)
     score = np.where(reason == 0, out[objective], np.inf)
-    j = np.argmin(score, axis=1)
+    least = score == score.min(axis=1, keepdims=True)  # among those, the shortest step, then the first
+    j = np.argmin(np.where(least & (reason == 0), st["step_time_s"], np.inf), axis=1)
     rows = np.arange(n)
     best = {key: np.broadcast_to(val, score.shape)[rows, j] for key, val in {**out, **st}.items()}
     none = ~np.isfinite(score[rows, j])

@@ -161,7 +161,7 @@ def grid_inputs(ev, flat: np.ndarray, dtype) -> dict[str, np.ndarray]:
 def measure_engine(spec: dict, repeats: int, db, warm_spec: dict | None = None) -> dict:
     """`run()` end to end (best of ``repeats``; each call compiles its own jit) and the warm chunk
     loop (one Evaluator, compiled once, every chunk evaluated and reduced; merge excluded)."""
-    from sweep.engine import DEFAULT_BUDGET, Evaluator, Plan, _pipelined, chunk_partial, run
+    from sweep.engine import Evaluator, Plan, _pipelined, chunk_partial, run
     from sweep.study import load_study
 
     study = load_study(spec, db)
@@ -170,7 +170,7 @@ def measure_engine(spec: dict, repeats: int, db, warm_spec: dict | None = None) 
         run(warm_spec, write=False, quiet=True, db=db)  # imports, caches
     t_run, times = best_of(lambda: run(spec, write=False, quiet=True, db=db), repeats, warmup=0)
     ev = Evaluator(study, db)
-    plan = Plan.make(study.shape, max(1, DEFAULT_BUDGET // ev.n_layouts))
+    plan = Plan.make(study.shape, ev.default_chunk_size())
     t0 = time.perf_counter()
     chunk_partial(ev, plan, 0, False)
     first = time.perf_counter() - t0
@@ -190,7 +190,6 @@ def measure_engine(spec: dict, repeats: int, db, warm_spec: dict | None = None) 
 
 def bench_engine_fixed(n_layers: int, repeats: int, res: dict):
     import hardware_db
-
     from sweep.engine import run
 
     db = hardware_db.load()
@@ -461,14 +460,15 @@ def bench_baselines(n_loop: int, n_numpy: int, repeats: int, res: dict):
 def best_layout_spec(quick: bool) -> dict:
     return {
         "model": {"heads": 64, "vocab": 50257, "seq_len": 2048},
-        "training": {"tokens": 3e11, "global_batch": 1536},
+        "training": {"global_batch": 1536},
         "cluster": {"hardware": "a100-sxm4-80gb"},
-        "grid": {
+        "grid": {  # a planner's question: which design, how many devices, where, for how long
             "layers": [48, 96] if quick else [48, 64, 96],
             "d_model": [8192, 12288],
             "devices": [512, 1024] if quick else [512, 1024, 2048],
-            "lifespan_years": [3, 5],
-            "region": REGIONS[:3] if quick else REGIONS[:5],
+            "lifespan_years": [3, 5] if quick else [3, 4, 5, 6],
+            "region": REGIONS[:3] if quick else REGIONS,
+            "tokens": [3e11] if quick else [1e11, 3e11, 1e12],
         },
         "study": {"name": "bench_best", "layout": "best", "keep_full_grid": False, "dtype": "float32",
                   "pareto": [["loss", "total_tco2e"]], "top": {"by": "total_tco2e", "n": 20}},
@@ -478,35 +478,42 @@ def best_layout_spec(quick: bool) -> dict:
 def bench_best_layout(quick: bool, repeats: int, res: dict):
     try:
         import hardware_db
+        from sweep.engine import LAYOUT_INPUTS
 
         db = hardware_db.load()
         row = measure_engine(best_layout_spec(quick), repeats, db)
         ev = row.pop("_ev")
         row.pop("_plan")
         nl = row["layouts_per_point"]
-        row["evaluations"] = row["points"] * nl
-        row["run_evals_per_s"] = row["run_points_per_s"] * nl
-        row["warm_evals_per_s"] = row["warm_points_per_s"] * nl
+        # the search runs once per value of the axes it depends on (design, devices, hardware), not per point
+        tables, _ = ev._grid_tables()
+        searched = [d for d in ev.dims if any(k in LAYOUT_INPUTS or k.startswith("cal__") for k in tables[d])]
+        row["searched_dims"] = searched
+        row["layout_problems"] = math.prod(len(ev.study.dims[d]) for d in searched)
+        row["layout_evaluations"] = row["layout_problems"] * nl
+        row["run_layout_evals_per_s"] = row["layout_evaluations"] / row["run_s"]
         res["engine_best_layout"] = row
-        print(f"  engine best-layout: {row['points']:,} points × {nl:,} layouts: run {row['run_s']:.2f} s = "
-              f"{row['run_points_per_s']:,.1f} points/s ({row['run_evals_per_s']:,.0f} evaluations/s); warm "
-              f"{row['warm_points_per_s']:,.1f} points/s ({row['warm_evals_per_s']:,.0f} evaluations/s)", flush=True)
+        print(f"  engine best-layout: {row['points']:,} points ({row['layout_problems']} layout searches of {nl:,} "
+              f"layouts: {', '.join(searched)}): run {row['run_s']:.3f} s = {row['run_points_per_s']:,.0f} points/s; "
+              f"warm {row['warm_points_per_s']:,.0f} points/s", flush=True)
         row["baselines"] = best_layout_baselines(ev, repeats, n_loop=2 if quick else 4)
     except Exception as e:  # the layout model may be missing or failing: record and go on
         res["engine_best_layout"] = {"error": f"{type(e).__name__}: {e}"}
         print(f"  engine best-layout: skipped ({type(e).__name__}: {e})", flush=True)
 
 
-def best_layout_baselines(ev, repeats: int, n_loop: int) -> dict:
-    """The best-layout search of the same grid (bench.layout_models): NumPy over the engine's
-    candidates in chunks of ~2^20 point×layout evaluations (inputs gathered beforehand, not timed),
-    float32 and float64; the plain Python loop over each sampled point's own enumeration
-    (enumeration not timed; the engine's run() includes its own)."""
+def best_layout_baselines(ev, repeats: int, n_loop: int, n_numpy: int = 360) -> dict:
+    """The best-layout search of the same grid (bench.layout_models), point by point as a plain
+    vectorisation does it: NumPy over the engine's candidates in chunks of ~2^20 point×layout
+    evaluations, on ``n_numpy`` points spread over the grid (inputs gathered beforehand, not
+    timed), float32 and float64; the plain Python loop over each of ``n_loop`` sampled points' own
+    enumeration (enumeration not timed; the engine's run() includes its own)."""
     from bench.layout_models import best_layout_numpy, best_layout_python
     from kernels.layout import enumerate_layouts
 
-    n, nl = int(np.prod(ev.shape)), ev.n_layouts
-    flat = np.arange(n)
+    size, nl = int(np.prod(ev.shape)), ev.n_layouts
+    n = min(n_numpy, size)
+    flat = np.linspace(0, size - 1, n).astype(np.int64)
     out = {}
     per = max(1, (1 << 20) // nl)
     for dtype in (np.float32, np.float64):
@@ -573,7 +580,7 @@ def sweep_subprocess(n_layers: int, n_tokens: int, dtype: str, timeout_s: float)
     timeout the child is stopped and the rate of the chunks it finished is extrapolated."""
     import psutil
 
-    from sweep.engine import PARTIAL_DIR, Plan, DEFAULT_BUDGET
+    from sweep.engine import DEFAULT_BUDGET, PARTIAL_DIR, Plan
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_sweep_", dir=OUT))
     shape = (n_layers, 100, len(DEVICES), 10, len(REGIONS)) + ((n_tokens,) if n_tokens > 1 else ())
@@ -795,11 +802,11 @@ def table(res: dict) -> str:
     if "error" in bl:
         add(f"| engine, best-layout grid | skipped: {bl['error']} | |")
     elif bl:
-        add(f"| engine, best-layout grid, {bl['points']:,} points × {bl['layouts_per_point']:,} layouts, float32: "
-            f"`run()` end to end | {fmt_rate(bl['run_points_per_s'])} points = "
-            f"{fmt_rate(bl['run_evals_per_s'])} point×layout ({bl['run_s']:.2f} s) | |")
-        add(f"| engine, best-layout grid, warm chunk loop | {fmt_rate(bl['warm_points_per_s'])} points = "
-            f"{fmt_rate(bl['warm_evals_per_s'])} point×layout | |")
+        add(f"| engine, best-layout grid, {bl['points']:,} points, float32: `run()` end to end; the search of "
+            f"{bl['layouts_per_point']:,} candidate layouts runs {bl['layout_problems']} times (once per "
+            f"{' × '.join(bl['searched_dims'])}), not once per point | {fmt_rate(bl['run_points_per_s'])} points "
+            f"({bl['run_s']:.3f} s; {fmt_rate(bl['run_layout_evals_per_s'])} layout evaluations) | |")
+        add(f"| engine, best-layout grid, warm chunk loop | {fmt_rate(bl['warm_points_per_s'])} points | |")
         bb = bl.get("baselines", {})
         lp, n32, n64 = bb.get("python_loop"), bb.get("numpy_float32"), bb.get("numpy_float64")
         if lp:
@@ -807,8 +814,8 @@ def table(res: dict) -> str:
                 f"{lp['evals'] // lp['points']:,} layouts) | {lp['points_per_s']:.2f} points/s = "
                 f"{fmt_rate(lp['evals_per_s'])} point×layout | |")
         if n32 and n64:
-            add(f"| NumPy best-layout search over the engine's candidates, float32 / float64 | "
-                f"{fmt_rate(n32['points_per_s'])} / {fmt_rate(n64['points_per_s'])} points | |")
+            add(f"| NumPy best-layout search over the engine's candidates, point by point ({n32['points']} points), "
+                f"float32 / float64 | {fmt_rate(n32['points_per_s'])} / {fmt_rate(n64['points_per_s'])} points | |")
         if lp and n32:
             s = bl["run_points_per_s"] / lp["points_per_s"]
             add(f"| speed-up of the engine (best layout, float32, end to end) over the loop | {s:,.0f}× | "

@@ -121,11 +121,13 @@ def design_terms(x):
     return {"params": params, "active_params": active, "flops_per_token": per_token, "train_flops": train_flops}
 
 
-def footprint(x, cal=None, design=None):
+def footprint(x, cal=None, design=None, step=None):
     """The footprint of a training run; see the module docstring for inputs and ``OUTPUTS``.
 
     ``design``: ``design_terms(x)`` computed beforehand (the sweep evaluates it on the design
-    axes only); computed here when not given.
+    axes only); computed here when not given. ``step``: the layout model's outputs
+    (``layout_step``) computed beforehand (the sweep's best-layout search picks them); computed
+    here from ``cal`` when not given, and not used at all when neither is given (MFU given).
     """
     d = design_terms(x) if design is None else design
     params, active, per_token, train_flops = (d[k] for k in ("params", "active_params", "flops_per_token",
@@ -133,7 +135,8 @@ def footprint(x, cal=None, design=None):
     devices = x["devices"]
     reason = design_reason(x)
 
-    step = _layout_step(x, params, active, cal) if cal is not None else None
+    if step is None and cal is not None:
+        step = layout_step(x, params, active, cal)
     mfu_given = _given(x["mfu"])
     if step is None:
         mfu, hfu = x["mfu"], jnp.full_like(x["mfu"], jnp.nan)
@@ -228,18 +231,28 @@ def _lifecycle(x, active, out, dev_w):
     }
 
 
-def _layout_step(x, params, active, cal):
-    """Step time, MFU and memory of the layout (kernels.layout), fed from the chain's inputs."""
+# What the layout model reads from the chain's inputs (with params and active_params, and the
+# calibrated constants): not the token budget, the site, the lifespan or the power figures.
+_STEP_DESIGN = ("layers", "d_model", "heads", "kv_heads", "head_dim", "d_ff", "ffn_matrices", "vocab", "seq_len",
+                "tied_embeddings", "experts", "top_k", "expert_d_ff", "shared_experts", "global_batch",
+                "bytes_per_value")
+_STEP_HARDWARE = ("peak_flops", "hbm_bytes", "hbm_bw_bytes_s", "intra_bw_bytes_s", "inter_bw_bytes_s",
+                  "devices_per_node")
+_STEP_LAYOUT = ("devices", "tp", "pp", "ep", "microbatch", "recompute", "interleave", "shard_optimizer",
+                "sequence_parallel")
+LAYOUT_STEP_INPUTS = _STEP_DESIGN + ("moe_every", "first_dense_layers") + _STEP_HARDWARE + _STEP_LAYOUT + (
+    "flash_attention",)
+
+
+def layout_step(x, params, active, cal):
+    """Step time, MFU and memory of the layout (kernels.layout), fed from the chain's inputs
+    (``LAYOUT_STEP_INPUTS``; flash_attention optional, default 0)."""
     from . import layout
 
     moe_layers = architecture.moe_layer_count(x["layers"], x["experts"], x["moe_every"], x["first_dense_layers"])
-    design = {k: x[k] for k in ("layers", "d_model", "heads", "kv_heads", "head_dim", "d_ff", "ffn_matrices",
-                                "vocab", "seq_len", "tied_embeddings", "experts", "top_k", "expert_d_ff",
-                                "shared_experts", "global_batch", "bytes_per_value")}
+    design = {k: x[k] for k in _STEP_DESIGN}
     design.update(moe_layers=moe_layers, params=params, active_params=active)
-    hw = {k: x[k] for k in ("peak_flops", "hbm_bytes", "hbm_bw_bytes_s", "intra_bw_bytes_s",
-                            "inter_bw_bytes_s", "devices_per_node")}
-    lay = {k: x[k] for k in ("devices", "tp", "pp", "ep", "microbatch", "recompute", "interleave",
-                             "shard_optimizer", "sequence_parallel")}
+    hw = {k: x[k] for k in _STEP_HARDWARE}
+    lay = {k: x[k] for k in _STEP_LAYOUT}
     lay["flash_attention"] = x.get("flash_attention", 0.0)
     return layout.step(design, hw, lay, cal)

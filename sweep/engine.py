@@ -1,9 +1,10 @@
 """The sweep engine: a study's grid evaluated in chunks by one jitted kernel call each.
 
 Data flow: study spec → validated Study → per chunk: each dimension's values on its own axis
-(hardware and region figures gathered by index) → the design terms on the design axes → the rest of
-``kernels.footprint`` on every point (over a layout axis too when the layout is optimised per
-point) → outputs → per-chunk Pareto fronts, top-k and statistics (their candidates prefiltered
+(hardware and region figures gathered by index) → the design terms on the design axes → when the
+layout is optimised, the search over the candidate layouts, once per value of the axes it depends
+on (design, devices, hardware; not site, lifespan or tokens: ``_layout_stage``) → the rest of
+``kernels.footprint`` on every point → outputs → per-chunk Pareto fronts, top-k and statistics (their candidates prefiltered
 inside the jitted call) written atomically to ``.chunks/`` (or kept in memory when
 there is no output folder) → merged into the final files. The next chunk's call is dispatched
 before the current one is reduced, so XLA and NumPy overlap.
@@ -33,7 +34,7 @@ import numpy as np
 
 import hardware_db
 from kernels import scaling
-from kernels.footprint import DESIGN_KEYS, OUTPUTS, design_terms, footprint
+from kernels.footprint import DESIGN_KEYS, LAYOUT_STEP_INPUTS, OUTPUTS, design_terms, footprint, layout_step
 from kernels.reasons import CODE, REASONS
 
 from . import reduce as red
@@ -51,6 +52,9 @@ DERIVABLE = ("head_dim", "kv_heads", "d_ff", "expert_d_ff")
 PARTIAL_DIR = ".chunks"
 # inputs of the design stage: what the architecture and the token budget alone fix
 DESIGN_INPUTS = frozenset(DESIGN_KEYS) | {"tokens", "flops"}
+# inputs of the layout stage (with the calibrated constants): the design's architecture, the
+# device count and the hardware; not the tokens, the site, the lifespan or the power figures
+LAYOUT_INPUTS = frozenset(DESIGN_KEYS) | frozenset(LAYOUT_STEP_INPUTS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,6 +76,11 @@ class Plan:
             if inner <= chunk_size:
                 return cls(tuple(shape), k, max(1, min(shape[k], chunk_size // inner)), inner)
         raise AssertionError("unreachable")
+
+    @property
+    def block(self) -> tuple[int, ...]:
+        """Shape of every chunk (the last one along ``axis`` padded by repeating its last index)."""
+        return (self.step,) + tuple(self.shape[self.axis + 1:])
 
     @property
     def per_outer(self) -> int:
@@ -170,6 +179,24 @@ class Evaluator:
     def n_layouts(self) -> int:
         return 1 if self.layouts is None else len(self.layouts["tp"])
 
+    def default_chunk_size(self) -> int:
+        """Points per chunk within the memory budget: DEFAULT_BUDGET evaluations of the chain, and
+        when optimising the layout, of the layout search, which runs on the chunk's layout axes only
+        (not the site's, the lifespan's or the tokens': ``_layout_stage``)."""
+        if self.layouts is None:
+            return DEFAULT_BUDGET
+        tables, _ = self._grid_tables()
+
+        def searches(size):  # layout evaluations of the largest chunk of a plan
+            plan = Plan.make(self.shape, size)
+            return math.prod(_searched_shape(plan.block, self.dims[plan.axis:], tables)) * self.n_layouts
+
+        size = max(1, DEFAULT_BUDGET // self.n_layouts)
+        while 2 * size <= DEFAULT_BUDGET and size < math.prod(self.shape) and \
+                searches(2 * size) <= DEFAULT_BUDGET:
+            size *= 2
+        return size
+
     # -- layout candidates -----------------------------------------------------------------
     def _candidate_layouts(self, db) -> dict[str, np.ndarray]:
         """Union of the exact layout enumerations over the grid's distinct structural values."""
@@ -195,6 +222,52 @@ class Evaluator:
         rows = rows[np.lexsort(rows.T[::-1])]  # distinct rows, in lexicographic order
         arr = rows[np.concatenate([[True], (rows[1:] != rows[:-1]).any(axis=1)])].astype(np.float64)
         return {k: arr[:, i] for i, k in enumerate(_LAYOUT_KEYS)}
+
+    # -- the layout search ------------------------------------------------------------------
+    @property
+    def search_rows(self) -> int:
+        """Points per call of the layout search: ~2^17 layout evaluations, the same for every call."""
+        return max(1, (1 << 17) // self.n_layouts)
+
+    def search(self, values: dict[str, np.ndarray]) -> dict:
+        """Each point's best layout (``_layout_stage``'s picks, as device arrays) at values of the
+        dimensions ({dimension: 1-D array}, equal lengths; only those the search depends on are
+        needed). Calls one compiled search on batches of ``search_rows`` points, every input
+        a full-length array, so the picks do not depend on how points are batched."""
+        x, cal = self.inputs_from_values(values)
+        n = max((len(v) for v in values.values()), default=1)
+        rows = self.search_rows
+        total = -(-n // rows) * rows
+        take = np.minimum(np.arange(total), n - 1)  # pad by repeating the last point
+
+        def batch(v):
+            return np.ascontiguousarray(np.broadcast_to(np.asarray(v, self.dtype), (n,))[take])
+        x = {k: batch(v) for k, v in x.items() if k in DESIGN_INPUTS or k in LAYOUT_INPUTS}
+        cal = {k: batch(v) for k, v in cal.items()}
+        lay = {k: np.asarray(v, self.dtype) for k, v in self.layouts.items()}
+        fn = _search_jit(self.derive)
+        outs = [fn({k: v[b:b + rows] for k, v in x.items()}, {k: v[b:b + rows] for k, v in cal.items()}, lay)
+                for b in range(0, total, rows)]
+        return {k: (jnp.concatenate([o[k] for o in outs]) if len(outs) > 1 else outs[0][k])[:n] for k in outs[0]}
+
+    def chunk_search(self, plan: "Plan", i: int) -> dict:
+        """The layout search of chunk i: one pick per value of the chunk's searched axes (C order
+        over the block, 1 on the other axes: ``_searched_shape``), the split axis clipped as the grid
+        path pads it."""
+        tables, _ = self._grid_tables()
+        region = plan.region(i)
+        idx = {}
+        for pos, d in enumerate(self.dims):
+            if not _searched(tables[d]):
+                continue
+            if pos < plan.axis:
+                idx[d] = np.array([region[pos].start])
+            elif pos == plan.axis:
+                idx[d] = np.minimum(region[pos].start + np.arange(plan.step), self.shape[pos] - 1)
+            else:
+                idx[d] = np.arange(self.shape[pos])
+        grids = np.meshgrid(*idx.values(), indexing="ij") if idx else []
+        return self.search({d: np.asarray(self.study.dims[d])[g.ravel()] for d, g in zip(idx, grids)})
 
     # -- inputs ------------------------------------------------------------------------------
     def values_at(self, flat: np.ndarray) -> dict[str, np.ndarray]:
@@ -315,10 +388,11 @@ class Evaluator:
         region = plan.region(i)
         lead = np.array([r.start for r in region[:plan.axis]], np.int64)
         a = np.int64(region[plan.axis].start)
-        block = (plan.step,) + tuple(plan.shape[plan.axis + 1:])
+        block = plan.block
         (xvec, cvec, lay, mats), names = self._chunk_args()
-        out = self.grid_fn(lead, a, np.int64(stop - start), xvec, cvec, lay, mats, block=block, axis=plan.axis,
-                           names=names)
+        searched = self.chunk_search(plan, i) if self.mode == "best" else None
+        out = self.grid_fn(lead, a, np.int64(stop - start), xvec, cvec, lay, mats, searched, block=block,
+                           axis=plan.axis, names=names)
         return out, stop - start, block
 
     def _chunk_args(self):
@@ -362,7 +436,8 @@ class Evaluator:
         x, cal = self.inputs(flat)
         x["_points"] = np.zeros(size, np.int8)
         lay = ({k: np.asarray(v, self.dtype) for k, v in self.layouts.items()} if self.layouts is not None else {})
-        out = {k: np.asarray(v)[:len(idx)] for k, v in self._fn_all(x, cal, lay).items()}
+        picked = self.search(self.values_at(flat)) if self.mode == "best" else None
+        out = {k: np.asarray(v)[:len(idx)] for k, v in self._fn_all(x, cal, lay, layout_staged=picked).items()}
         return {**out, **cols}
 
     def evaluate_values(self, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -371,7 +446,8 @@ class Evaluator:
         n = len(next(iter(values.values()))) if values else 1
         x["_points"] = np.zeros(n, np.int8)  # carries the batch shape into the kernel
         lay = ({k: np.asarray(v, self.dtype) for k, v in self.layouts.items()} if self.layouts is not None else {})
-        out = self.fn(x, cal, lay)
+        picked = self.search(values) if self.mode == "best" else None
+        out = self.fn(x, cal, lay, layout_staged=picked)
         return {k: np.asarray(v) for k, v in out.items()}
 
 
@@ -400,7 +476,8 @@ def _grid_jit(plan, core_items, reduce, compact):
                    static_argnames=("block", "axis", "names"))
 
 
-def _evaluate_grid(lead, a, n_valid, xvec, cvec, lay, mats, *, block, axis, names, plan, core, reduce, compact):
+def _evaluate_grid(lead, a, n_valid, xvec, cvec, lay, mats, searched, *, block, axis, names, plan, core, reduce,
+                   compact):
     """The grid path for one hyper-rectangular chunk, without per-point index division.
 
     ``lead`` holds the (traced) indices of the axes before the split ``axis``, ``a`` the first index
@@ -439,8 +516,14 @@ def _evaluate_grid(lead, a, n_valid, xvec, cvec, lay, mats, *, block, axis, name
     xd.update({k: jnp.broadcast_to(v, dshape) for k, v in natural.items() if k in DESIGN_INPUTS})
     xd = jax.tree_util.tree_map(jax.lax.optimization_barrier, xd)
     staged = _design_stage(xd, derive=core["derive"], law=core["law"], law_table=core["law_table"])
-    # 2. everything else on every point, the design results broadcast to it.
     full = functools.partial(_spread, block=block)
+    # 2. when optimising the layout, the chunk's picks (``searched``: one per value of the axes the
+    #    search depends on, in C order over the block: Evaluator.chunk_search) broadcast to the points;
+    layout_staged = None
+    if searched is not None:
+        lshape = _searched_shape(block, [d for d, _ in plan[axis:]], tables)
+        layout_staged = {k: full(v.reshape(lshape)) for k, v in searched.items()}
+    # 3. everything else on every point, the design (and layout) results broadcast to it.
     for k, v in natural.items():
         if k.startswith("cal__"):
             cal[k[5:]] = full(v)
@@ -452,8 +535,10 @@ def _evaluate_grid(lead, a, n_valid, xvec, cvec, lay, mats, *, block, axis, name
     staged = jax.tree_util.tree_map(lambda v: v if jnp.ndim(v) == 0 else full(v), staged)
     # one barrier per array, so XLA still drops the ones this chunk's outputs do not need
     x, cal, staged = jax.tree_util.tree_map(jax.lax.optimization_barrier, (x, cal, staged))
+    if layout_staged is not None:
+        layout_staged = jax.tree_util.tree_map(jax.lax.optimization_barrier, layout_staged)
     x["_points"] = jnp.zeros(math.prod(block), jnp.int8)
-    out = _evaluate(x, cal, lay, staged=staged, **core)
+    out = _evaluate(x, cal, lay, staged=staged, layout_staged=layout_staged, **core)
     fronts, top = reduce
     reduced = {n for objectives in fronts for n, _ in objectives} | ({top[0]} if top else set()) | {"reason"}
     low = {k: v for k, v in per_design.items() if k in reduced}
@@ -568,6 +653,17 @@ def _candidates(out, good_for, fronts, top, bins, stride, low, expand):
     return res
 
 
+def _searched(keys) -> bool:
+    """Whether a dimension with these input keys (``cal__`` ones calibrated) is one the layout
+    search depends on."""
+    return any(k in LAYOUT_INPUTS or k.startswith("cal__") for k in keys)
+
+
+def _searched_shape(block, dims, tables) -> list[int]:
+    """The block's shape on the axes the layout search depends on (1 on the others)."""
+    return [n if _searched(tables[d]) else 1 for n, d in zip(block, dims)]
+
+
 def _spread(v, block):
     """``v`` broadcast to the block's shape and flattened (C order), with adjacent axes merged where
     ``v`` varies or is constant alike: the same values, but XLA's copy loop then computes a 2-3-axis
@@ -645,12 +741,15 @@ def _design_stage(x, *, derive, law, law_table):
     return x, design, loss, reason.astype(jnp.int32)
 
 
-def _evaluate(x, cal, lay, *, mode, derive, law, law_table, objective, outputs, staged=None):
-    """One chunk: the design stage, then the footprint (over layouts when optimising), loss, reasons.
+def _evaluate(x, cal, lay, *, mode, derive, law, law_table, objective, outputs, staged=None, layout_staged=None):
+    """One chunk: the design stage, the layout stage (when optimising the layout), then the
+    footprint, loss, reasons.
 
     The design stage's results pass an optimisation barrier, so XLA evaluates both stages the same
     way whether the design terms were computed here, per point, or by the grid path on the design
-    axes only (``staged``: its results, already broadcast to the points).
+    axes only (``staged``: its results, already broadcast to the points). When optimising the
+    layout, ``layout_staged`` holds each point's pick (``Evaluator.search``, broadcast to the
+    points); ``objective`` needs no part here: see ``_layout_stage``.
     """
     x = dict(x)
     points = jnp.shape(x.pop("_points"))
@@ -661,25 +760,10 @@ def _evaluate(x, cal, lay, *, mode, derive, law, law_table, objective, outputs, 
     xd, design, loss, reason = staged
     x.update(xd)
     if mode == "best":
-        col = lambda a: a[:, None] if jnp.ndim(a) == 1 else a  # noqa: E731
-        xx = {k: col(v) for k, v in x.items()}
-        xx.update({k: v[None, :] for k, v in lay.items()})
-        cc = {k: col(v) for k, v in cal.items()}
-        full = footprint(xx, cc, design={k: col(v) for k, v in design.items()})
-        full["reason"] = jnp.where((full["reason"] == 0) & ~jnp.isfinite(full[objective]), CODE["missing_data"],
-                                   full["reason"])
-        ok = full["reason"] == 0
-        score = jnp.where(ok, full[objective], jnp.inf)
-        j = jnp.argmin(score, axis=-1)
-        pick = lambda a: jnp.take_along_axis(jnp.broadcast_to(a, score.shape), j[..., None], axis=-1)[..., 0]  # noqa
-        out = {k: pick(v) for k, v in full.items()}
-        none_ok = ~ok.any(axis=-1)
-        # no layout works: say data is missing if it is (the key fact), else the deepest rule broken
-        any_missing = (full["reason"] == CODE["missing_data"]).any(axis=-1)
-        worst = jnp.where(any_missing, CODE["missing_data"], jnp.max(full["reason"], axis=-1))
-        out["reason"] = jnp.where(none_ok, worst, out["reason"])
+        picked = layout_staged  # Evaluator.search's picks, one per point
+        out = footprint(x, design=design, step=picked)
         for k in LAYOUT_VARS:
-            out[k] = pick(jnp.broadcast_to(lay[k][None, :], score.shape))
+            out[k] = picked[k]
     elif mode == "fixed":
         out = footprint(x, cal, design=design)
         for k in LAYOUT_VARS:
@@ -692,6 +776,54 @@ def _evaluate(x, cal, lay, *, mode, derive, law, law_table, objective, outputs, 
     missing = ~jnp.isfinite(out["total_tco2e"]) & (out["reason"] == 0)
     out["reason"] = jnp.where(missing, CODE["missing_data"], out["reason"]).astype(jnp.int32)
     return {k: out[k] for k in outputs if k in out}
+
+
+def _layout_stage(x, cal, design, lay):
+    """The best layout of each point: the layout model (``kernels.footprint.layout_step``) on every
+    candidate in ``lay`` (points × layouts), the feasible one of least step time picked.
+
+    At a fixed point every objective grows with the step time: hours = FLOPs/(devices·peak·MFU)
+    with MFU = tokens/s·FLOPs per token/(devices·peak) and tokens/s = batch·seq_len/step, and
+    energy, operational and embodied carbon are hours times factors no layout changes (the device
+    count is the point's own). Each step of that chain is monotone in floating point too, so the
+    fastest layout has the least total_tco2e, train_days and energy_mwh alike, bit for bit, and
+    among layouts of equal objective the fastest is taken. So the search needs neither the site,
+    the lifespan nor the token budget, and a chunk runs it once for all their values.
+
+    Returns the picked layout's step outputs (as ``layout_step``), its LAYOUT_VARS and a reason:
+    0, or when no layout works, missing_data if a structurally valid one lacks a figure (the key
+    fact), else the highest code met (the deepest rule broken).
+    """
+    col = lambda a: a[:, None] if jnp.ndim(a) == 1 else a  # noqa: E731
+    xx = {k: col(v) for k, v in x.items() if k in LAYOUT_INPUTS}
+    xx.update({k: v[None, :] for k, v in lay.items()})
+    step = layout_step(xx, col(design["params"]), col(design["active_params"]), {k: col(v) for k, v in cal.items()})
+    reason = jnp.where((step["reason"] == 0) & ~jnp.isfinite(step["step_time_s"]), CODE["missing_data"],
+                       step["reason"])
+    ok = reason == 0
+    score = jnp.where(ok, step["step_time_s"], jnp.inf)
+    j = jnp.argmin(score, axis=-1)
+    pick = lambda a: jnp.take_along_axis(jnp.broadcast_to(a, score.shape), j[..., None], axis=-1)[..., 0]  # noqa
+    out = {k: pick(v) for k, v in step.items()}
+    any_missing = (reason == CODE["missing_data"]).any(axis=-1)
+    worst = jnp.where(any_missing, CODE["missing_data"], jnp.max(reason, axis=-1))
+    out["reason"] = jnp.where(ok.any(axis=-1), 0, worst).astype(jnp.int32)
+    for k in LAYOUT_VARS:
+        out[k] = pick(lay[k][None, :])
+    return out
+
+
+@functools.lru_cache(maxsize=32)
+def _search_jit(derive):
+    """The best-layout search of a batch of points (each input a 1-D array of the batch's length):
+    the design stage for the parameter counts, then ``_layout_stage``. Always called on batches
+    of one length (``Evaluator.search``), so every point's layout comes from the same machine code
+    whatever the chunk or the path: XLA fuses, and so rounds, differently for different shapes."""
+    def search(x, cal, lay):
+        xd, design, _, _ = _design_stage({k: v for k, v in x.items() if k in DESIGN_INPUTS}, derive=derive,
+                                         law=None, law_table=())
+        return _layout_stage({**x, **xd}, cal, design, lay)
+    return jax.jit(search)
 
 
 _LAYOUT_KEYS = ("ep", "interleave", "microbatch", "pp", "recompute", "sequence_parallel", "shard_optimizer", "tp")
@@ -925,7 +1057,7 @@ def run(spec, out=None, *, resume=False, chunk_size=None, scheduler=None, quiet=
         raise SpecError(study.file, "grid", None, "is empty: give at least one dimension (or use carbon-sweep estimate)")
     t0 = time.perf_counter()
     ev = Evaluator(study, db)
-    size = chunk_size or study.options["chunk_size"] or max(1, DEFAULT_BUDGET // ev.n_layouts)
+    size = chunk_size or study.options["chunk_size"] or ev.default_chunk_size()
     plan = Plan.make(study.shape, size)
     keep_full = study.options["keep_full_grid"]
     large = study.n_points > SMALL_GRID

@@ -3,6 +3,7 @@
 import copy
 import functools
 import json
+import math
 
 import jax.numpy as jnp
 import numpy as np
@@ -532,3 +533,50 @@ def test_best_layout_candidates_are_the_sorted_union_of_each_designs_enumeration
     got = list(zip(*(ev.layouts[k].tolist() for k in keys)))
     assert list(ev.layouts) == keys
     assert got == sorted(want)
+
+
+BEST_SHARED = {"cluster__mfu": None, "study__layout": "best", "training__global_batch": 512, "site__region": None,
+               "grid__region": ["us", "fr", "in"], "training__tokens": None, "grid__tokens": [1e11, 1e12]}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_best_layout_searched_once_for_all_sites_lifespans_and_tokens_gives_the_same_bits(dtype):
+    """The layout search runs on the axes it depends on only (layers, d_model, hardware here; not
+    region, lifespan or tokens). Any chunking, and the per-point path, give the same bits, with
+    chunks of two points, of part of an axis, and of the whole grid."""
+    s = spec(study__dtype=dtype, **BEST_SHARED)
+    whole = run(s, write=False, chunk_size=1_000_000).dataset
+    assert whole.reason.size == 720 and int((whole.reason == 0).sum()) > 0
+    for size in (2, 7, 30, 61):
+        same_dataset(whole, run(s, write=False, chunk_size=size).dataset)
+    ev = engine.Evaluator(load_study(s, hardware_db.load()), hardware_db.load())
+    got = ev.evaluate(np.arange(whole.reason.size))
+    for k in whole.data_vars:
+        np.testing.assert_array_equal(got[k], whole[k].values.ravel(), err_msg=k)
+
+
+def test_best_layout_is_the_same_for_every_site_lifespan_and_token_budget():
+    """At a fixed design, device count and hardware, the fastest layout has the least CO2e, time
+    and energy whatever the site, lifespan or tokens: one layout per (layers, d_model, hardware)."""
+    ds = run(spec(**BEST_SHARED), write=False).dataset
+    for k in ("tp", "pp", "microbatch", "recompute", "interleave", "step_time_s"):
+        v = ds[k].where(ds.reason == 0)
+        spread = v.max(["region", "lifespan_years", "tokens"]) - v.min(["region", "lifespan_years", "tokens"])
+        assert float(np.nanmax(np.abs(spread.values))) == 0, k
+
+
+def test_best_layout_chunks_bound_the_layout_evaluations_not_points_times_layouts():
+    """The default chunk bounds the layout evaluations (the chunk's values of the searched axes ×
+    candidates), not points × candidates: a grid with site, lifespan and token axes runs in one
+    chunk where points × candidates would need dozens."""
+    db = hardware_db.load()
+    s = spec(**{**BEST_SHARED, "grid__region": ["us", "cn", "in", "de", "fr", "gb", "jp", "kr", "ca", "au"],
+                "grid__lifespan_years": {"start": 1, "stop": 10, "num": 10}, "grid__tokens": [1e11, 3e11, 1e12, 3e12]})
+    ev = engine.Evaluator(load_study(s, db), db)
+    n = math.prod(ev.shape)
+    assert n == 9600 and engine.DEFAULT_BUDGET // ev.n_layouts < n / 20
+    plan = Plan.make(ev.shape, ev.default_chunk_size())
+    assert plan.n_chunks == 1
+    tables, _ = ev._grid_tables()
+    assert math.prod(engine._searched_shape(plan.block, ev.dims[plan.axis:], tables)) * ev.n_layouts <= \
+        engine.DEFAULT_BUDGET
