@@ -11,7 +11,10 @@ Measures (warm-up excluded, best of a few repeats unless noted):
      down to total_tco2e;
   b) the plain-Python per-configuration loop (bench.models.footprint_python) on a sample,
      extrapolated, and the NumPy vectorisation (bench.models.footprint_numpy); speed-ups;
-  c) a best-layout grid (``layout = "best"``): points/s and point×layout evaluations/s;
+  c) a best-layout grid (``layout = "best"``): points/s of the engine, which searches the layouts
+     once per value of the axes the search depends on, against the same search point by point in
+     NumPy (bench.layout_models.best_layout_numpy, float32 and float64, on a spread of the grid's
+     points) and in a plain-Python loop (best_layout_python, each point's own candidates, a sample);
   d) scaling 1e6 → 1e9 points in subprocesses (time, s per 1e6 points, peak RSS); the 1e9 run has a
      time limit, past which its rate so far is reported and the total extrapolated;
   e) the layout search for GPT-3 175B on 1024 A100-80GB: warm in-process time and the cold-start

@@ -24,7 +24,7 @@ from hardware_db import closest
 from kernels.footprint import OUTPUTS
 
 from .spec import BOOL, INT, KEYS, NUM, SpecError, check_sections, check_value, flat_values, read_toml
-from .spec import resolve
+from .spec import LAYOUT_KEYS, resolve
 
 CATEGORICAL_DIMS = ("hardware", "region", "ffn", "recompute")
 NUMERIC_DIMS = tuple(k for k, key in KEYS.items() if key.kind in (INT, NUM, BOOL))
@@ -263,6 +263,15 @@ def load_study(path_or_doc, db=None, *, extra_sections=("grid", "study", "search
         raise SpecError(file, "quality", "law", f"unknown law '{law}'{closest(law, laws)} (allowed: {', '.join(laws)})")
     has_arch = base.get("layers") is not None or "layers" in dims
     options = _study_options(file, doc.get("study", {}), has_law=True)
+    # layout keys given (fixed, or as grid dimensions) mean a fixed layout, as for `estimate`
+    given = [k for k in LAYOUT_KEYS if k in dims or k in fixed]
+    mfu_given = base.get("mfu") is not None or "mfu" in dims
+    if "layout" not in doc.get("study", {}):
+        options["layout"] = "fixed" if given else "best"
+    elif options["layout"] == "best" and given and not mfu_given:
+        k = given[0]
+        raise SpecError(file, "grid" if k in dims else KEYS[k].section, k,
+                        'is chosen per point by [study] layout = "best": remove it, or set layout = "fixed"')
     name = doc.get("study", {}).get("name") or Path(file).stem
     if not isinstance(name, str) or not name:
         raise SpecError(file, "study", "name", "must be a non-empty string")

@@ -325,6 +325,10 @@ def test_dask_local_cluster_agrees_with_in_process(tmp_path):
     ({"study__top": {"by": "total_tco2", "n": 3}}, "top", "total_tco2e"),
     ({"study__pareto": [["loss"]]}, "pareto", "two or more"),
     ({"study__layuot": "best"}, "layuot", "layout"),
+    ({"cluster__mfu": None, "training__global_batch": 512, "cluster__tp": 4, "study__layout": "best"}, "tp",
+     'layout = "fixed"'),
+    ({"cluster__mfu": None, "training__global_batch": 512, "grid__pp": [1, 2], "study__layout": "best"}, "pp",
+     "chosen per point"),
 ])
 def test_study_spec_errors_name_the_key(changes, key, words):
     with pytest.raises(SpecError) as e:
@@ -338,6 +342,17 @@ def test_empty_grid_is_an_error():
     s["grid"] = {}
     with pytest.raises(SpecError, match="empty"):
         run(s, write=False)
+
+
+def test_layout_keys_given_mean_a_fixed_layout_unless_the_study_says_otherwise():
+    """As for `estimate`: tp, pp, ... in [cluster] or [grid] are used as given (layout "fixed"); with
+    none given the layout is optimised per point ("best")."""
+    db = hardware_db.load()
+    keys = {"cluster__mfu": None, "cluster__tp": 8, "cluster__pp": 4, "training__global_batch": 512}
+    given = load_study(spec(**keys), db)
+    assert given.options["layout"] == "fixed"
+    same_dataset(run(given, write=False).dataset, run(spec(**keys, study__layout="fixed"), write=False).dataset)
+    assert load_study(spec(cluster__mfu=None, training__global_batch=512), db).options["layout"] == "best"
 
 
 def test_best_layout_grid_keeps_each_points_device_count():
