@@ -4,10 +4,10 @@ Data flow: study spec → validated Study → per chunk: each dimension's values
 (hardware and region figures gathered by index) → the design terms on the design axes → when the
 layout is optimised, the search over the candidate layouts, once per value of the axes it depends
 on (design, devices, hardware; not site, lifespan or tokens: ``_layout_stage``) → the rest of
-``kernels.footprint`` on every point → outputs → per-chunk Pareto fronts, top-k and statistics (their candidates prefiltered
-inside the jitted call) written atomically to ``.chunks/`` (or kept in memory when
-there is no output folder) → merged into the final files. The next chunk's call is dispatched
-before the current one is reduced, so XLA and NumPy overlap.
+``kernels.footprint`` on every point → outputs → per-chunk Pareto fronts, top-k and statistics
+(their candidates prefiltered inside the jitted call) written atomically to ``.chunks/`` (or kept
+in memory when there is no output folder) → merged into the final files. The next chunk's call is
+dispatched before the current one is reduced, so XLA and NumPy overlap.
 
 Chunks are hyper-rectangles of the grid (a run of one axis times all later axes), so each is a
 contiguous range of flat indices and, for large grids, exactly one block of the Zarr store.
@@ -229,13 +229,30 @@ class Evaluator:
         """Points per call of the layout search: ~2^17 layout evaluations, the same for every call."""
         return max(1, (1 << 17) // self.n_layouts)
 
+    @property
+    def searched_dims(self) -> tuple[str, ...]:
+        """The dimensions the layout search depends on (design, devices, hardware: LAYOUT_INPUTS)."""
+        if getattr(self, "_searched_dims", None) is None:
+            tables, _ = self._grid_tables()
+            self._searched_dims = tuple(d for d in self.dims if _searched(tables[d]))
+        return self._searched_dims
+
     def search(self, values: dict[str, np.ndarray]) -> dict:
         """Each point's best layout (``_layout_stage``'s picks, as device arrays) at values of the
         dimensions ({dimension: 1-D array}, equal lengths; only those the search depends on are
-        needed). Calls one compiled search on batches of ``search_rows`` points, every input
-        a full-length array, so the picks do not depend on how points are batched."""
-        x, cal = self.inputs_from_values(values)
+        read). Points that share them are searched once. Calls one compiled search on batches of
+        ``search_rows`` points, every input a full-length array, so the picks do not depend on how
+        points are batched."""
+        values = {d: np.asarray(v) for d, v in values.items() if d in self.searched_dims}
         n = max((len(v) for v in values.values()), default=1)
+        if n > 1 and values:  # distinct combinations only
+            codes = [np.unique(v, return_inverse=True) for v in values.values()]
+            key = np.ravel_multi_index([c[1].ravel() for c in codes], [len(c[0]) for c in codes])
+            _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+            if len(first) < n:
+                picked = self.search({d: v[first] for d, v in values.items()})
+                return {k: np.asarray(v)[inverse] for k, v in picked.items()}  # (a device gather: ~0.4 ms each)
+        x, cal = self.inputs_from_values(values)
         rows = self.search_rows
         total = -(-n // rows) * rows
         take = np.minimum(np.arange(total), n - 1)  # pad by repeating the last point
@@ -254,11 +271,10 @@ class Evaluator:
         """The layout search of chunk i: one pick per value of the chunk's searched axes (C order
         over the block, 1 on the other axes: ``_searched_shape``), the split axis clipped as the grid
         path pads it."""
-        tables, _ = self._grid_tables()
         region = plan.region(i)
         idx = {}
         for pos, d in enumerate(self.dims):
-            if not _searched(tables[d]):
+            if d not in self.searched_dims:
                 continue
             if pos < plan.axis:
                 idx[d] = np.array([region[pos].start])
@@ -316,7 +332,7 @@ class Evaluator:
     # -- the jitted function ---------------------------------------------------------------
     def __getstate__(self):
         state = dict(self.__dict__)
-        for k in ("_fn", "_grid_fn", "_tables_dev", "_fn_all", "_chunk_args_dev"):
+        for k in ("_fn", "_grid_fn", "_tables_dev", "_fn_all", "_chunk_args_dev", "_searched_dims"):
             state.pop(k, None)
         return state
 
