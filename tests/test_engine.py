@@ -295,13 +295,15 @@ def test_reductions_only_keep_no_grid(tmp_path):
     same_tables(ref.pareto, res.pareto)
 
 
-def test_dask_local_cluster_agrees_with_in_process(tmp_path):
+@pytest.mark.parametrize("mode", ["mfu given", "best layout"])
+def test_dask_local_cluster_agrees_with_in_process(tmp_path, mode):
     from distributed import Client, LocalCluster
 
-    ref = run(spec(), tmp_path / "local", chunk_size=10)
+    s = spec(**MODES[mode])
+    ref = run(s, tmp_path / "local", chunk_size=10)
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
         with Client(cluster) as client:
-            res = run(spec(), tmp_path / "dask", chunk_size=10, scheduler=client)
+            res = run(s, tmp_path / "dask", chunk_size=10, scheduler=client)
     same_dataset(ref.dataset, res.dataset)
     same_tables(ref.pareto, res.pareto)
 
