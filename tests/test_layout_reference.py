@@ -200,3 +200,35 @@ def test_engine_best_layout_equals_python_loop_over_each_points_own_layouts(best
         assert got["reason"] == reason[i], i
         if reason[i] == 0:
             assert got["total_tco2e"] == pytest.approx(total[i], rel=1e-12), i
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_objective_is_non_decreasing_in_step_time_at_a_fixed_point(cases, cal, dtype):
+    """What the shared layout search rests on: at a fixed point (design, devices, hardware, site,
+    lifespan, tokens), total_tco2e, train_days and energy_mwh never fall as the step time grows, in
+    floating point too, so the fastest feasible layout is the least of each (engine._layout_stage)."""
+    from test_reference import random_configs
+
+    from kernels.footprint import INPUT_KEYS, footprint
+
+    x, lay = cases
+    chain = random_configs(N_RANDOM, seed=3)
+    fp = jax.jit(footprint)
+    checked = 0
+    for i in range(0, N_RANDOM, 40):
+        p = {k: float(v[i]) for k, v in x.items()}
+        cand = enumerate_layouts(lay["devices"][i], p["layers"], p["heads"], p["kv_heads"], p["experts"],
+                                 p["global_batch"], p["devices_per_node"])
+        n = len(cand["tp"])
+        inp = {k: np.full(n, float(chain[k][i])) for k in INPUT_KEYS}
+        inp.update({k: np.full(n, v) for k, v in p.items()})
+        inp.update({k: np.asarray(v, np.float64) for k, v in cand.items()})
+        inp["mfu"] = np.full(n, np.nan)
+        out = {k: np.asarray(v) for k, v in fp({k: v.astype(dtype) for k, v in inp.items()},
+                                                {k: dtype(v) for k, v in cal.items()}).items()}
+        ok = (out["reason"] == 0) & np.isfinite(out["total_tco2e"])
+        order = np.argsort(out["step_time_s"][ok], kind="stable")
+        for k in ("total_tco2e", "train_days", "energy_mwh"):
+            assert np.all(np.diff(out[k][ok][order]) >= 0), (i, k)
+        checked += int(ok.sum() > 1)
+    assert checked >= 20
