@@ -210,17 +210,13 @@ class Evaluator:
         import itertools
 
         kv_given = "kv_heads" in s.fixed or "kv_heads" in s.dims
-        blocks = []
-        for devices, layers, heads, kv, experts, gb, n in itertools.product(
-                values("devices"), values("layers"), values("heads"),
-                values("kv_heads") if kv_given else [None], values("experts"), values("global_batch"), set(dpn)):
-            kv = heads if kv is None else kv
-            blocks.append(_layout_rows(int(devices), int(layers), int(heads), int(kv), int(experts), int(gb), int(n)))
-        rows = np.concatenate(blocks)
-        if not len(rows):
+        combos = tuple((int(devices), int(layers), int(heads), int(heads if kv is None else kv), int(experts),
+                        int(gb), int(n)) for devices, layers, heads, kv, experts, gb, n in itertools.product(
+            values("devices"), values("layers"), values("heads"), values("kv_heads") if kv_given else [None],
+            values("experts"), values("global_batch"), sorted(set(dpn))))
+        arr = _layout_union(combos)
+        if not len(arr):
             raise SpecError(self.study.file, "cluster", "devices", "no parallelism layout can be enumerated")
-        rows = rows[np.lexsort(rows.T[::-1])]  # distinct rows, in lexicographic order
-        arr = rows[np.concatenate([[True], (rows[1:] != rows[:-1]).any(axis=1)])].astype(np.float64)
         return {k: arr[:, i] for i, k in enumerate(_LAYOUT_KEYS)}
 
     # -- the layout search ------------------------------------------------------------------
@@ -447,7 +443,7 @@ class Evaluator:
             return {**{k: np.zeros(0) for k in self.outputs}, **cols}
         if getattr(self, "_fn_all", None) is None:
             self._fn_all = _values_jit(tuple(self._core_kwargs().items()))
-        size = 1 << int(np.ceil(np.log2(len(idx))))  # few compiled sizes
+        size = max(2, 1 << int(np.ceil(np.log2(len(idx)))))  # few compiled sizes; never one (evaluate_values)
         flat = np.concatenate([idx, np.full(size - len(idx), idx[0])])
         x, cal = self.inputs(flat)
         x["_points"] = np.zeros(size, np.int8)
@@ -456,15 +452,32 @@ class Evaluator:
         out = {k: np.asarray(v)[:len(idx)] for k, v in self._fn_all(x, cal, lay, layout_staged=picked).items()}
         return {**out, **cols}
 
+    def complete_many(self, parts: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        """``complete_rows`` for several tables (fronts, top-k) in one evaluation."""
+        if not parts:
+            return []
+        done = self.complete_rows({"index": np.concatenate([p["index"] for p in parts])})
+        out, start = [], 0
+        for p in parts:
+            stop = start + len(p["index"])
+            out.append({**{k: v[start:stop] for k, v in done.items() if k != "index"}, **p})
+            start = stop
+        return out
+
     def evaluate_values(self, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Outputs at arbitrary values of the dimensions ({dimension: 1-D array}, equal lengths)."""
-        x, cal = self.inputs_from_values(values)
+        """Outputs at arbitrary values of the dimensions ({dimension: 1-D array}, equal lengths).
+
+        One point is evaluated as two (the same twice): XLA compiles a one-point call differently,
+        and its last bits would differ from the grid's."""
         n = len(next(iter(values.values()))) if values else 1
-        x["_points"] = np.zeros(n, np.int8)  # carries the batch shape into the kernel
+        if n == 1:
+            values = {d: np.repeat(np.asarray(v), 2) for d, v in values.items()}
+        x, cal = self.inputs_from_values(values)
+        x["_points"] = np.zeros(max(n, 2), np.int8)  # carries the batch shape into the kernel
         lay = ({k: np.asarray(v, self.dtype) for k, v in self.layouts.items()} if self.layouts is not None else {})
         picked = self.search(values) if self.mode == "best" else None
         out = self.fn(x, cal, lay, layout_staged=picked)
-        return {k: np.asarray(v) for k, v in out.items()}
+        return {k: np.asarray(v)[:n] for k, v in out.items()}
 
 
 class _PerDesign:
@@ -843,6 +856,18 @@ def _search_jit(derive):
 
 
 _LAYOUT_KEYS = ("ep", "interleave", "microbatch", "pp", "recompute", "sequence_parallel", "shard_optimizer", "tp")
+
+
+@functools.lru_cache(maxsize=32)
+def _layout_union(combos: tuple) -> np.ndarray:
+    """The distinct rows of ``_layout_rows`` over the combinations, in lexicographic order (float64),
+    cached: a study run again (a notebook, the benchmark) builds its candidates at once."""
+    rows = np.concatenate([_layout_rows(*c) for c in combos])
+    rows = rows[np.lexsort(rows.T[::-1])]
+    arr = rows[np.concatenate([[True], (rows[1:] != rows[:-1]).any(axis=1)])].astype(np.float64) if len(rows) \
+        else rows.astype(np.float64)
+    arr.flags.writeable = False
+    return arr
 
 
 @functools.lru_cache(maxsize=256)
@@ -1237,9 +1262,10 @@ class _Merger:
             "min": {k: _num(v) for k, v in self.mins.items()},
             "max": {k: _num(v) for k, v in self.maxs.items()},
         }
-        if ev.fast:
-            fronts = [ev.complete_rows(f) if f is not None else None for f in fronts]
-            top = ev.complete_rows(top) if top is not None else None
+        if ev.fast:  # every kept row completed in one evaluation
+            done = iter(ev.complete_many([f for f in fronts if f is not None] + ([top] if top is not None else [])))
+            fronts = [next(done) if f is not None else None for f in fronts]
+            top = next(done) if top is not None else None
         pareto = {_front_name(o): _table(ev, f) for o, f in zip(opts["pareto"], fronts) if f is not None}
         top_df = _table(ev, top) if top is not None else None
         if dataset is not None:
