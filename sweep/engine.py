@@ -1258,6 +1258,9 @@ class _Merger:
             "n_feasible": int(reasons[0]),
             "n_chunks": plan.n_chunks,
             "n_layouts": ev.n_layouts,
+            # distinct layout searches (design × devices × hardware values), when the layout is optimised
+            "n_layout_searches": (math.prod(len(ev.study.dims[d]) for d in ev.searched_dims)
+                                  if ev.mode == "best" else 0),
             "infeasible": {REASONS[c]: int(n) for c, n in enumerate(reasons) if c and n},
             "min": {k: _num(v) for k, v in self.mins.items()},
             "max": {k: _num(v) for k, v in self.maxs.items()},

@@ -367,7 +367,10 @@ def _build(out_dir, res, figures, db) -> Doc:
         items.append(f"evaluated in {s['elapsed_s']:.1f} s ({_fmt(s.get('n_chunks'))} chunk"
                      f"{'s' if s.get('n_chunks') != 1 else ''}"
                      + (f", {_fmt(s.get('n_layouts'))} candidate layouts per point" if (s.get("n_layouts") or 1) > 1
-                        else "") + ")")
+                        else "")
+                     + (f", searched {_fmt(s['n_layout_searches'])} time{'s' if s['n_layout_searches'] != 1 else ''}: "
+                        "once per design, device count and hardware, not per site, lifespan or token budget"
+                        if s.get("n_layout_searches") else "") + ")")
     d.ul(items)
     d.table(["dimension", "values", "count", "unit"],
             [[k, _values_text(v), len(v), _dim_unit(k)] for k, v in dims.items()], ["l", "l", "r", "l"])

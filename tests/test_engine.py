@@ -600,7 +600,9 @@ def test_best_layout_searched_once_for_all_sites_lifespans_and_tokens_gives_the_
 def test_best_layout_is_the_same_for_every_site_lifespan_and_token_budget():
     """At a fixed design, device count and hardware, the fastest layout has the least CO2e, time
     and energy whatever the site, lifespan or tokens: one layout per (layers, d_model, hardware)."""
-    ds = run(spec(**BEST_SHARED), write=False).dataset
+    res = run(spec(**BEST_SHARED), write=False)
+    assert res.summary["n_layout_searches"] == 3 * 4 * 2  # layers × d_model × hardware, of 720 points
+    ds = res.dataset
     for k in ("tp", "pp", "microbatch", "recompute", "interleave", "step_time_s"):
         v = ds[k].where(ds.reason == 0)
         spread = v.max(["region", "lifespan_years", "tokens"]) - v.min(["region", "lifespan_years", "tokens"])
