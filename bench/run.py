@@ -255,7 +255,7 @@ def profile_chunk(ev, plan, i: int = 0, repeats: int = 3) -> dict:
         values = timed("values_at (unravel flat index)", lambda: ev.values_at(flat))
         x, cal = timed("inputs_from_values (gather, incl. label lookup)", lambda: ev.inputs_from_values(values))
         x["_points"] = np.zeros(len(flat), np.int8)
-        dev = timed("jitted call (kernel + loss + reasons)", lambda: jax.block_until_ready(ev.fn(x, cal, {})))
+        dev = timed("jitted call (kernel + loss + reasons)", lambda: jax.block_until_ready(ev.fn(x, cal)))
         timed("device → numpy (np.asarray of outputs)", lambda: {k: np.asarray(v) for k, v in dev.items()})
         n_eval = 4
     total = timed("chunk_partial total", lambda: chunk_partial(ev, plan, i, False))
@@ -481,7 +481,6 @@ def best_layout_spec(quick: bool) -> dict:
 def bench_best_layout(quick: bool, repeats: int, res: dict):
     try:
         import hardware_db
-        from sweep.engine import LAYOUT_INPUTS
 
         db = hardware_db.load()
         row = measure_engine(best_layout_spec(quick), repeats, db)
@@ -489,10 +488,9 @@ def bench_best_layout(quick: bool, repeats: int, res: dict):
         row.pop("_plan")
         nl = row["layouts_per_point"]
         # the search runs once per value of the axes it depends on (design, devices, hardware), not per point
-        tables, _ = ev._grid_tables()
-        searched = [d for d in ev.dims if any(k in LAYOUT_INPUTS or k.startswith("cal__") for k in tables[d])]
+        searched = list(ev.searched_dims)
         row["searched_dims"] = searched
-        row["layout_problems"] = math.prod(len(ev.study.dims[d]) for d in searched)
+        row["layout_problems"] = ev.n_layout_searches
         row["layout_evaluations"] = row["layout_problems"] * nl
         row["run_layout_evals_per_s"] = row["layout_evaluations"] / row["run_s"]
         res["engine_best_layout"] = row
@@ -539,8 +537,7 @@ def best_layout_baselines(ev, repeats: int, n_loop: int, n_numpy: int = 360) -> 
             eng = ev.evaluate(flat)["total_tco2e"]
             ok = np.isfinite(ref)
             out["engine_vs_numpy_max_rel_diff_total_tco2e"] = float(np.max(np.abs(eng[ok] / ref[ok] - 1)))
-    x = grid_inputs(ev, flat, np.float64)
-    _, cal = ev.inputs(flat)
+    # the loop reads the last pass's float64 inputs (x, cal)
     sample = np.random.default_rng(2).choice(n, n_loop, replace=False)
     cases = []
     for i in sample:
@@ -548,7 +545,7 @@ def best_layout_baselines(ev, repeats: int, n_loop: int, n_numpy: int = 360) -> 
         cand = enumerate_layouts(p["devices"], p["layers"], p["heads"], p["kv_heads"], p["experts"],
                                  p["global_batch"], p["devices_per_node"])
         layouts = [{k: float(v[j]) for k, v in cand.items()} for j in range(len(cand["tp"]))]
-        cases.append((p, layouts, {k: float(np.broadcast_to(v, (n,))[i]) for k, v in cal.items()}))
+        cases.append((p, layouts, {k: float(v[i]) for k, v in cal.items()}))
     t, _ = best_of(lambda: [best_layout_python(*c) for c in cases], 3, warmup=0)  # best of 3: fair to the loop
     evals = sum(len(c[1]) for c in cases)
     out["python_loop"] = {"points": n_loop, "s": t, "points_per_s": n_loop / t, "evals": evals,

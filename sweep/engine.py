@@ -233,6 +233,11 @@ class Evaluator:
             self._searched_dims = tuple(d for d in self.dims if _searched(tables[d]))
         return self._searched_dims
 
+    @property
+    def n_layout_searches(self) -> int:
+        """Distinct layout searches of the grid (its design × devices × hardware values); 0 with no search."""
+        return math.prod(len(self.study.dims[d]) for d in self.searched_dims) if self.mode == "best" else 0
+
     def search(self, values: dict[str, np.ndarray]) -> dict:
         """Each point's best layout (``_layout_stage``'s picks, as device arrays) at values of the
         dimensions ({dimension: 1-D array}, equal lengths; only those the search depends on are
@@ -257,7 +262,9 @@ class Evaluator:
             return np.ascontiguousarray(np.broadcast_to(np.asarray(v, self.dtype), (n,))[take])
         x = {k: batch(v) for k, v in x.items() if k in DESIGN_INPUTS or k in LAYOUT_INPUTS}
         cal = {k: batch(v) for k, v in cal.items()}
-        lay = {k: np.asarray(v, self.dtype) for k, v in self.layouts.items()}
+        if getattr(self, "_lay", None) is None:
+            self._lay = jax.device_put({k: np.asarray(v, self.dtype) for k, v in self.layouts.items()})
+        lay = self._lay
         fn = _search_jit(self.derive)
         outs = [fn({k: v[b:b + rows] for k, v in x.items()}, {k: v[b:b + rows] for k, v in cal.items()}, lay)
                 for b in range(0, total, rows)]
@@ -328,7 +335,7 @@ class Evaluator:
     # -- the jitted function ---------------------------------------------------------------
     def __getstate__(self):
         state = dict(self.__dict__)
-        for k in ("_fn", "_grid_fn", "_tables_dev", "_fn_all", "_chunk_args_dev", "_searched_dims"):
+        for k in ("_fn", "_grid_fn", "_tables_dev", "_chunk_args_dev", "_searched_dims", "_lay"):
             state.pop(k, None)
         return state
 
@@ -401,9 +408,9 @@ class Evaluator:
         lead = np.array([r.start for r in region[:plan.axis]], np.int64)
         a = np.int64(region[plan.axis].start)
         block = plan.block
-        (xvec, cvec, lay, mats), names = self._chunk_args()
+        (xvec, cvec, mats), names = self._chunk_args()
         searched = self.chunk_search(plan, i) if self.mode == "best" else None
-        out = self.grid_fn(lead, a, np.int64(stop - start), xvec, cvec, lay, mats, searched, block=block,
+        out = self.grid_fn(lead, a, np.int64(stop - start), xvec, cvec, mats, searched, block=block,
                            axis=plan.axis, names=names)
         return out, stop - start, block
 
@@ -415,11 +422,10 @@ class Evaluator:
             xkeys, ckeys = tuple(self.base), tuple(self.cal)
             xvec = np.array([self.base[k] for k in xkeys], self.dtype)
             cvec = np.array([self.cal[k] for k in ckeys], self.dtype)
-            lay = ({k: np.asarray(v, self.dtype) for k, v in self.layouts.items()} if self.layouts is not None else {})
             tkeys = tuple((d, tuple(t)) for d, t in self._tables_dev.items())
             mats = {d: (np.stack([np.asarray(self._tables_dev[d][k]) for k in keys]) if keys
                         else np.zeros((0, len(self.study.dims[d])), self.dtype)) for d, keys in tkeys}
-            self._chunk_args_dev = (jax.device_put((xvec, cvec, lay, mats)), (xkeys, ckeys, tkeys))
+            self._chunk_args_dev = (jax.device_put((xvec, cvec, mats)), (xkeys, ckeys, tkeys))
         return self._chunk_args_dev
 
     @staticmethod
@@ -441,15 +447,9 @@ class Evaluator:
         idx = cols["index"]
         if len(idx) == 0:
             return {**{k: np.zeros(0) for k in self.outputs}, **cols}
-        if getattr(self, "_fn_all", None) is None:
-            self._fn_all = _values_jit(tuple(self._core_kwargs().items()))
-        size = max(2, 1 << int(np.ceil(np.log2(len(idx)))))  # few compiled sizes; never one (evaluate_values)
+        size = 1 << int(np.ceil(np.log2(len(idx))))  # few compiled sizes
         flat = np.concatenate([idx, np.full(size - len(idx), idx[0])])
-        x, cal = self.inputs(flat)
-        x["_points"] = np.zeros(size, np.int8)
-        lay = ({k: np.asarray(v, self.dtype) for k, v in self.layouts.items()} if self.layouts is not None else {})
-        picked = self.search(self.values_at(flat)) if self.mode == "best" else None
-        out = {k: np.asarray(v)[:len(idx)] for k, v in self._fn_all(x, cal, lay, layout_staged=picked).items()}
+        out = {k: v[:len(idx)] for k, v in self.evaluate_values(self.values_at(flat)).items()}
         return {**out, **cols}
 
     def complete_many(self, parts: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
@@ -474,9 +474,8 @@ class Evaluator:
             values = {d: np.repeat(np.asarray(v), 2) for d, v in values.items()}
         x, cal = self.inputs_from_values(values)
         x["_points"] = np.zeros(max(n, 2), np.int8)  # carries the batch shape into the kernel
-        lay = ({k: np.asarray(v, self.dtype) for k, v in self.layouts.items()} if self.layouts is not None else {})
         picked = self.search(values) if self.mode == "best" else None
-        out = self.fn(x, cal, lay, layout_staged=picked)
+        out = self.fn(x, cal, layout_staged=picked)
         return {k: np.asarray(v)[:n] for k, v in out.items()}
 
 
@@ -505,7 +504,7 @@ def _grid_jit(plan, core_items, reduce, compact):
                    static_argnames=("block", "axis", "names"))
 
 
-def _evaluate_grid(lead, a, n_valid, xvec, cvec, lay, mats, searched, *, block, axis, names, plan, core, reduce,
+def _evaluate_grid(lead, a, n_valid, xvec, cvec, mats, searched, *, block, axis, names, plan, core, reduce,
                    compact):
     """The grid path for one hyper-rectangular chunk, without per-point index division.
 
@@ -567,7 +566,7 @@ def _evaluate_grid(lead, a, n_valid, xvec, cvec, lay, mats, searched, *, block, 
     if layout_staged is not None:
         layout_staged = jax.tree_util.tree_map(jax.lax.optimization_barrier, layout_staged)
     x["_points"] = jnp.zeros(math.prod(block), jnp.int8)
-    out = _evaluate(x, cal, lay, staged=staged, layout_staged=layout_staged, **core)
+    out = _evaluate(x, cal, staged=staged, layout_staged=layout_staged, **core)
     fronts, top = reduce
     reduced = {n for objectives in fronts for n, _ in objectives} | ({top[0]} if top else set()) | {"reason"}
     low = {k: v for k, v in per_design.items() if k in reduced}
@@ -770,7 +769,7 @@ def _design_stage(x, *, derive, law, law_table):
     return x, design, loss, reason.astype(jnp.int32)
 
 
-def _evaluate(x, cal, lay, *, mode, derive, law, law_table, objective, outputs, staged=None, layout_staged=None):
+def _evaluate(x, cal, *, mode, derive, law, law_table, objective, outputs, staged=None, layout_staged=None):
     """One chunk: the design stage, the layout stage (when optimising the layout), then the
     footprint, loss, reasons.
 
@@ -1006,7 +1005,7 @@ def _zarr_template(ev: Evaluator, plan: Plan, path: str):
     import dask.array as da
     import xarray as xr
 
-    chunks = tuple(1 for _ in range(plan.axis)) + (plan.step,) + tuple(plan.shape[plan.axis + 1:])
+    chunks = tuple(1 for _ in range(plan.axis)) + plan.block
     sample = ev.evaluate(np.zeros(1, np.int64))
     data = {}
     for k in ev.outputs:
@@ -1258,9 +1257,7 @@ class _Merger:
             "n_feasible": int(reasons[0]),
             "n_chunks": plan.n_chunks,
             "n_layouts": ev.n_layouts,
-            # distinct layout searches (design × devices × hardware values), when the layout is optimised
-            "n_layout_searches": (math.prod(len(ev.study.dims[d]) for d in ev.searched_dims)
-                                  if ev.mode == "best" else 0),
+            "n_layout_searches": ev.n_layout_searches,
             "infeasible": {REASONS[c]: int(n) for c, n in enumerate(reasons) if c and n},
             "min": {k: _num(v) for k, v in self.mins.items()},
             "max": {k: _num(v) for k, v in self.maxs.items()},
