@@ -53,7 +53,6 @@ TOP_K_EXCEEDS_EXPERTS = 1
 MISSING_DATA = 14
 
 # Outputs of the fixed-layout chain, in the kernel's order; the layout ones are NaN here.
-LAYOUT_OUTPUTS = ("hfu", "step_time_s", "compute_s", "comm_exposed_s", "bubble_s", "memory_gb", "dp")
 OUTPUT_NAMES = (
     "params", "active_params", "train_flops", "mfu", "hfu", "step_time_s", "compute_s", "comm_exposed_s",
     "bubble_s", "tokens_per_s", "memory_gb", "dp", "train_days", "device_hours", "it_energy_mwh", "energy_mwh",
@@ -266,8 +265,3 @@ def footprint_numpy(x: dict) -> dict:
                        op_host, emb_dev, emb_host, total, (emb_dev + emb_host) / total, gpus,
                        gpus * a["material_kg_per_device"], it_kwh * a["wue_l_per_kwh"] / 1000.0, reason, nan)
     return {k: np.broadcast_to(v, shape) for k, v in out.items()}
-
-
-def loop_python(points: list[dict]) -> list[dict]:
-    """The per-configuration loop of the benchmark: footprint_python on each point."""
-    return [footprint_python(p) for p in points]

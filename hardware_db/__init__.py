@@ -198,10 +198,6 @@ class Database:
     def default(self, name: str):
         return self.docs["defaults.toml"][name]["value"]
 
-    def embodied_methods(self) -> list[str]:
-        methods = {m for (_, m) in self.tables["process_nodes.csv"]}
-        return sorted(methods | {"vendor_pcf"})
-
 
 def _read_toml(path: Path) -> dict:
     try:

@@ -94,11 +94,6 @@ def param_counts(
     return params, active_params
 
 
-def input_embedding_params(vocab, d_model):
-    """The input lookup table: vocab·d_model parameters that do no matrix multiply."""
-    return vocab * d_model
-
-
 def llmcarbon_dense_params(layers, d_model, vocab, seq_len):
     """LLMCarbon's dense estimate P = 12·l·h²·(1 + 13/(12h) + (V+s)/(12·l·h)) (Faiz et al. 2024 eq. 1)."""
     h = d_model

@@ -21,9 +21,6 @@ context of seq_len/2, decode at context ``context`` attends to all of it:
 
 import jax.numpy as jnp
 
-RECOMPUTE_MODES = ("none", "selective", "full")
-
-
 def matmul_params(active_params, vocab, d_model, tied_embeddings):
     """Parameters that take part in matrix multiplies: active minus an untied input table."""
     return active_params - jnp.where(tied_embeddings, 0.0, vocab * d_model)

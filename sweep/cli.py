@@ -16,7 +16,7 @@ import textwrap
 import hardware_db
 from hardware_db import DatabaseError
 
-from .spec import SpecError
+from .spec import OBJECTIVE_OUTPUT, SpecError
 
 EPILOG = textwrap.dedent(
     """\
@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and embodied carbon, GPUs consumed and their material mass, with units.")
     e.add_argument("spec", help="TOML spec file")
     e.add_argument("--json", action="store_true", help="print one JSON object")
-    e.add_argument("--objective", choices=("time", "co2e", "energy"), default="co2e",
+    e.add_argument("--objective", choices=tuple(OBJECTIVE_OUTPUT), default="co2e",
                    help="what the layout optimiser minimises when the spec gives no layout (default co2e)")
     e.set_defaults(func=cmd_estimate)
 
@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Every valid layout (tp, pp, dp, ep, micro-batch, recompute, interleave) "
                                      "for the spec's model and cluster, best first by the objective.")
     lay.add_argument("spec", help="TOML spec file")
-    lay.add_argument("--objective", choices=("time", "co2e", "energy"), default="co2e")
+    lay.add_argument("--objective", choices=tuple(OBJECTIVE_OUTPUT), default="co2e")
     lay.add_argument("--top", type=int, default=10, help="how many layouts to show (default 10)")
     lay.add_argument("--json", action="store_true", help="print one JSON object")
     lay.set_defaults(func=cmd_layout)

@@ -40,13 +40,12 @@ from kernels.reasons import CODE, REASONS
 from . import reduce as red
 from .calibration import calibration_for
 from .inputs import hardware_row, point_inputs, site_row
-from .spec import RECOMPUTE_CODE, SpecError
+from .spec import OBJECTIVE_OUTPUT, RECOMPUTE_CODE, SpecError
 from .study import Study, load_study, output_units
 
 SMALL_GRID = 2_000_000        # grids up to this many points are kept in memory and written as NetCDF
 DEFAULT_BUDGET = 1 << 20      # evaluations per chunk (points × layouts): bounds memory
 SPEC_TO_X = {"carbon_intensity": "carbon_intensity_kg_per_kwh", "wue": "wue_l_per_kwh"}
-OBJECTIVE_OUTPUT = {"co2e": "total_tco2e", "time": "train_days", "energy": "energy_mwh"}
 LAYOUT_VARS = ("tp", "pp", "ep", "microbatch", "recompute", "interleave")
 DERIVABLE = ("head_dim", "kv_heads", "d_ff", "expert_d_ff")
 PARTIAL_DIR = ".chunks"

@@ -20,12 +20,9 @@ from kernels.reasons import REASONS
 
 from .calibration import calibration_for
 from .inputs import point_inputs
-from .spec import LAYOUT_KEYS, RECOMPUTE_CODE, load_estimate
+from .spec import LAYOUT_KEYS, OBJECTIVE_OUTPUT, RECOMPUTE_CODE, load_estimate
 
-OBJECTIVES = {"co2e": "total_tco2e", "time": "train_days", "energy": "energy_mwh"}
 RECOMPUTE_NAME = {v: k for k, v in RECOMPUTE_CODE.items()}
-LAYOUT_FIELDS = ("tp", "pp", "dp", "ep", "microbatch", "recompute", "interleave", "shard_optimizer",
-                 "sequence_parallel")
 FIGURES = ("mfu", "hfu", "step_time_s", "train_days", "memory_gb", "energy_mwh", "total_tco2e")
 
 
@@ -72,7 +69,7 @@ def best_layouts(v: dict, db, *, objective: str = "co2e", top: int = 10) -> dict
     n = len(cand["tp"])
     if n == 0:
         return {"evaluated": 0, "infeasible": {}, "layouts": [], "best_outputs": None, "elapsed_s": 0.0}
-    key = OBJECTIVES[objective]
+    key = OBJECTIVE_OUTPUT[objective]
     reason = out["reason"]
     score = np.where((reason == 0) & np.isfinite(out[key]), out[key], np.inf)
     order = np.lexsort((out["train_days"], score))  # ties broken by time

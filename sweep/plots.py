@@ -126,9 +126,6 @@ SHORT = {
 UNIT_PRETTY = {"1": "", "t CO2e": "t CO₂e", "m3": "m³", "year": "years", "d": "days", "token": "tokens",
                "kg/kWh": "kg CO₂e/kWh", "L/kWh": "L/kWh", "%": "%"}
 SHARE = "embodied_share"
-KIND_ORDER = ("validation", "pareto", "surface", "line", "heatmap", "breakdown", "layout")
-
-
 class FigureSkipped(Exception):
     """The data hold nothing this figure could show (all infeasible, a constant, a missing variable)."""
 
@@ -736,7 +733,7 @@ def line_figure(ds, x_dim, var, hue=None, reduce="min", *, by="total_tco2e", mar
         try:
             lay, _ = at_best(ds, [x_dim], by, [names[c] for c in ("tp", "pp", "dp", "ep")])
             lay = {c: lay[names[c]] for c in ("tp", "pp", "dp", "ep") if names[c] in lay}
-            v0, da0 = panels[0]
+            _, da0 = panels[0]
             y0 = np.asarray(da0.transpose(x_dim).values, float)
             for xp, yp, k in zip(xpos, y0, range(len(xpos))):
                 if not np.isfinite(yp) or not np.isfinite(float(lay["tp"].values[k])):

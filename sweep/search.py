@@ -78,7 +78,7 @@ from hardware_db import closest
 from kernels.reasons import REASONS
 
 from . import reduce as red
-from .spec import SpecError
+from .spec import OBJECTIVE_OUTPUT, SpecError
 from .study import Study, load_study, output_units
 
 SEARCH_KEYS = ("objectives", "constraints", "sampler", "trials", "batch", "seed", "storage")
@@ -146,7 +146,7 @@ def parse_search(study: Study) -> SearchOptions:
         if k not in SEARCH_KEYS:
             raise err(k, f"unknown key{closest(k, SEARCH_KEYS)} (allowed in [search]: {', '.join(SEARCH_KEYS)})")
     allowed = output_units()
-    default_obj = {"co2e": "total_tco2e", "time": "train_days", "energy": "energy_mwh"}[study.options["objective"]]
+    default_obj = OBJECTIVE_OUTPUT[study.options["objective"]]
     objectives = body.get("objectives", [default_obj])
     if isinstance(objectives, str):
         objectives = [objectives]
@@ -288,7 +288,7 @@ def search_space(study: Study) -> list[Dim]:
 # samplers and storage
 
 
-def make_sampler(opts: SearchOptions, file: str, seed: int, n_objectives: int):
+def make_sampler(opts: SearchOptions, file: str, seed: int):
     import optuna
 
     if opts.sampler == "tpe":
@@ -406,7 +406,7 @@ def optimize(spec, *, out=None, storage=None, trials=None, db=None, quiet=True, 
     if not study.dims:
         raise SpecError(file, "grid", None, "is empty: the search space is the [grid]; give at least one dimension")
 
-    make_sampler(opts, file, opts.seed, len(opts.objectives))  # missing packages fail before anything is made
+    make_sampler(opts, file, opts.seed)  # missing packages fail before anything is made
 
     # storage and the optuna study
     out_dir = None
@@ -474,7 +474,7 @@ def optimize(spec, *, out=None, storage=None, trials=None, db=None, quiet=True, 
             if out_dir is not None:
                 out_dir.mkdir(parents=True, exist_ok=True)
             n_stored = len(ostudy.get_trials(deepcopy=False))
-            ostudy.sampler = make_sampler(opts, file, opts.seed + n_stored, len(opts.objectives))
+            ostudy.sampler = make_sampler(opts, file, opts.seed + n_stored)
             n_new = _loop(ostudy, ev, space, dists, opts, quiet)
             result = _collect(ostudy, ev, space, opts)
     finally:

@@ -126,10 +126,9 @@ LAYOUT_KEYS = ("tp", "pp", "ep", "microbatch", "recompute", "interleave", "shard
 LAYOUT_DEFAULTS = {"tp": 1, "pp": 1, "ep": 1, "microbatch": 1, "recompute": "selective", "interleave": 1,
                    "shard_optimizer": True, "sequence_parallel": True}
 RECOMPUTE_CODE = {"none": 0, "selective": 1, "full": 2}
+# what a layout is chosen for ([study] objective, --objective), and the output it minimises
+OBJECTIVE_OUTPUT = {"co2e": "total_tco2e", "time": "train_days", "energy": "energy_mwh"}
 ARCH_KEYS = ("layers", "d_model", "heads", "vocab", "seq_len")
-CATEGORICAL = ("hardware", "region", "host", "ffn", "precision", "recompute", "embodied_method", "law")
-
-
 def read_toml(path) -> dict:
     """Read a TOML file; unreadable or invalid files are a SpecError naming the file."""
     path = Path(path)

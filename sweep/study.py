@@ -24,7 +24,7 @@ from hardware_db import closest
 from kernels.footprint import OUTPUTS
 
 from .spec import BOOL, INT, KEYS, NUM, SpecError, check_sections, check_value, flat_values, read_toml
-from .spec import LAYOUT_KEYS, resolve
+from .spec import LAYOUT_KEYS, OBJECTIVE_OUTPUT, resolve
 
 CATEGORICAL_DIMS = ("hardware", "region", "ffn", "recompute")
 NUMERIC_DIMS = tuple(k for k, key in KEYS.items() if key.kind in (INT, NUM, BOOL))
@@ -192,8 +192,9 @@ def _study_options(file, body: dict, has_law: bool) -> dict:
                         'gpus_consumed = 2515, label = "paper"}: published points to draw on the figures')
     if o["layout"] not in LAYOUT_MODES:
         raise SpecError(file, "study", "layout", f"'{o['layout']}' is not allowed (allowed: best, fixed)")
-    if o["objective"] not in ("co2e", "time", "energy"):
-        raise SpecError(file, "study", "objective", f"'{o['objective']}' is not allowed (allowed: co2e, time, energy)")
+    if o["objective"] not in OBJECTIVE_OUTPUT:
+        raise SpecError(file, "study", "objective",
+                        f"'{o['objective']}' is not allowed (allowed: {', '.join(OBJECTIVE_OUTPUT)})")
     if o["dtype"] not in ("float64", "float32"):
         raise SpecError(file, "study", "dtype", f"'{o['dtype']}' is not allowed (allowed: float64, float32)")
     if not isinstance(o["keep_full_grid"], bool):
