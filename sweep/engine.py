@@ -906,7 +906,7 @@ def finished_chunks(part_dir: Path) -> set[int]:
 def chunk_partial(ev: Evaluator, plan: Plan, i: int, keep_full: bool, handle=None):
     """Outputs of chunk i and its partial results (reductions, plus the full outputs when kept);
     ``handle``: chunk i already dispatched (``Evaluator.dispatch_chunk``)."""
-    start, stop = plan.bounds(i)
+    start, _ = plan.bounds(i)
     out = ev.collect_chunk(handle if handle is not None else ev.dispatch_chunk(plan, i))
     res = _partial(ev, out, start)
     if not ev.fast:  # min/max of the outputs the kernel did not reduce

@@ -68,6 +68,7 @@ def test_estimate_table_shows_units(tmp_path, capsys):
 def test_explicit_site_values_win_over_the_region(tmp_path, capsys):
     text = GOOD.replace('region = "fr"', 'region = "fr"\ncarbon_intensity = 0.5\npue = 1.3')
     code, out, _ = cli(capsys, "estimate", write(tmp_path, text), "--json")
+    assert code == 0
     doc = json.loads(out)
     assert doc["carbon_intensity_kg_per_kwh"] == 0.5 and doc["pue"] == 1.3
     assert doc["operational_tco2e"] == pytest.approx(doc["energy_mwh"] * 0.5)
@@ -122,6 +123,7 @@ def test_hardware_and_regions_lists(capsys):
             "h200-sxm-141gb", "b200-sxm-180gb", "mi250x", "mi300x", "tpu-v3", "tpu-v4", "tpu-v5e",
             "tpu-v5p", "gaudi2", "gaudi3"} <= ids
     code, out, _ = cli(capsys, "regions", "list", "--json")
+    assert code == 0
     regions = json.loads(out)
     assert len(regions) >= 30 and all("id" in r for r in regions)
 
@@ -239,6 +241,7 @@ def test_help_teaches(capsys):
 def test_material_classes_scale_with_gpus_consumed(tmp_path, capsys):
     text = GOOD.replace('hardware = "a100-sxm4-80gb"', 'hardware = "a100-sxm4-40gb"')
     code, out, _ = cli(capsys, "estimate", write(tmp_path, text), "--json")
+    assert code == 0
     doc = json.loads(out)
     # composition: 1.491 kg measured per A100 40GB (3,750 kg / 2,515 GPUs); heatsink 1.25 kg
     assert doc["material_kg"] == pytest.approx(doc["gpus_consumed"] * 1.491)
