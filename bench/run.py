@@ -303,18 +303,14 @@ def structured_probe(ev, plan, repeats: int = 3) -> dict:
             x[d] = ev.study.dims[d][r].astype(dt).reshape(bs)
     x["_points"] = np.zeros(cshape, np.int8)
     n = int(np.prod(cshape))
-    objectives = [red.parse_objective(o)[0] for p in ev.study.options["pareto"] for o in p]
+    needed = tuple(ev.reduce_outputs)
     top = ev.study.options["top"]
-    needed = tuple(dict.fromkeys(objectives + ([red.parse_objective(top["by"])[0]] if top else []) + ["reason"]))
-    kw = dict(mode=ev.mode, derive=ev.derive, law=ev.law_table.get("form"),
-              law_table=tuple(sorted((k, v) for k, v in ev.law_table.items() if not isinstance(v, (list, dict)))),
-              objective=ev.objective)
     out = {"points": n, "chunk_shape": list(cshape), "needed_columns": list(needed)}
     for name, outs in (("all_outputs", tuple(ev.outputs)), ("needed_columns_only", needed)):
-        f = jax.jit(functools.partial(_evaluate, outputs=outs, **kw))
-        t, _ = best_of(lambda: {k: np.asarray(v) for k, v in jax.block_until_ready(f(x, cal, {})).items()}, repeats)
+        f = jax.jit(functools.partial(_evaluate, **ev._core_kwargs(outs)))
+        t, _ = best_of(lambda: {k: np.asarray(v) for k, v in jax.block_until_ready(f(x, cal)).items()}, repeats)
         out[name] = {"s": t, "points_per_s": n / t}
-    cols = {k: np.asarray(v).ravel() for k, v in f(x, cal, {}).items()}
+    cols = {k: np.asarray(v).ravel() for k, v in f(x, cal).items()}
 
     def reductions():
         ok = cols["reason"] == 0

@@ -40,7 +40,7 @@ from kernels.reasons import CODE, REASONS
 from . import reduce as red
 from .calibration import calibration_for
 from .inputs import hardware_row, point_inputs, site_row
-from .spec import OBJECTIVE_OUTPUT, RECOMPUTE_CODE, SpecError
+from .spec import RECOMPUTE_CODE, SpecError
 from .study import Study, load_study, output_units
 
 SMALL_GRID = 2_000_000        # grids up to this many points are kept in memory and written as NetCDF
@@ -129,7 +129,6 @@ class Evaluator:
             self.mode = "mfu"
         else:
             self.mode = study.options["layout"]
-        self.objective = OBJECTIVE_OUTPUT[study.options["objective"]]
         self.tables: dict[str, dict[str, np.ndarray]] = {}
         if "hardware" in study.dims:
             ids = list(study.dims["hardware"])
@@ -386,7 +385,7 @@ class Evaluator:
     def _core_kwargs(self, outputs=None) -> dict:
         return dict(mode=self.mode, derive=self.derive, law=self.law_table.get("form"),
                     law_table=tuple(sorted((k, v) for k, v in self.law_table.items() if not isinstance(v, (list, dict)))),
-                    objective=self.objective, outputs=tuple(outputs or self.outputs))
+                    outputs=tuple(outputs or self.outputs))
 
     def _reduce_spec(self):
         """Static description of the in-kernel prefilters."""
@@ -768,7 +767,7 @@ def _design_stage(x, *, derive, law, law_table):
     return x, design, loss, reason.astype(jnp.int32)
 
 
-def _evaluate(x, cal, *, mode, derive, law, law_table, objective, outputs, staged=None, layout_staged=None):
+def _evaluate(x, cal, *, mode, derive, law, law_table, outputs, staged=None, layout_staged=None):
     """One chunk: the design stage, the layout stage (when optimising the layout), then the
     footprint, loss, reasons.
 
@@ -776,7 +775,8 @@ def _evaluate(x, cal, *, mode, derive, law, law_table, objective, outputs, stage
     way whether the design terms were computed here, per point, or by the grid path on the design
     axes only (``staged``: its results, already broadcast to the points). When optimising the
     layout, ``layout_staged`` holds each point's pick (``Evaluator.search``, broadcast to the
-    points); ``objective`` needs no part here: see ``_layout_stage``.
+    points). The study's ``objective`` is not an argument: it picks the same layout
+    (``_layout_stage``), so studies that differ only in it share their compiled functions.
     """
     x = dict(x)
     points = jnp.shape(x.pop("_points"))
@@ -862,8 +862,8 @@ def _layout_union(combos: tuple) -> np.ndarray:
     cached: a study run again (a notebook, the benchmark) builds its candidates at once."""
     rows = np.concatenate([_layout_rows(*c) for c in combos])
     rows = rows[np.lexsort(rows.T[::-1])]
-    arr = rows[np.concatenate([[True], (rows[1:] != rows[:-1]).any(axis=1)])].astype(np.float64) if len(rows) \
-        else rows.astype(np.float64)
+    distinct = np.concatenate([[True], (rows[1:] != rows[:-1]).any(axis=1)])[:len(rows)]
+    arr = rows[distinct].astype(np.float64)
     arr.flags.writeable = False
     return arr
 
