@@ -136,11 +136,12 @@ def cmd_hardware_list(args, db):
         print(json.dumps([{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
                           for r in rows], indent=2))
         return
-    print(f"{'id':<16} {'bf16 TFLOP/s':>12} {'fp16 TFLOP/s':>12} {'fp8 TFLOP/s':>11} {'HBM GB':>7} "
+    w = max(len(r["id"]) for r in rows)  # your own ids may be longer than the packaged ones
+    print(f"{'id':<{w}} {'bf16 TFLOP/s':>12} {'fp16 TFLOP/s':>12} {'fp8 TFLOP/s':>11} {'HBM GB':>7} "
           f"{'HBM GB/s':>9} {'TDP W':>6} {'per node':>8}  node  name")
     for r in rows:
         f = lambda x: "-" if isinstance(x, float) and math.isnan(x) else f"{x:g}"  # noqa: E731
-        print(f"{r['id']:<16} {f(r['peak_bf16_tflops']):>12} {f(r['peak_fp16_tflops']):>12} "
+        print(f"{r['id']:<{w}} {f(r['peak_bf16_tflops']):>12} {f(r['peak_fp16_tflops']):>12} "
               f"{f(r['peak_fp8_tflops']):>11} {f(r['hbm_gb']):>7} {f(r['hbm_bw_gbs']):>9} {f(r['tdp_w']):>6} "
               f"{r['devices_per_node']:>8}  {r['process_node'] or '-':<5} {r['name']}")
 
@@ -155,10 +156,11 @@ def cmd_regions_list(args, db):
         print(json.dumps([{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
                           for r in rows], indent=2))
         return
-    print(f"{'id':<24} {'kg CO2e/kWh':>11} {'year':>5} {'PUE':>5} {'WUE L/kWh':>9}  name")
+    w = max(len(r["id"]) for r in rows)  # your own ids may be longer than the packaged ones
+    print(f"{'id':<{w}} {'kg CO2e/kWh':>11} {'year':>5} {'PUE':>5} {'WUE L/kWh':>9}  name")
     for r in sorted(rows, key=lambda r: r["carbon_intensity_kg_per_kwh"]):
         f = lambda x: "-" if isinstance(x, float) and math.isnan(x) else f"{x:g}"  # noqa: E731
-        print(f"{r['id']:<24} {r['carbon_intensity_kg_per_kwh']:>11.3f} {f(r['year']):>5} {f(r['pue']):>5} "
+        print(f"{r['id']:<{w}} {r['carbon_intensity_kg_per_kwh']:>11.3f} {f(r['year']):>5} {f(r['pue']):>5} "
               f"{f(r['wue_l_per_kwh']):>9}  {r['name']}")
 
 

@@ -220,6 +220,26 @@ def test_user_database_folder_adds_a_device(tmp_path, capsys):
     assert doc["operational_tco2e"] > 0
 
 
+def test_lists_keep_their_columns_for_ids_longer_than_the_packaged_ones(tmp_path, capsys):
+    db = tmp_path / "db"
+    db.mkdir()
+    (db / "accelerators.csv").write_text(
+        "id,name,peak_bf16_tflops,hbm_gb,hbm_bw_gbs,tdp_w,devices_per_node,source\n"
+        "our-inhouse-accelerator-v2-96gb,Ours,500,96,3000,550,8,our datasheet 2026\n")
+    (db / "regions.csv").write_text(
+        "id,name,kind,carbon_intensity_kg_per_kwh,year,source\n"
+        "our-datacentre-in-the-north-of-somewhere,Ours,datacenter,0.02,2025,our meter 2025\n")
+    for what, header in (("hardware", "bf16 TFLOP/s"), ("regions", "kg CO2e/kWh")):
+        code, out, err = cli(capsys, "--db", db, what, "list")
+        assert code == 0, err
+        lines = out.splitlines()
+        end = lines[0].index(header) + len(header)  # the first value column, right-aligned under it
+        ids = [ln.split()[0] for ln in lines[1:]]
+        assert any(i.startswith("our-") for i in ids)
+        for ln in lines[1:]:
+            assert ln[end - 1] != " " and ln[end] == " ", ln  # every row's value ends where its header does
+
+
 def test_user_database_schema_errors_name_file_row_and_column(tmp_path, capsys):
     db = tmp_path / "db"
     db.mkdir()
