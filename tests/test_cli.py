@@ -41,6 +41,15 @@ def write(tmp_path, text, name="run.toml"):
     return p
 
 
+def user_db(tmp_path, **tables):
+    """A --db folder holding the given tables ({name: CSV text}, written as <name>.csv)."""
+    db = tmp_path / "db"
+    db.mkdir()
+    for name, text in tables.items():
+        (db / f"{name}.csv").write_text(text)
+    return db
+
+
 def cli(capsys, *args):
     code = main([str(a) for a in args])
     out, err = capsys.readouterr()
@@ -205,11 +214,9 @@ def test_bad_study_writes_nothing(tmp_path, capsys):
 
 
 def test_user_database_folder_adds_a_device(tmp_path, capsys):
-    db = tmp_path / "db"
-    db.mkdir()
-    (db / "accelerators.csv").write_text(
+    db = user_db(tmp_path, accelerators=(
         "id,name,peak_bf16_tflops,hbm_gb,hbm_bw_gbs,tdp_w,devices_per_node,source\n"
-        "my-npu,My NPU,500,96,3000,550,8,my datasheet 2026\n")
+        "my-npu,My NPU,500,96,3000,550,8,my datasheet 2026\n"))
     text = GOOD.replace('hardware = "a100-sxm4-80gb"', 'hardware = "my-npu"')
     code, out, err = cli(capsys, "--db", db, "estimate", write(tmp_path, text), "--json")
     assert code == 0, err
@@ -221,14 +228,11 @@ def test_user_database_folder_adds_a_device(tmp_path, capsys):
 
 
 def test_lists_keep_their_columns_for_ids_longer_than_the_packaged_ones(tmp_path, capsys):
-    db = tmp_path / "db"
-    db.mkdir()
-    (db / "accelerators.csv").write_text(
+    db = user_db(tmp_path, accelerators=(
         "id,name,peak_bf16_tflops,hbm_gb,hbm_bw_gbs,tdp_w,devices_per_node,source\n"
-        "our-inhouse-accelerator-v2-96gb,Ours,500,96,3000,550,8,our datasheet 2026\n")
-    (db / "regions.csv").write_text(
+        "our-inhouse-accelerator-v2-96gb,Ours,500,96,3000,550,8,our datasheet 2026\n"), regions=(
         "id,name,kind,carbon_intensity_kg_per_kwh,year,source\n"
-        "our-datacentre-in-the-north-of-somewhere,Ours,datacenter,0.02,2025,our meter 2025\n")
+        "our-datacentre-in-the-north-of-somewhere,Ours,datacenter,0.02,2025,our meter 2025\n"))
     for what, header in (("hardware", "bf16 TFLOP/s"), ("regions", "kg CO2e/kWh")):
         code, out, err = cli(capsys, "--db", db, what, "list")
         assert code == 0, err
@@ -241,9 +245,7 @@ def test_lists_keep_their_columns_for_ids_longer_than_the_packaged_ones(tmp_path
 
 
 def test_user_database_schema_errors_name_file_row_and_column(tmp_path, capsys):
-    db = tmp_path / "db"
-    db.mkdir()
-    (db / "regions.csv").write_text("id,name,carbon_intensity_kg_per_kwh,source\nmars,Mars,lots,me\n")
+    db = user_db(tmp_path, regions="id,name,carbon_intensity_kg_per_kwh,source\nmars,Mars,lots,me\n")
     code, _, err = cli(capsys, "--db", db, "regions", "list")
     assert code == 2
     assert "regions.csv" in err and "'mars'" in err and "carbon_intensity_kg_per_kwh" in err
