@@ -174,6 +174,13 @@ class Evaluator:
         return names
 
     @property
+    def grid_outputs(self) -> list[str]:
+        """The outputs kept as variables of the grid and columns of its tables: all but those named
+        like a dimension (``mfu``, ``params`` or ``active_params`` given in [grid]), whose values are
+        that dimension's coordinate (a variable may not share a coordinate's name)."""
+        return [k for k in self.outputs if k not in self.study.dims]
+
+    @property
     def n_layouts(self) -> int:
         return 1 if self.layouts is None else len(self.layouts["tp"])
 
@@ -924,7 +931,7 @@ def chunk_partial(ev: Evaluator, plan: Plan, i: int, keep_full: bool, handle=Non
                 hi = np.max(v, where=ok, initial=-np.inf) if found else np.nan
             res[f"stats__min__{k}"], res[f"stats__max__{k}"] = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
     if keep_full:
-        res.update({f"full__{k}": out[k] for k in ev.outputs})
+        res.update({f"full__{k}": out[k] for k in ev.grid_outputs})
     return res, out
 
 
@@ -1007,7 +1014,7 @@ def _zarr_template(ev: Evaluator, plan: Plan, path: str):
     chunks = tuple(1 for _ in range(plan.axis)) + plan.block
     sample = ev.evaluate(np.zeros(1, np.int64))
     data = {}
-    for k in ev.outputs:
+    for k in ev.grid_outputs:
         dt = sample[k].dtype
         fill = 0 if dt.kind in "iub" else np.nan
         data[k] = (ev.dims, da.full(plan.shape, fill, dtype=dt, chunks=chunks), _var_attrs(k))
@@ -1020,7 +1027,7 @@ def _write_zarr_block(ev: Evaluator, plan: Plan, i: int, path: str, out: dict):
 
     region = plan.region(i)
     shape = tuple(s.stop - s.start for s in region)
-    ds = xr.Dataset({k: (ev.dims, out[k].reshape(shape)) for k in ev.outputs})
+    ds = xr.Dataset({k: (ev.dims, out[k].reshape(shape)) for k in ev.grid_outputs})
     ds.to_zarr(path, region={d: s for d, s in zip(ev.dims, region)})
 
 
@@ -1052,7 +1059,7 @@ def _table(ev: Evaluator, cols: dict[str, np.ndarray]):
     for d, k in zip(ev.dims, range(len(ev.dims))):
         data[d] = ev.study.dims[d][ix[k]] if len(idx) else np.array([])
     data["index"] = idx
-    for k in ev.outputs:
+    for k in ev.grid_outputs:
         if k in cols:
             data[k] = cols[k]
     return pd.DataFrame(data)
@@ -1232,7 +1239,7 @@ class _Merger:
                 self.mins[k] = np.fmin(self.mins.get(k, np.nan), parts[f"stats__min__{k}"])
                 self.maxs[k] = np.fmax(self.maxs.get(k, np.nan), parts[f"stats__max__{k}"])
         if self.keep_arrays:  # copied into the grid's arrays as they come: one copy, overlapped
-            for k in self.ev.outputs:
+            for k in self.ev.grid_outputs:
                 v = parts[f"full__{k}"]
                 if k not in self.full:
                     self.full[k] = np.empty(self.ev.study.n_points, v.dtype)
@@ -1246,7 +1253,7 @@ class _Merger:
         top = self.top
         dataset = None
         if self.keep_arrays:
-            data = {k: (ev.dims, self.full[k].reshape(plan.shape), _var_attrs(k)) for k in ev.outputs}
+            data = {k: (ev.dims, self.full[k].reshape(plan.shape), _var_attrs(k)) for k in ev.grid_outputs}
             dataset = xr.Dataset(data, coords=_coords(ev.study))
         elif zarr_path is not None:
             dataset = xr.open_zarr(zarr_path)

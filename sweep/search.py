@@ -600,7 +600,7 @@ def _table(ev, cols, batch):
     data = {d: ev.study.dims[d][ix[k]] for k, d in enumerate(ev.dims)}
     data["index"] = flat
     data["trial"] = cols["trial"]
-    for k in ev.outputs:
+    for k in ev.grid_outputs:
         if k in out:
             data[k] = out[k]
     return pd.DataFrame(data)

@@ -287,6 +287,28 @@ def test_large_grid_streams_to_zarr_and_matches_netcdf(tmp_path, monkeypatch):
     assert res.dataset is not None
 
 
+@pytest.mark.parametrize("dim", ["mfu", "params"])
+def test_a_dimension_named_like_an_output_is_the_grids_coordinate(tmp_path, monkeypatch, dim):
+    # mfu, params and active_params are inputs and outputs alike: in [grid] the coordinate holds them
+    values = {"mfu": [0.3, 0.45], "params": [7e9, 1.3e10]}[dim]
+    s = {"model": {"params": 7e9}, "training": {"tokens": 2e11},
+         "cluster": {"hardware": "a100-sxm4-80gb", "devices": 64, "mfu": 0.4}, "site": {"region": "us"},
+         "grid": {dim: values, "lifespan_years": [2, 4]},
+         "study": {"dtype": "float32", "pareto": [["loss", "total_tco2e"]], "top": {"by": "total_tco2e", "n": 3}}}
+    del s["model" if dim == "params" else "cluster"][dim]
+    mem = run(s, write=False)
+    files = run(s, tmp_path / "nc")
+    monkeypatch.setattr(engine, "SMALL_GRID", 2)
+    zarr = run(s, tmp_path / "zarr", chunk_size=2)
+    assert (tmp_path / "zarr" / "grid.zarr").is_dir()
+    for ds in (mem.dataset, xr.open_dataset(tmp_path / "nc" / "grid.nc"), xr.open_zarr(tmp_path / "zarr" / "grid.zarr")):
+        assert dim not in ds.data_vars and ds[dim].values.tolist() == values
+        assert ds["total_tco2e"].dims == (dim, "lifespan_years")
+    for res in (mem, files, zarr):
+        assert set(res.top[dim]) <= set(values)  # the coordinate's labels, not float32 roundings of them
+    assert float(mem.dataset["total_tco2e"].sel({dim: values[1], "lifespan_years": 2})) > 0
+
+
 def test_reductions_only_keep_no_grid(tmp_path):
     res = run(spec(study__keep_full_grid=False), tmp_path / "r", chunk_size=9)
     assert res.dataset is None
