@@ -1067,6 +1067,15 @@ def _front_objectives(res) -> dict[str, list[str]]:
     return out
 
 
+def no_tradeoff(df, objectives) -> bool:
+    """Whether every design on a front has the same value of every objective: one point, nothing to
+    trade (as over MFU × lifespan, where the highest and longest win on time, GPUs and CO2e alike)."""
+    from . import reduce as red
+
+    names = [red.parse_objective(o)[0] for o in objectives]
+    return len(df) > 0 and all(n in df and df[n].nunique(dropna=False) == 1 for n in names)
+
+
 def _xy(objectives):
     """(x, y, colour) from a front's objectives: CO2e / cost on x, quality on y."""
     from . import reduce as red
@@ -1132,7 +1141,7 @@ def plan_figures(res) -> list[dict]:
         next((d for d in cat if len(dims[d]) <= 8), None))
     for fname, objectives in _front_objectives(res).items():
         df = res.pareto.get(fname)
-        if df is None or len(objectives) < 2:
+        if df is None or len(objectives) < 2 or no_tradeoff(df, objectives):  # (the report says so)
             continue
         x, y, color = _xy(objectives)
         g = group if color is None else None

@@ -89,6 +89,23 @@ def test_plot_result_writes_nontrivial_pngs(grid_dir, grid_files):
     assert all(e["caption"] for e in index)
 
 
+def test_a_front_with_nothing_to_trade_gets_words_not_a_figure(tmp_path):
+    # over MFU × lifespan the highest MFU with the longest life is best in GPUs consumed and time alike
+    study = {"model": {"params": 1e10}, "training": {"tokens": 2e11},
+             "cluster": {"hardware": "a100-sxm4-40gb", "devices": 64}, "site": {"region": "us"},
+             "grid": {"mfu": [0.3, 0.4, 0.5], "lifespan_years": [2, 3, 4]},
+             "study": {"name": "one_point_front", "pareto": [["gpus_consumed", "train_days"]]}}
+    out = tmp_path / "r"
+    res = run(study, out=out, quiet=True)
+    front = res.pareto["pareto_gpus_consumed__train_days"]
+    assert set(front["mfu"]) == {0.5} and len(front[["gpus_consumed", "train_days"]].drop_duplicates()) == 1
+    kinds = {p["kind"] for p in plots.plan_figures(load_result(out))}
+    assert "pareto" not in kinds and "surface" in kinds
+    plots.plot_result(out, strict=True)
+    text = (out / "report.md").read_text()
+    assert "No trade-off on pareto_gpus_consumed__train_days" in text and "gpus_consumed = " in text
+
+
 def test_every_planned_figure_is_labelled(grid_dir):
     res = load_result(grid_dir)
     planned = plots.plan_figures(res)
