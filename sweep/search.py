@@ -244,6 +244,26 @@ def _arithmetic(s: np.ndarray) -> float | None:
     return None
 
 
+def _float_steps(lo: float, step: float, n: int):
+    """FloatDistribution(lo, lo + (n − 1)·step, step) holding all n values, or None if optuna would not.
+
+    optuna checks that the step divides the range in decimal, on the floats' shortest reprs, and
+    lowers ``high`` to the last step that fits when it does not: with the step a grid's values differ
+    by (0.25 − 0.2 = 0.04999999999999999) it dropped the top value of 0.2…0.6. So the step and the
+    high are written in decimal (12 significant digits), as a user writes them."""
+    import decimal
+
+    import optuna.distributions as od
+
+    d_step = decimal.Decimal(f"{step:.12g}")
+    high = float(decimal.Decimal(repr(lo)) + d_step * (n - 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (the warning of a lowered high; checked below instead)
+        dist = od.FloatDistribution(lo, high, step=float(d_step))
+    kept = int(round((dist.high - dist.low) / dist.step)) + 1
+    return dist if kept == n else None
+
+
 def search_space(study: Study) -> list[Dim]:
     import optuna.distributions as od
 
@@ -270,9 +290,12 @@ def search_space(study: Study) -> list[Dim]:
             if is_int and float(step).is_integer():
                 dist = od.IntDistribution(int(lo), int(lo + int(step) * (len(s) - 1)), step=int(step))
             else:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    dist = od.FloatDistribution(float(lo), float(lo) + step * (len(s) - 1), step=step)
+                dist = _float_steps(float(lo), step, len(s))
+            if dist is None:  # optuna would leave out some of the values: choose among them instead
+                choices = [_py(v) for v in vals]
+                dims.append(Dim(name, od.CategoricalDistribution(choices), "cat", vals,
+                                lookup={c: i for i, c in enumerate(choices)}))
+                continue
             dims.append(Dim(name, dist, "snap", vals, **common))
         elif isinstance(raw, dict):
             dist = od.IntDistribution(int(lo), int(hi)) if is_int else od.FloatDistribution(float(lo), float(hi))

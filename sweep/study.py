@@ -97,7 +97,7 @@ def _range_values(file, key, table) -> np.ndarray:
         n = int(math.floor((stop - start) / step + 1e-9)) + 1
         if n > 10_000_000:
             raise err(f"range has {n} values; at most 10,000,000 per dimension")
-        return start + step * np.arange(n)
+        return _decimal(start + step * np.arange(n))
     num = table.get("num")
     if isinstance(num, bool) or not isinstance(num, int) or num < 1:
         raise err(f"range num must be a whole number ≥ 1, not {num!r}")
@@ -107,8 +107,17 @@ def _range_values(file, key, table) -> np.ndarray:
     if scale == "log":
         if start <= 0:
             raise err(f"a log range needs start > 0, not {start}")
-        return np.geomspace(start, stop, num)
-    return np.linspace(start, stop, num)
+        return _decimal(np.geomspace(start, stop, num))
+    return _decimal(np.linspace(start, stop, num))
+
+
+def _decimal(values: np.ndarray) -> np.ndarray:
+    """A range's values without the float noise of start + k·step: {start = 0.2, stop = 0.6, step = 0.05}
+    gives 0.3, not 0.30000000000000004, so coordinates are the numbers a user writes and selects by
+    (12 significant digits; integer ranges are exact already)."""
+    if values.dtype.kind != "f":
+        return values
+    return np.array([float(f"{v:.12g}") for v in values])
 
 
 def precision_of(doc) -> str:

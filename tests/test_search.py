@@ -7,6 +7,8 @@ import warnings
 import numpy as np
 import optuna
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import hardware_db
 import sweep  # noqa: F401
@@ -216,6 +218,27 @@ def test_search_space_distributions():
     # sampled values snap to grid values
     assert dims["devices"].values[dims["devices"].indices([64, 100, 180, 1000])].tolist() == [64, 128, 128, 1024]
     assert dims["experts"].values[dims["experts"].indices([3, 5, 6])].tolist() == [4, 4, 8]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from([0.0, 0.05, 0.1, 0.2, 0.3, 1.5]), st.sampled_from([0.01, 0.05, 0.1, 0.25, 0.3, 0.7]),
+       st.integers(2, 12), st.booleans())
+def test_every_value_of_a_decimal_progression_can_be_sampled(start, step, n, as_range):
+    # optuna dropped the top value of mfu = {start = 0.2, stop = 0.6, step = 0.05}: its step check is
+    # decimal, and 0.25 − 0.2 = 0.04999999999999999 does not divide 0.4
+    values = [round(1 + start + k * step, 10) for k in range(n)]  # lifespans in years
+    grid = {"start": values[0], "stop": values[-1], "step": step} if as_range else values
+    study = load_study(doc(grid={**BASE["grid"], "lifespan_years": grid}), DB)
+    dim = next(x for x in search_space(study) if x.name == "lifespan_years")
+    dist = dim.distribution
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        reachable = set(dim.indices(list(dist.choices)))
+    else:
+        k = int(round((dist.high - dist.low) / dist.step))
+        reachable = set(dim.indices([dist.low + i * dist.step for i in range(k + 1)]))
+    assert reachable == set(range(n)), (study.dims["lifespan_years"].tolist(), dist)
+    if as_range:  # range coordinates are the decimals written, without float noise
+        assert study.dims["lifespan_years"].tolist() == values
 
 
 # ---------------------------------------------------------------------------------------------
