@@ -1112,6 +1112,9 @@ def run(spec, out=None, *, resume=False, chunk_size=None, scheduler=None, quiet=
     # nothing to resume without an output folder: partial results then stay in memory, and a
     # scratch folder is made only for what needs files (dask workers, a Zarr grid)
     memory_only = not write and not scheduler and not (keep_full and large)
+    if write and out_dir.exists() and not out_dir.is_dir():
+        raise SpecError(study.file, None, None, f"--out {out_dir}: is a file, not a folder; name a folder for "
+                        "the results")
     tmp = None
     if not write and not memory_only:
         import tempfile
@@ -1123,12 +1126,13 @@ def run(spec, out=None, *, resume=False, chunk_size=None, scheduler=None, quiet=
     plan_doc = {"spec_hash": study.spec_hash(), "shape": list(plan.shape), "axis": plan.axis, "step": plan.step,
                 "n_chunks": plan.n_chunks, "large": large, "keep_full": keep_full}
     prior_elapsed = 0.0
-    if not memory_only:  # (a run kept in memory has no files at all)
-        if resume and (out_dir / "study.json").exists():
+    resuming = False
+    if not memory_only and resume:  # (a run kept in memory has no files at all)
+        if (out_dir / "study.json").exists():
             done = json.loads((out_dir / "study.json").read_text())
             if done.get("spec_hash") == study.spec_hash():
                 return load_result(out_dir)
-        if resume and plan_file.exists():
+        if plan_file.exists():
             old = json.loads(plan_file.read_text())
             if old.get("spec_hash") != study.spec_hash():
                 raise SpecError(study.file, None, None, f"--resume: {out_dir} holds a run of a different spec; "
@@ -1136,10 +1140,12 @@ def run(spec, out=None, *, resume=False, chunk_size=None, scheduler=None, quiet=
             plan = Plan(tuple(old["shape"]), old["axis"], old["step"],
                         int(np.prod(old["shape"][old["axis"] + 1:], dtype=np.int64)))
             prior_elapsed = old.get("elapsed_s", 0.0)
-        else:
-            _clean(out_dir)
-            part_dir.mkdir(parents=True, exist_ok=True)
-            plan_file.write_text(json.dumps(plan_doc))
+            resuming = True
+    client = _connect(scheduler, study.file)  # before anything is written: an unreachable one leaves nothing
+    if not memory_only and not resuming:
+        _clean(out_dir)
+        part_dir.mkdir(parents=True, exist_ok=True)
+        plan_file.write_text(json.dumps(plan_doc))
     zarr_path = str(out_dir / "grid.zarr") if (keep_full and large) else None
     if zarr_path and not Path(zarr_path).exists():
         _zarr_template(ev, plan, zarr_path)
@@ -1150,8 +1156,8 @@ def run(spec, out=None, *, resume=False, chunk_size=None, scheduler=None, quiet=
     # in memory, each chunk is merged while the next one's call runs
     merger = _Merger(ev, keep_full) if memory_only else None
     try:
-        if scheduler:
-            _run_dask(ev, plan, todo, str(out_dir), keep_full, zarr_path, scheduler, progress)
+        if client is not None:
+            _run_dask(ev, plan, todo, str(out_dir), keep_full, zarr_path, client, progress)
         else:
             for i, handle in _pipelined(ev, plan, todo):
                 if merger is not None:
@@ -1161,6 +1167,8 @@ def run(spec, out=None, *, resume=False, chunk_size=None, scheduler=None, quiet=
                 progress.update(1)
     finally:
         progress.close()
+        if client is not None and client is not scheduler:
+            client.close()
         elapsed_now = time.perf_counter() - t0
         if not memory_only and plan_file.exists():
             doc = json.loads(plan_file.read_text())
@@ -1199,19 +1207,29 @@ def _progress(total, initial, quiet):
     return tqdm(total=total, initial=initial, unit="chunk", desc="sweep", disable=disable, dynamic_ncols=True)
 
 
-def _run_dask(ev, plan, todo, out_dir, keep_full, zarr_path, scheduler, progress):
-    from distributed import Client, as_completed
+def _connect(scheduler, file):
+    """A dask.distributed Client for ``scheduler`` (an address or a Client), or None without one."""
+    if not scheduler:
+        return None
+    from distributed import Client
 
-    client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
+    if isinstance(scheduler, Client):
+        return scheduler
     try:
-        ev_f = client.scatter(ev, broadcast=True)
-        futures = [client.submit(run_chunk, ev_f, plan, i, out_dir, keep_full, zarr_path, pure=False) for i in todo]
-        for f in as_completed(futures):
-            f.result()
-            progress.update(1)
-    finally:
-        if not isinstance(scheduler, Client):
-            client.close()
+        return Client(scheduler)
+    except (OSError, ValueError, TypeError) as exc:  # unreachable, or not an address
+        raise SpecError(file, None, None, f"--scheduler {scheduler}: no dask scheduler answered ({exc}); "
+                        "start one (dask scheduler) or run without --scheduler") from None
+
+
+def _run_dask(ev, plan, todo, out_dir, keep_full, zarr_path, client, progress):
+    from distributed import as_completed
+
+    ev_f = client.scatter(ev, broadcast=True)
+    futures = [client.submit(run_chunk, ev_f, plan, i, out_dir, keep_full, zarr_path, pure=False) for i in todo]
+    for f in as_completed(futures):
+        f.result()
+        progress.update(1)
 
 
 class _Merger:

@@ -213,6 +213,26 @@ def test_bad_study_writes_nothing(tmp_path, capsys):
     assert not out_dir.exists()
 
 
+STUDY = GOOD.replace("layers = 32\n", "") + '[grid]\nlayers = [16, 32]\n'
+
+
+def test_run_into_a_file_is_one_clear_message_and_leaves_the_file(tmp_path, capsys):
+    target = write(tmp_path, "my notes", "results")
+    code, _, err = cli(capsys, "run", write(tmp_path, STUDY), "--out", target, "--quiet", "--no-plot")
+    assert code == 2 and "--out" in err and "is a file, not a folder" in err and "Traceback" not in err
+    assert target.read_text() == "my notes"
+
+
+def test_unreachable_scheduler_is_one_clear_message_and_writes_nothing(tmp_path, capsys):
+    import dask
+
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):  # (dask's default waits 30 s)
+        code, _, err = cli(capsys, "run", write(tmp_path, STUDY), "--out", tmp_path / "out",
+                           "--scheduler", "tcp://127.0.0.1:1", "--quiet", "--no-plot")
+    assert code == 2 and "--scheduler tcp://127.0.0.1:1: no dask scheduler answered" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_user_database_folder_adds_a_device(tmp_path, capsys):
     db = user_db(tmp_path, accelerators=(
         "id,name,peak_bf16_tflops,hbm_gb,hbm_bw_gbs,tdp_w,devices_per_node,source\n"
