@@ -1121,6 +1121,8 @@ def run(spec, out=None, *, resume=False, chunk_size=None, scheduler=None, quiet=
 
         tmp = tempfile.TemporaryDirectory()
         out_dir = Path(tmp.name)
+    if keep_full and not memory_only:
+        _check_room(ev, study, out_dir)
     part_dir = out_dir / PARTIAL_DIR
     plan_file = part_dir / "plan.json"
     plan_doc = {"spec_hash": study.spec_hash(), "shape": list(plan.shape), "axis": plan.axis, "step": plan.step,
@@ -1205,6 +1207,30 @@ def _progress(total, initial, quiet):
 
     disable = quiet or not sys.stderr.isatty()
     return tqdm(total=total, initial=initial, unit="chunk", desc="sweep", disable=disable, dynamic_ncols=True)
+
+
+def _check_room(ev: Evaluator, study: Study, out_dir: Path) -> None:
+    """With keep_full_grid left at its default (true), a grid whose every output cannot fit on the
+    output's disk even before compression is a spec error before anything is written, not a run that
+    fills the disk: the user chooses (false keeps the reductions only; true writes it anyway, and
+    Zarr's compression often makes it several times smaller)."""
+    if "keep_full_grid" in (study.doc.get("study") or {}):
+        return
+    folder = Path(out_dir).resolve()
+    while not folder.exists():
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if study.n_points * 8 * len(ev.grid_outputs) <= free:  # (8 bytes a value at most)
+        return
+    sample = ev.evaluate(np.zeros(1, np.int64))
+    need = study.n_points * sum(sample[k].dtype.itemsize for k in ev.grid_outputs)
+    if need > free:
+        raise SpecError(study.file, "study", "keep_full_grid", (
+            f"is not given, so every output of every point is kept: {len(ev.grid_outputs)} outputs × "
+            f"{study.n_points:,} points = {need / 1e9:,.1f} GB before compression, and {free / 1e9:,.1f} GB are "
+            f"free at {folder}. Give keep_full_grid = false to keep the Pareto fronts, top-k and statistics "
+            "only (bounded memory, any grid size), or keep_full_grid = true to write it anyway (Zarr "
+            "compresses it, often several-fold)"))
 
 
 def _connect(scheduler, file):

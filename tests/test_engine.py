@@ -309,6 +309,19 @@ def test_a_dimension_named_like_an_output_is_the_grids_coordinate(tmp_path, monk
     assert float(mem.dataset["total_tco2e"].sel({dim: values[1], "lifespan_years": 2})) > 0
 
 
+def test_a_default_full_grid_too_large_for_the_disk_is_a_spec_error_before_anything_is_written(tmp_path, monkeypatch):
+    import collections
+
+    n = 3 * 4 * 2 * 5  # BASE's grid; its 36 outputs of 8 bytes or fewer take < 40 kB
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(engine.shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 1000, 1000))
+    with pytest.raises(SpecError, match=r"\[study\] keep_full_grid: is not given.* GB before compression"):
+        run(spec(), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert run(spec(study__keep_full_grid=False), tmp_path / "reduced").summary["n_points"] == n
+    assert run(spec(study__keep_full_grid=True), tmp_path / "asked").dataset is not None  # the user's choice
+
+
 def test_reductions_only_keep_no_grid(tmp_path):
     res = run(spec(study__keep_full_grid=False), tmp_path / "r", chunk_size=9)
     assert res.dataset is None
