@@ -71,8 +71,23 @@ ESTIMATE_GROUPS = [
                 ("embodied_host_tco2e", "embodied, hosts", "t CO2e"),
                 ("embodied_tco2e", "embodied", "t CO2e"), ("total_tco2e", "total", "t CO2e")]),
     ("Materials", [("gpus_consumed", "device lifetimes consumed", ""), ("material_kg", "material mass", "kg")]),
+    ("Life cycle", [("inference_tco2e", "serving", "t CO2e"), ("inference_energy_mwh", "serving energy", "MWh"),
+                    ("experimentation_tco2e", "earlier experiments", "t CO2e"),
+                    ("storage_tco2e", "storage", "t CO2e"), ("lifecycle_tco2e", "life cycle, in all", "t CO2e"),
+                    ("breakeven_served_tokens", "serving equals training at", "tokens served")]),
     ("Quality", [("loss", "predicted loss", "nats/token"), ("law", "scaling law", "")]),
 ]
+LIFECYCLE_PHASES = ("inference_tco2e", "inference_energy_mwh", "experimentation_tco2e", "storage_tco2e")
+
+
+def _unused_phase(out: dict, key: str) -> bool:
+    """A life-cycle row with nothing to say: a phase the spec does not have (serving, experiments or
+    storage of zero), or the life-cycle total when there is no phase beside training."""
+    if key in LIFECYCLE_PHASES:
+        return not out.get(key)
+    if key == "lifecycle_tco2e":
+        return not any(out.get(k) for k in LIFECYCLE_PHASES)
+    return False
 
 
 def print_estimate(out: dict, title: str) -> None:
@@ -80,6 +95,8 @@ def print_estimate(out: dict, title: str) -> None:
     for group, rows in ESTIMATE_GROUPS:
         print(f"\n  {group}")
         for key, label, unit in rows:
+            if group == "Life cycle" and _unused_phase(out, key):
+                continue
             if key in out and out[key] is not None:
                 pct = ""
                 if key in ("operational_tco2e", "embodied_tco2e") and out.get("total_tco2e"):

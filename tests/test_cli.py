@@ -1,6 +1,7 @@
 """The command line: estimate, validate, layout, lists; every bad input is one clear message, exit 2."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -72,6 +73,23 @@ def test_estimate_table_shows_units(tmp_path, capsys):
     code, out, _ = cli(capsys, "estimate", write(tmp_path, GOOD))
     assert code == 0
     assert "t CO2e" in out and "MWh" in out and "days" in out
+
+
+def test_estimate_table_shows_the_life_cycle_the_spec_asks_for(tmp_path, capsys):
+    served = write(tmp_path, GOOD + "\n[lifecycle]\nserved_tokens_per_day = 1e10\nserving_days = 100\n", "served.toml")
+    _, doc, _ = cli(capsys, "estimate", served, "--json")
+    doc = json.loads(doc)
+    code, out, _ = cli(capsys, "estimate", served)
+    assert code == 0 and "Life cycle" in out
+    def shown(label):  # the number printed beside a label
+        return float(re.search(rf"^    {label} +([0-9.,e+-]+) ", out, re.M).group(1).replace(",", ""))
+
+    assert shown("serving") == pytest.approx(doc["inference_tco2e"], rel=1e-3)
+    assert shown("life cycle, in all") == pytest.approx(doc["lifecycle_tco2e"], rel=1e-3)
+    assert shown("serving equals training at") == pytest.approx(doc["breakeven_served_tokens"], rel=1e-3)
+    assert "earlier experiments" not in out and "storage" not in out  # phases the spec does not have
+    code, out, _ = cli(capsys, "estimate", write(tmp_path, GOOD))
+    assert "serving equals training at" in out and "serving " not in out.replace("serving equals", "")
 
 
 def test_explicit_site_values_win_over_the_region(tmp_path, capsys):
