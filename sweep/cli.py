@@ -92,8 +92,18 @@ def _unused_phase(out: dict, key: str) -> bool:
 
 def print_estimate(out: dict, title: str) -> None:
     print(title)
+    if out.get("reason"):  # first: the figures below are of a run that cannot happen as specified
+        from kernels.reasons import REASONS
+
+        why = REASONS.get(out["reason"], out["reason"])
+        if out.get("tp") is None and out.get("mfu") is None:  # the optimiser found no layout at all
+            print(f"\n  INFEASIBLE: {why}: no parallelism layout of this model runs on these devices "
+                  "(carbon-sweep layout lists why); below, what the design alone fixes")
+        else:
+            print(f"\n  INFEASIBLE: {why}: the figures below are the model's for the run as given, "
+                  "which cannot run")
     for group, rows in ESTIMATE_GROUPS:
-        print(f"\n  {group}")
+        lines = []
         for key, label, unit in rows:
             if group == "Life cycle" and _unused_phase(out, key):
                 continue
@@ -101,17 +111,16 @@ def print_estimate(out: dict, title: str) -> None:
                 pct = ""
                 if key in ("operational_tco2e", "embodied_tco2e") and out.get("total_tco2e"):
                     pct = f"  ({100 * out[key] / out['total_tco2e']:.1f} %)"
-                print(f"    {label:<28} {_fmt(out[key], unit)}{pct}")
+                lines.append(f"    {label:<28} {_fmt(out[key], unit)}{pct}")
         if group == "Materials":
             for m in out.get("materials") or []:
                 note = " (derived)" if m["derived"] else ""
-                print(f"      {m['name']:<30} {_fmt(m['mass_kg'], 'kg')}{note}")
-    if out.get("loss_in_range") is False:
-        print("    (outside the law's fitted range: an extrapolation)")
-    if out.get("reason"):
-        from kernels.reasons import REASONS
-
-        print(f"\n  infeasible: {REASONS.get(out['reason'], out['reason'])}")
+                lines.append(f"      {m['name']:<30} {_fmt(m['mass_kg'], 'kg')}{note}")
+        if group == "Quality" and out.get("loss_in_range") is False:
+            lines.append("    (outside the law's fitted range: an extrapolation)")
+        if lines:  # (a group with nothing known is left out)
+            print(f"\n  {group}")
+            print("\n".join(lines))
 
 
 def cmd_estimate(args, db):

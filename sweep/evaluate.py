@@ -61,6 +61,7 @@ def evaluate(values: dict, db=None, *, file="<spec>", objective="co2e") -> dict:
             from kernels.reasons import CODE
 
             out = {k: None for k in OUTPUTS}
+            out.update(design_only(x))  # what the design alone fixes holds whatever the layout
             out["reason"] = CODE["out_of_memory"] if "out_of_memory" in result["infeasible"] else (
                 CODE[max(result["infeasible"], key=result["infeasible"].get)] if result["infeasible"] else 0)
     for k in LAYOUT_OUT:
@@ -81,6 +82,15 @@ def evaluate(values: dict, db=None, *, file="<spec>", objective="co2e") -> dict:
     out["carbon_intensity_kg_per_kwh"] = x["carbon_intensity_kg_per_kwh"]
     out["pue"] = x["pue"]
     return out
+
+
+def design_only(x: dict) -> dict:
+    """Parameters and training FLOPs (``kernels.footprint.design_terms``): the design's, known even
+    when no layout of it can run."""
+    from kernels.footprint import design_terms
+
+    d = to_python(jax.jit(design_terms)(as_arrays(x)))
+    return {k: d[k] for k in ("params", "active_params", "train_flops")}
 
 
 def db_calibration(db, hw_id: str) -> dict:

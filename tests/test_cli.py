@@ -92,6 +92,42 @@ def test_estimate_table_shows_the_life_cycle_the_spec_asks_for(tmp_path, capsys)
     assert "serving equals training at" in out and "serving " not in out.replace("serving equals", "")
 
 
+GPT3_ON_8 = """\
+[model]
+layers = 96
+d_model = 12288
+heads = 96
+vocab = 50257
+seq_len = 2048
+
+[training]
+tokens = 3e11
+global_batch = 1536
+
+[cluster]
+hardware = "a100-sxm4-80gb"
+devices = 8
+
+[site]
+region = "us"
+"""
+
+
+def test_a_model_no_layout_fits_says_so_first_and_keeps_what_the_design_fixes(tmp_path, capsys):
+    path = write(tmp_path, GPT3_ON_8)
+    _, doc, _ = cli(capsys, "estimate", path, "--json")
+    doc = json.loads(doc)
+    assert doc["reason"] == 10 and doc["total_tco2e"] is None and doc["tp"] is None  # out_of_memory
+    # GPT-3: 175 B parameters, 6·N·D + attention ≈ 3.2e23 FLOP for 300 B tokens (Brown et al. 2020: 3.14e23)
+    assert doc["params"] == pytest.approx(175e9, rel=0.01)
+    assert doc["train_flops"] == pytest.approx(3.2e23, rel=0.03) and doc["loss"] is not None
+    code, out, _ = cli(capsys, "estimate", path)
+    assert code == 0
+    body = [ln.strip() for ln in out.splitlines()[1:] if ln.strip()]
+    assert body[0].startswith("INFEASIBLE: out_of_memory: no parallelism layout")
+    assert "Materials" not in out and "Life cycle" not in out  # nothing known there: no empty headings
+
+
 def test_explicit_site_values_win_over_the_region(tmp_path, capsys):
     text = GOOD.replace('region = "fr"', 'region = "fr"\ncarbon_intensity = 0.5\npue = 1.3')
     code, out, _ = cli(capsys, "estimate", write(tmp_path, text), "--json")
