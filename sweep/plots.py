@@ -1257,6 +1257,9 @@ def _load(out_dir):
 
     out_dir = Path(out_dir)
     if not (out_dir / "study.json").is_file():
+        if (out_dir / "search.json").is_file():
+            raise SpecError(out_dir, None, None, "is an optimize result: carbon-sweep optimize draws its figures "
+                            "(figures/ in it) and optuna-dashboard opens its storage; plot takes a run's folder")
         raise SpecError(out_dir, None, None, "is not a carbon-sweep result folder (no study.json)")
     try:
         return load_result(out_dir)

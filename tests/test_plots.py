@@ -230,3 +230,10 @@ def test_cli_plot_not_a_result_folder(tmp_path, capsys):
         err = capsys.readouterr().err
         assert "is not a carbon-sweep result folder (no study.json)" in err
         assert "Traceback" not in err
+
+
+def test_cli_plot_of_an_optimize_folder_says_where_its_figures_are(tmp_path, capsys):
+    (tmp_path / "search").mkdir()
+    (tmp_path / "search" / "search.json").write_text("{}")
+    assert main(["plot", str(tmp_path / "search")]) == 2
+    assert "is an optimize result: carbon-sweep optimize draws its figures" in capsys.readouterr().err
