@@ -79,12 +79,11 @@ def _toml_value(v) -> str:
             return "inf" if v > 0 else "-inf"
         if math.isnan(v):
             return "nan"
-        s = repr(v)
-        if abs(v) >= 1e6 and v.is_integer():
-            s = f"{v:.12g}"
-            if "e" not in s and "." not in s:
-                s += ".0"
-        return s
+        if abs(v) >= 1e6 and v.is_integer():  # as written: 5e10, not 50000000000.0
+            p = next(p for p in range(17) if float(f"{v:.{p}e}") == v)  # the fewest digits that round-trip
+            mantissa, exponent = f"{v:.{p}e}".split("e")
+            return f"{mantissa}e{int(exponent)}"
+        return repr(v)
     if isinstance(v, str):
         return json.dumps(v, ensure_ascii=False)
     if isinstance(v, (list, tuple)):

@@ -192,6 +192,11 @@ def test_report_md_and_html(grid_dir, grid_files):
     for heading in ("## Spec", "## Key numbers", "## Figures", "## Assumptions and sources"):
         assert heading in text
     assert "```toml" in text and "[grid]" in text
+    assert "tokens = 2e10\n" in text  # large numbers as written, not 20000000000.0
+    import tomllib
+
+    spec_text = text.split("```toml\n", 1)[1].split("```", 1)[0]
+    assert tomllib.loads(spec_text)["training"]["tokens"] == 2e10  # the spec shown is valid TOML
     assert "tiny_grid" in text and "A tiny grid for the figure tests." in text
     import hardware_db
 
