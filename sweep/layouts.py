@@ -127,9 +127,13 @@ def layout_command(args, db):
         print("  no feasible layout: more devices, more memory per device, or full recompute may help")
         return
     head = (f"  {'#':>3} {'tp':>3} {'pp':>3} {'dp':>5} {'ep':>3} {'mb':>3} {'recompute':>9} {'il':>3} "
-            f"{'MFU':>6} {'step s':>8} {'days':>7} {'mem GB':>7} {'t CO2e':>9}")
+            f"{'sp':>3} {'zero1':>5} {'MFU':>6} {'step s':>8} {'days':>7} {'mem GB':>7} {'t CO2e':>9}")
     print(head)
+    yes = lambda flag: "yes" if flag else "no"  # noqa: E731
     for i, r in enumerate(res["layouts"], 1):
         print(f"  {i:>3} {r['tp']:>3} {r['pp']:>3} {r['dp']:>5} {r['ep']:>3} {r['microbatch']:>3} "
-              f"{r['recompute']:>9} {r['interleave']:>3} {r['mfu']:>6.3f} {r['step_time_s']:>8.2f} "
+              f"{r['recompute']:>9} {r['interleave']:>3} {yes(r['sequence_parallel']):>3} "
+              f"{yes(r['shard_optimizer']):>5} {r['mfu']:>6.3f} {r['step_time_s']:>8.2f} "
               f"{r['train_days']:>7.1f} {r['memory_gb']:>7.1f} {r['total_tco2e']:>9.1f}")
+    print("  mb: micro-batch (sequences); il: virtual pipeline stages per device (interleaved 1F1B); "
+          "sp: sequence parallelism; zero1: optimizer states sharded over data parallel")
