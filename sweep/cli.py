@@ -44,6 +44,8 @@ def _fmt(value, unit=""):
         return "n/a"
     if isinstance(value, str):
         return value
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and abs(value) < 1e15):
         s = f"{int(value):,}"
     elif abs(value) >= 1e6 or (value != 0 and abs(value) < 1e-3):
@@ -59,6 +61,8 @@ ESTIMATE_GROUPS = [
     ("Run", [("hardware", "hardware", ""), ("devices", "devices", ""), ("tp", "tensor parallel", ""),
              ("pp", "pipeline parallel", ""), ("dp", "data parallel", ""), ("ep", "expert parallel", ""),
              ("microbatch", "micro-batch", ""), ("recompute", "recompute", ""),
+             ("interleave", "virtual stages per device", ""), ("sequence_parallel", "sequence parallel", ""),
+             ("shard_optimizer", "optimizer sharded (ZeRO-1)", ""),
              ("mfu", "MFU", ""), ("step_time_s", "step time", "s"), ("memory_gb", "memory per device", "GB"),
              ("train_days", "training time", "days"), ("device_hours", "device hours", "h")]),
     ("Energy", [("it_energy_mwh", "IT energy", "MWh"), ("pue", "PUE", ""), ("energy_mwh", "facility energy", "MWh"),

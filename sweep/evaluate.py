@@ -14,7 +14,7 @@ from kernels.footprint import OUTPUTS, footprint
 from .inputs import as_arrays, point_inputs
 from .spec import LAYOUT_DEFAULTS, resolve
 
-LAYOUT_OUT = ("tp", "pp", "dp", "ep", "microbatch", "recompute", "interleave")
+LAYOUT_OUT = ("tp", "pp", "dp", "ep", "microbatch", "recompute", "interleave", "sequence_parallel", "shard_optimizer")
 
 
 @functools.cache
@@ -69,6 +69,8 @@ def evaluate(values: dict, db=None, *, file="<spec>", objective="co2e") -> dict:
             out["dp"] = int(out["dp"]) if out.get("dp") is not None else None
         elif k == "recompute":
             out[k] = layout.get(k) if layout else None
+        elif k in ("sequence_parallel", "shard_optimizer"):
+            out[k] = bool(layout[k]) if layout and layout.get(k) is not None else None
         else:
             out[k] = int(layout[k]) if layout and layout.get(k) is not None else None
     out.update(quality(v, x, out, db))

@@ -69,6 +69,18 @@ def test_estimate_json_has_the_contract_keys(tmp_path, capsys):
     assert doc["total_tco2e"] == pytest.approx(doc["operational_tco2e"] + doc["embodied_tco2e"])
 
 
+def test_estimate_names_the_whole_layout_it_chose_as_layout_ranks_it_first(tmp_path, capsys):
+    path = write(tmp_path, GOOD.replace("mfu = 0.45\n", ""))
+    _, est, _ = cli(capsys, "estimate", path, "--json")
+    _, lay, _ = cli(capsys, "layout", path, "--json", "--top", "1")
+    est, best = json.loads(est), json.loads(lay)["layouts"][0]
+    for key in ("tp", "pp", "dp", "ep", "microbatch", "recompute", "interleave", "sequence_parallel",
+                "shard_optimizer"):
+        assert est[key] == best[key], key
+    _, table, _ = cli(capsys, "estimate", path)
+    assert re.search(r"optimizer sharded \(ZeRO-1\) +(yes|no)\n", table)
+
+
 def test_estimate_table_shows_units(tmp_path, capsys):
     code, out, _ = cli(capsys, "estimate", write(tmp_path, GOOD))
     assert code == 0
