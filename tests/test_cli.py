@@ -301,6 +301,7 @@ def test_run_into_a_file_is_one_clear_message_and_leaves_the_file(tmp_path, caps
 
 def test_unreachable_scheduler_is_one_clear_message_and_writes_nothing(tmp_path, capsys):
     import dask
+    import distributed  # noqa: F401  (its config first: set() would drop the whole section on exit)
 
     with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):  # (dask's default waits 30 s)
         code, _, err = cli(capsys, "run", write(tmp_path, STUDY), "--out", tmp_path / "out",
