@@ -46,7 +46,7 @@ from .study import Study, load_study, output_units
 SMALL_GRID = 2_000_000        # grids up to this many points are kept in memory and written as NetCDF
 DEFAULT_BUDGET = 1 << 20      # evaluations per chunk (points × layouts): bounds memory
 SPEC_TO_X = {"carbon_intensity": "carbon_intensity_kg_per_kwh", "wue": "wue_l_per_kwh"}
-LAYOUT_VARS = ("tp", "pp", "ep", "microbatch", "recompute", "interleave")
+LAYOUT_VARS = ("tp", "pp", "ep", "microbatch", "recompute", "interleave", "sequence_parallel", "shard_optimizer")
 DERIVABLE = ("head_dim", "kv_heads", "d_ff", "expert_d_ff")
 PARTIAL_DIR = ".chunks"
 # inputs of the design stage: what the architecture and the token budget alone fix

@@ -41,6 +41,8 @@ EXTRA_OUTPUTS = {
     "microbatch": ("1", "sequences per micro-batch"),
     "recompute": ("1", "activation recomputation: 0 none, 1 selective, 2 full"),
     "interleave": ("1", "virtual pipeline stages per device"),
+    "sequence_parallel": ("1", "1 when the layout uses sequence parallelism alongside tensor parallelism"),
+    "shard_optimizer": ("1", "1 when the layout shards optimizer states over data parallel (ZeRO-1)"),
 }
 
 

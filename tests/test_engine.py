@@ -322,6 +322,25 @@ def test_a_default_full_grid_too_large_for_the_disk_is_a_spec_error_before_anyth
     assert run(spec(study__keep_full_grid=True), tmp_path / "asked").dataset is not None  # the user's choice
 
 
+def test_a_best_layout_grid_records_the_whole_layout_estimate_picks_for_each_point():
+    from sweep.evaluate import evaluate
+
+    s = {"model": {"layers": 24, "heads": 16, "vocab": 32000, "seq_len": 2048, "ffn": "swiglu"},
+         "training": {"tokens": 1e11, "global_batch": 512}, "cluster": {"hardware": "h100-sxm5-80gb"},
+         "site": {"region": "us"}, "grid": {"d_model": [1024, 2048], "devices": [16, 64]},
+         "study": {"layout": "best"}}
+    ds = run(s, write=False).dataset
+    for d_model in (1024, 2048):
+        for devices in (16, 64):
+            point = {**s["model"], **s["training"], **s["cluster"], **s["site"], "d_model": d_model, "devices": devices}
+            want = evaluate(point)
+            got = ds.sel(d_model=d_model, devices=devices)
+            for key in ("tp", "pp", "ep", "microbatch", "interleave", "sequence_parallel", "shard_optimizer"):
+                assert float(got[key]) == float(want[key]), (d_model, devices, key)
+            assert float(got["recompute"]) == {"none": 0, "selective": 1, "full": 2}[want["recompute"]]
+            assert float(got["total_tco2e"]) == pytest.approx(want["total_tco2e"], rel=1e-9)
+
+
 def test_reductions_only_keep_no_grid(tmp_path):
     res = run(spec(study__keep_full_grid=False), tmp_path / "r", chunk_size=9)
     assert res.dataset is None
