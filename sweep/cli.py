@@ -100,7 +100,11 @@ def print_estimate(out: dict, title: str) -> None:
         from kernels.reasons import REASONS
 
         why = REASONS.get(out["reason"], out["reason"])
-        if out.get("tp") is None and out.get("mfu") is None:  # the optimiser found no layout at all
+        if why == "missing_data":  # the run could happen: a figure it needs is not published
+            print(f"\n  UNKNOWN: missing_data: not published for {out['hardware']} or its site: "
+                  f"{'; '.join(out.get('missing_figures') or ['a figure'])}. Give them in your own files "
+                  "(--db FOLDER; hardware_db/SCHEMA.md). Below, what does not depend on them")
+        elif out.get("tp") is None and out.get("mfu") is None:  # the optimiser found no layout at all
             print(f"\n  INFEASIBLE: {why}: no parallelism layout of this model runs on these devices "
                   "(carbon-sweep layout lists why); below, what the design alone fixes")
         else:

@@ -14,6 +14,20 @@ from kernels.footprint import OUTPUTS, footprint
 from .inputs import as_arrays, point_inputs
 from .spec import LAYOUT_DEFAULTS, resolve
 
+# published figures the total needs (hardware_db rows): a missing one makes total_tco2e unknown (missing_data);
+# material mass, water and SSD figures feed other outputs only; the link bandwidths only the layout model
+TOTAL_FIGURES = ("peak_flops", "tdp_w", "idle_w", "host_power_w", "device_embodied_kgco2e", "host_embodied_kgco2e",
+                 "carbon_intensity_kg_per_kwh", "pue")
+LAYOUT_FIGURES = ("hbm_bytes", "hbm_bw_bytes_s", "intra_bw_bytes_s", "inter_bw_bytes_s")
+# where a user supplies each (hardware_db/SCHEMA.md; a --db folder's rows replace the packaged ones)
+FIGURE_SOURCE = {
+    "peak_flops": "accelerators.csv peak_<precision>_tflops", "tdp_w": "accelerators.csv tdp_w",
+    "idle_w": "accelerators.csv idle_w", "host_power_w": "hosts.csv (the host's power figures)",
+    "device_embodied_kgco2e": "accelerators.csv die_area_mm2 and process_node (pcf_kgco2e with vendor_pcf)",
+    "host_embodied_kgco2e": "hosts.csv (the host's parts)", "carbon_intensity_kg_per_kwh": "regions.csv or [site]",
+    "pue": "regions.csv or [site]", "hbm_bytes": "accelerators.csv hbm_gb", "hbm_bw_bytes_s": "accelerators.csv hbm_bw_gbs",
+    "intra_bw_bytes_s": "accelerators.csv intra_node_bw_gbs", "inter_bw_bytes_s": "accelerators.csv inter_node_bw_gbs",
+}
 LAYOUT_OUT = ("tp", "pp", "dp", "ep", "microbatch", "recompute", "interleave", "sequence_parallel", "shard_optimizer")
 
 
@@ -58,12 +72,9 @@ def evaluate(values: dict, db=None, *, file="<spec>", objective="co2e") -> dict:
         if result["layouts"]:
             out, layout = result["best_outputs"], result["layouts"][0]
         else:  # no layout fits: report the design with its most informative reason
-            from kernels.reasons import CODE
-
             out = {k: None for k in OUTPUTS}
             out.update(design_only(x))  # what the design alone fixes holds whatever the layout
-            out["reason"] = CODE["out_of_memory"] if "out_of_memory" in result["infeasible"] else (
-                CODE[max(result["infeasible"], key=result["infeasible"].get)] if result["infeasible"] else 0)
+            out["reason"] = no_layout_reason(result["infeasible"])
     for k in LAYOUT_OUT:
         if k == "dp":
             out["dp"] = int(out["dp"]) if out.get("dp") is not None else None
@@ -83,7 +94,20 @@ def evaluate(values: dict, db=None, *, file="<spec>", objective="co2e") -> dict:
     out["lifespan_years"] = v["lifespan_years"]
     out["carbon_intensity_kg_per_kwh"] = x["carbon_intensity_kg_per_kwh"]
     out["pue"] = x["pue"]
+    needed = TOTAL_FIGURES + (LAYOUT_FIGURES if v.get("mfu") is None else ())
+    out["missing_figures"] = [FIGURE_SOURCE[k] for k in needed if not math.isfinite(float(x[k]))]
     return out
+
+
+def no_layout_reason(infeasible: dict) -> int:
+    """The reason of a run no layout of which works, by the sweep engine's rule (``_layout_stage``):
+    missing_data when a structurally valid layout lacks a published figure (the key fact: with it
+    the layout might run), else the highest code met (the deepest rule broken)."""
+    from kernels.reasons import CODE
+
+    if "missing_data" in infeasible:
+        return CODE["missing_data"]
+    return max((CODE[r] for r in infeasible), default=0)
 
 
 def design_only(x: dict) -> dict:

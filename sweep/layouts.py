@@ -124,7 +124,12 @@ def layout_command(args, db):
     for reason, k in sorted(res["infeasible"].items(), key=lambda t: -t[1]):
         print(f"    {reason}: {k:,}")
     if not res["layouts"]:
-        print("  no feasible layout: more devices, more memory per device, or full recompute may help")
+        if "missing_data" in res["infeasible"]:
+            print(f"  no feasible layout: {res['infeasible']['missing_data']:,} would be valid but a figure the layout "
+                  f"model needs is not published for {v['hardware']} (estimate names it); give it in your own "
+                  "hardware_db files (--db FOLDER; hardware_db/SCHEMA.md)")
+        else:
+            print("  no feasible layout: more devices, more memory per device, or full recompute may help")
         return
     head = (f"  {'#':>3} {'tp':>3} {'pp':>3} {'dp':>5} {'ep':>3} {'mb':>3} {'recompute':>9} {'il':>3} "
             f"{'sp':>3} {'zero1':>5} {'MFU':>6} {'step s':>8} {'days':>7} {'mem GB':>7} {'t CO2e':>9}")

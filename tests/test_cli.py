@@ -140,6 +140,39 @@ def test_a_model_no_layout_fits_says_so_first_and_keeps_what_the_design_fixes(tm
     assert "Materials" not in out and "Life cycle" not in out  # nothing known there: no empty headings
 
 
+def test_a_missing_figure_is_named_and_supplying_it_makes_the_run_known(tmp_path, capsys):
+    import csv
+    import tomllib
+
+    from sweep.engine import run
+
+    # TPU v4's ICI bandwidth is not published: every layout that fits lacks a figure (missing_data,
+    # as the sweep says too), not out_of_memory as estimate used to say
+    text = GOOD.replace("mfu = 0.45\n", "").replace("a100-sxm4-80gb", "tpu-v4").replace("devices = 512", "devices = 256")
+    path = write(tmp_path, text)
+    _, doc, _ = cli(capsys, "estimate", path, "--json")
+    doc = json.loads(doc)
+    assert doc["reason"] == 14 and doc["missing_figures"] == ["accelerators.csv intra_node_bw_gbs",
+                                                              "accelerators.csv inter_node_bw_gbs"]
+    swept = tomllib.loads(text)
+    swept["grid"] = {"devices": [swept["cluster"].pop("devices")]}
+    assert run(swept, write=False).dataset["reason"].values.ravel().tolist() == [14]
+    _, out, _ = cli(capsys, "estimate", path)
+    assert "UNKNOWN: missing_data" in out and "intra_node_bw_gbs" in out
+    # the user supplies them (test figures, not TPU v4's) in their own row: the run becomes known
+    with open(ROOT / "hardware_db" / "accelerators.csv", newline="") as fh:
+        row = next(r for r in csv.DictReader(fh) if r["id"] == "tpu-v4")
+    row.update(intra_node_bw_gbs="50", inter_node_bw_gbs="50", source="test figures")
+    db = user_db(tmp_path)
+    with open(db / "accelerators.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(row))
+        w.writeheader()
+        w.writerow(row)
+    _, doc, err = cli(capsys, "--db", db, "estimate", path, "--json")
+    doc = json.loads(doc)
+    assert doc["reason"] == 0 and doc["total_tco2e"] > 0 and doc["missing_figures"] == [], err
+
+
 def test_explicit_site_values_win_over_the_region(tmp_path, capsys):
     text = GOOD.replace('region = "fr"', 'region = "fr"\ncarbon_intensity = 0.5\npue = 1.3')
     code, out, _ = cli(capsys, "estimate", write(tmp_path, text), "--json")
