@@ -748,8 +748,13 @@ def optimize_command(args, db):
         print("  no feasible trial yet")
     else:
         b = result.best
-        vals = ", ".join(f"{n} = {_fmt(v)} {units[n][0]}" for n, v in b["values"].items())
-        print(f"  best (trial {b['trial']}): {vals}")
+
+        def unit(n):
+            u = units.get(n, ("1",))[0]
+            return "" if u == "1" else f" {u}"  # (no unit for a pure number)
+        vals = ", ".join(f"{n} = {_fmt(v)}{unit(n)}" for n, v in b["values"].items())
+        first = f" by {next(iter(b['values']))}" if len(b["values"]) > 1 else ""  # several: best in the first
+        print(f"  best{first} (trial {b['trial']}): {vals}")
         print("    " + ", ".join(f"{k} = {_fmt(v)}" for k, v in b["params"].items()))
     if result.front is not None:
         print(f"  Pareto front: {len(result.front)} designs")

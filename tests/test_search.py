@@ -349,3 +349,14 @@ def test_warnings_are_not_leaked():
         warnings.simplefilter("always")
         optimize(doc(search={"trials": 8, "constraints": ["loss <= 3"]}), write=False, db=DB)
     assert not [x for x in w if "optuna" in str(x.filename)]
+
+
+def test_the_summary_line_gives_units_only_where_there_are_some(tmp_path, capsys):
+    path = tmp_path / "two.toml"
+    path.write_text(toml_text(doc(grid={**BASE["grid"], "mfu": [0.3, 0.5]}, search={
+        "objectives": ["total_tco2e", "max:mfu"], "trials": 8, "sampler": "random", "batch": 8},
+        cluster={"devices": 256, "hardware": "h100-sxm5-80gb"})))
+    assert main(["optimize", str(path), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if "best" in ln)
+    assert line.strip().startswith("best by total_tco2e (trial")
+    assert "t CO2e" in line and not line.rstrip().endswith(" 1")  # mfu is a pure number: no unit "1"
