@@ -252,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Every valid layout (tp, pp, dp, ep, micro-batch, recompute, interleave) "
                                      "for the spec's model and cluster, best first by the objective.")
     lay.add_argument("spec", help="TOML spec file")
-    lay.add_argument("--objective", choices=tuple(OBJECTIVE_OUTPUT), default="co2e")
+    lay.add_argument("--objective", choices=tuple(OBJECTIVE_OUTPUT), default="co2e",
+                     help="rank by total tCO2e, training days or facility energy (default co2e)")
     lay.add_argument("--top", type=int, default=10, help="how many layouts to show (default 10)")
     lay.add_argument("--json", action="store_true", help="print one JSON object")
     lay.set_defaults(func=cmd_layout)
@@ -272,28 +273,31 @@ def build_parser() -> argparse.ArgumentParser:
     o = sub.add_parser("optimize", help="optuna search over a study's grid",
                        description="Search a study's [grid] with optuna for the best designs under [search].")
     o.add_argument("study", help="study TOML file")
-    o.add_argument("--out", metavar="DIR")
+    o.add_argument("--out", metavar="DIR", help="output folder (default results/<study name>-search)")
     o.add_argument("--storage", metavar="URL", help="optuna storage URL (default: SQLite in the output folder)")
-    o.add_argument("--trials", type=int, help="override [search] trials")
-    o.add_argument("--json", action="store_true")
-    o.add_argument("--quiet", action="store_true")
+    o.add_argument("--trials", type=int, help="override [search] trials (a total: a search run again continues)")
+    o.add_argument("--json", action="store_true", help="print one JSON object (best, n_trials, n_feasible, "
+                   "elapsed_s, front)")
+    o.add_argument("--quiet", action="store_true", help="no progress bar")
     o.set_defaults(func=cmd_optimize)
 
-    pl = sub.add_parser("plot", help="figures and report for a result folder")
-    pl.add_argument("result_dir")
+    pl = sub.add_parser("plot", help="figures and report for a result folder",
+                        description="Draw again the figures (figures/) and the report (report.md, report.html) "
+                                    "of a finished `carbon-sweep run` result folder.")
+    pl.add_argument("result_dir", help="the folder `run` wrote (it holds study.json)")
     pl.add_argument("--svg", action="store_true", help="also write SVG")
     pl.set_defaults(func=cmd_plot)
 
     hw = sub.add_parser("hardware", help="the accelerator database")
     hws = hw.add_subparsers(dest="action", metavar="ACTION", required=True)
     hl = hws.add_parser("list", help="accelerator ids and key figures")
-    hl.add_argument("--json", action="store_true")
+    hl.add_argument("--json", action="store_true", help="print a JSON list of rows")
     hl.set_defaults(func=cmd_hardware_list)
 
     rg = sub.add_parser("regions", help="the region database")
     rgs = rg.add_subparsers(dest="action", metavar="ACTION", required=True)
     rl = rgs.add_parser("list", help="region ids with carbon intensity, PUE, WUE")
-    rl.add_argument("--json", action="store_true")
+    rl.add_argument("--json", action="store_true", help="print a JSON list of rows")
     rl.set_defaults(func=cmd_regions_list)
     return p
 

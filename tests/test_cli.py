@@ -390,6 +390,27 @@ def test_help_teaches(capsys):
         assert word in out
 
 
+def test_every_command_and_option_has_help():
+    import argparse
+
+    from sweep.cli import build_parser
+
+    def commands(parser, path=()):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                helps = {a.dest: a.help for a in action._choices_actions}
+                for name, sub in action.choices.items():
+                    assert helps.get(name), path + (name,)
+                    yield path + (name,), sub
+                    yield from commands(sub, path + (name,))
+
+    for path, sub in commands(build_parser()):
+        for action in sub._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            assert action.help, (" ".join(path), action.dest)
+
+
 def test_material_classes_scale_with_gpus_consumed(tmp_path, capsys):
     text = GOOD.replace('hardware = "a100-sxm4-80gb"', 'hardware = "a100-sxm4-40gb"')
     code, out, _ = cli(capsys, "estimate", write(tmp_path, text), "--json")
