@@ -824,7 +824,8 @@ def _layout_stage(x, cal, design, lay):
     among layouts of equal objective the fastest is taken. So the search needs neither the site,
     the lifespan nor the token budget, and a chunk runs it once for all their values.
 
-    Returns the picked layout's step outputs (as ``layout_step``), its LAYOUT_VARS and a reason:
+    Returns the picked layout's step outputs (as ``layout_step``), its LAYOUT_VARS (NaN when no
+    layout works) and a reason:
     0, or when no layout works, missing_data if a structurally valid one lacks a figure (the key
     fact), else the highest code met (the deepest rule broken).
     """
@@ -841,9 +842,10 @@ def _layout_stage(x, cal, design, lay):
     out = {k: pick(v) for k, v in step.items()}
     any_missing = (reason == CODE["missing_data"]).any(axis=-1)
     worst = jnp.where(any_missing, CODE["missing_data"], jnp.max(reason, axis=-1))
-    out["reason"] = jnp.where(ok.any(axis=-1), 0, worst).astype(jnp.int32)
-    for k in LAYOUT_VARS:
-        out[k] = pick(lay[k][None, :])
+    found = ok.any(axis=-1)
+    out["reason"] = jnp.where(found, 0, worst).astype(jnp.int32)
+    for k in LAYOUT_VARS:  # no layout where none works (argmin's index 0 would read as a choice)
+        out[k] = jnp.where(found, pick(lay[k][None, :]), jnp.nan)
     return out
 
 

@@ -780,8 +780,6 @@ def _shorten(text, n):
 def heatmap_figure(ds, x_dim, y_dim, var, reduce="min", *, by="total_tco2e", title=None, cmap=None, fmt=None,
                    log=None):
     """Annotated cells of ``var`` over two (typically categorical) dims; other dims reduced."""
-    from kernels.reasons import REASONS
-
     da, desc = reduce_to(ds, var, [y_dim, x_dim], reduce, by)
     z = np.ma.masked_invalid(da.values.astype(float))
     if z.count() == 0:
@@ -801,22 +799,12 @@ def heatmap_figure(ds, x_dim, y_dim, var, reduce="min", *, by="total_tco2e", tit
         zmax = zmin + (abs(zmin) * 1e-6 or 1.0)
     norm = mcolors.LogNorm(zmin, zmax) if log and zmin > 0 else mcolors.Normalize(zmin, zmax)
     im = ax.imshow(z, cmap=cmap, norm=norm, aspect="auto", interpolation="nearest")
-    why = None
-    if np.ma.getmaskarray(z).any() and "reason" in ds.variables:
-        try:
-            r = ds["reason"]
-            others = [d for d in r.dims if d not in (x_dim, y_dim)]
-            rr = r.where(r > 0)
-            why = (rr.min(others) if others else rr).transpose(y_dim, x_dim).values
-        except Exception:  # noqa: BLE001  (a label only)
-            why = None
+    why = _masked_reasons(ds, x_dim, y_dim) if np.ma.getmaskarray(z).any() else None
     for i in range(ny):
         for j in range(nx):
             if np.ma.is_masked(z[i, j]):
-                txt = "infeasible"
-                if why is not None and np.isfinite(why[i, j]):
-                    txt = REASONS.get(int(why[i, j]), "infeasible").replace("_", " ")
-                ax.text(j, i, "\n".join(_wrap(txt, 12)), ha="center", va="center", fontsize=8, color="#666666")
+                ax.text(j, i, "\n".join(_wrap(_why_text(why, i, j), 12)), ha="center", va="center", fontsize=8,
+                        color="#666666")
                 continue
             val = float(z[i, j])
             rgba = cmap(norm(val))
@@ -925,6 +913,44 @@ def breakdown_figure(df_or_ds, by=None, *, title=None, best_by="total_tco2e", ma
 # layout maps
 
 
+def _masked_reasons(ds, x_dim, y_dim):
+    """For cells with nothing to show: the least reason code over the cell's points (y × x), or None."""
+    if "reason" not in ds.variables:
+        return None
+    try:
+        r = ds["reason"]
+        others = [d for d in r.dims if d not in (x_dim, y_dim)]
+        rr = r.where(r > 0)
+        return (rr.min(others) if others else rr).transpose(y_dim, x_dim).values
+    except Exception:  # noqa: BLE001  (a label only)
+        return None
+
+
+def _layout_where_total_unknown(ds, x_dim, y_dim):
+    """{tp, pp: y × x}: the fastest layout of each cell's missing_data points (a figure the total needs
+    is unpublished, the layout is known), NaN elsewhere; None without step times."""
+    from kernels.reasons import CODE
+
+    if not all(v in ds.variables for v in ("step_time_s", "reason", "tp", "pp")):
+        return None
+    sub = ds[["step_time_s", "tp", "pp"]].where((ds["reason"] == CODE["missing_data"]) & np.isfinite(ds["step_time_s"]))
+    others = [d for d in sub.dims if d not in (x_dim, y_dim)]
+    if others:
+        st = sub.stack(_other=others)
+        idx = st["step_time_s"].fillna(np.inf).argmin("_other")
+        sub = st.isel(_other=idx)
+    return {c: sub[c].where(np.isfinite(sub["step_time_s"])).transpose(y_dim, x_dim).values for c in ("tp", "pp")}
+
+
+def _why_text(why, i, j) -> str:
+    """The label of an empty cell: its reason ('missing data' where a figure is unpublished)."""
+    from kernels.reasons import REASONS
+
+    if why is not None and np.isfinite(why[i, j]):
+        return REASONS.get(int(why[i, j]), "infeasible").replace("_", " ")
+    return "infeasible"
+
+
 @_styled
 def layout_map(ds, x_dim, y_dim=None, *, by="total_tco2e", title=None):
     """The parallelism layout of the best design per point (when the study optimised layouts).
@@ -989,10 +1015,19 @@ def layout_map(ds, x_dim, y_dim=None, *, by="total_tco2e", title=None):
     vmax = max(1.0, float(mp.max()) if mp.count() else 1.0)
     origin = "upper" if _is_categorical(lay[y_dim].values) else "lower"
     im = ax.imshow(mp, cmap=cmap, vmin=0, vmax=vmax + 0.5, aspect="auto", interpolation="nearest", origin=origin)
+    why = known = None
+    if np.ma.getmaskarray(mp).any():
+        why = _masked_reasons(ds, x_dim, y_dim)
+        known = _layout_where_total_unknown(ds, x_dim, y_dim)
     for i in range(ny):
         for j in range(nx):
             if np.ma.is_masked(mp[i, j]):
-                ax.text(j, i, "infeasible", ha="center", va="center", fontsize=8, color="#666666")
+                if known and why is not None and _why_text(why, i, j) == "missing data" and \
+                        np.isfinite(known["tp"][i, j]):
+                    txt = f"tp {fmt_num(known['tp'][i, j])}\npp {fmt_num(known['pp'][i, j])}\nCO₂e unknown"
+                else:
+                    txt = "\n".join(_wrap(_why_text(why, i, j), 12))
+                ax.text(j, i, txt, ha="center", va="center", fontsize=8, color="#666666")
                 continue
             txt = f"tp {fmt_num(tp[i, j])}\npp {fmt_num(pp[i, j])}"
             if np.isfinite(ep[i, j]) and ep[i, j] > 1:

@@ -242,3 +242,19 @@ def test_cli_plot_of_an_optimize_folder_says_where_its_figures_are(tmp_path, cap
     (tmp_path / "search" / "search.json").write_text("{}")
     assert main(["plot", str(tmp_path / "search")]) == 2
     assert "is an optimize result: carbon-sweep optimize draws its figures" in capsys.readouterr().err
+
+
+def test_layout_map_shows_known_layouts_whose_total_is_unknown_and_names_what_is_missing():
+    # mi300x: the layout model runs, the embodied figure is unpublished (total unknown); tpu-v4: its
+    # ICI bandwidth is unpublished, so no layout can be evaluated at all
+    study = {"model": {**MODEL, "layers": 8, "d_model": 512}, "training": {"tokens": 2e10, "global_batch": 64},
+             "cluster": {"devices": 16},
+             "grid": {"hardware": ["h100-sxm5-80gb", "mi300x", "tpu-v4"], "region": ["us", "fr"]},
+             "study": {"name": "missing", "layout": "best"}}
+    ds = run(study, write=False).dataset
+    assert np.isnan(ds["tp"].sel(hardware="tpu-v4").values).all()  # no layout works: none recorded
+    assert np.isfinite(ds["tp"].sel(hardware="mi300x").values).all()
+    fig = plots.layout_map(ds, "hardware", "region")
+    texts = {(round(t.get_position()[0]), round(t.get_position()[1])): t.get_text() for t in fig.axes[0].texts}
+    assert "MFU" in texts[(0, 0)] and "CO₂e unknown" in texts[(1, 0)] and texts[(2, 0)] == "missing data"
+    assert all("infeasible" not in t for t in texts.values())
