@@ -448,6 +448,14 @@ def test_in_fitted_range_flags_designs_outside_the_papers_ranges():
     assert got.tolist() == [True, False, False, False]
 
 
+@pytest.mark.parametrize("law", ["chinchilla", "besiroglu", "kaplan"])
+def test_a_dense_law_is_outside_its_fitted_range_for_an_moe_design(law):
+    # the three papers fitted dense transformers only; a size and token budget inside their ranges
+    kw = dict(params=1e9, active_params=1e9, non_embedding_params=1e9, tokens=1e10)
+    assert bool(scaling.in_fitted_range(LAWS[law], experts=1, **kw))
+    assert not bool(scaling.in_fitted_range(LAWS[law], experts=8, **kw))
+
+
 def test_in_fitted_range_uses_active_params_and_experts_for_the_moe_law():
     joint = LAWS["joint_moe"]
     inside = scaling.in_fitted_range(joint, params=3e9, active_params=1e9, tokens=2e10, experts=8,
