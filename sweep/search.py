@@ -697,7 +697,7 @@ def _figure(result: SearchResult, opts: SearchOptions, out_dir: Path) -> str | N
         return None
     fig_dir.mkdir(exist_ok=True)
     units = output_units()
-    labels = [f"{o} [{units[n][0]}]" for o, n in zip(opts.objectives, opts.names)]
+    labels = [objective_label(o, units) for o in opts.objectives]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -724,6 +724,15 @@ def _figure(result: SearchResult, opts: SearchOptions, out_dir: Path) -> str | N
 
 # ---------------------------------------------------------------------------------------------
 # the command
+
+
+def objective_label(objective: str, units: dict) -> str:
+    """An axis label for an objective: 'total_tco2e [t CO2e]', 'mfu (maximised)' (no unit '1')."""
+    from . import reduce as red
+
+    name, sign = red.parse_objective(objective)
+    unit = units.get(name, ("1",))[0]
+    return name + ("" if unit == "1" else f" [{unit}]") + (" (maximised)" if sign < 0 else "")
 
 
 def _fmt(v) -> str:

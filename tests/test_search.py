@@ -360,3 +360,13 @@ def test_the_summary_line_gives_units_only_where_there_are_some(tmp_path, capsys
     line = next(ln for ln in capsys.readouterr().out.splitlines() if "best" in ln)
     assert line.strip().startswith("best by total_tco2e (trial")
     assert "t CO2e" in line and not line.rstrip().endswith(" 1")  # mfu is a pure number: no unit "1"
+
+
+def test_objective_labels_carry_units_and_say_what_is_maximised():
+    from sweep.search import objective_label
+    from sweep.study import output_units
+
+    units = output_units()
+    assert objective_label("total_tco2e", units) == "total_tco2e [t CO2e]"
+    assert objective_label("max:mfu", units) == "mfu (maximised)"  # a pure number: no '[1]'
+    assert objective_label("min:train_days", units) == "train_days [d]"
