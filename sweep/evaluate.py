@@ -110,12 +110,17 @@ def no_layout_reason(infeasible: dict) -> int:
     return max((CODE[r] for r in infeasible), default=0)
 
 
+@functools.cache
+def jitted_design_terms():
+    from kernels.footprint import design_terms
+
+    return jax.jit(design_terms)
+
+
 def design_only(x: dict) -> dict:
     """Parameters and training FLOPs (``kernels.footprint.design_terms``): the design's, known even
     when no layout of it can run."""
-    from kernels.footprint import design_terms
-
-    d = to_python(jax.jit(design_terms)(as_arrays(x)))
+    d = to_python(jitted_design_terms()(as_arrays(x)))
     return {k: d[k] for k in ("params", "active_params", "train_flops")}
 
 

@@ -415,9 +415,6 @@ def _build(out_dir, res, figures, db) -> Doc:
         from .plots import _front_objectives, no_tradeoff
         from .reduce import parse_objective
 
-        def red_name(o):
-            return parse_objective(o)[0]
-
         objs = _front_objectives(res)
         d.table(["front", "objectives", "designs", "file"],
                 [[k, ", ".join(objs.get(k, [])), len(v), f"{k}.csv"] for k, v in res.pareto.items()],
@@ -425,7 +422,7 @@ def _build(out_dir, res, figures, db) -> Doc:
         for k, v in res.pareto.items():
             if no_tradeoff(v, objs.get(k, [])):
                 best = ", ".join(f"{o} = {_fmt(v[o].iloc[0], units.get(o, ('1',))[0])}"
-                                 for o in dict.fromkeys(red_name(o) for o in objs[k]))
+                                 for o in dict.fromkeys(parse_objective(o)[0] for o in objs[k]))
                 d.p(f"No trade-off on {k}: {'the one design' if len(v) == 1 else f'all {len(v)} designs'} "
                     f"on it {'is' if len(v) == 1 else 'are'} best in every objective at once ({best}), so it "
                     "has no figure.")

@@ -726,13 +726,18 @@ def _figure(result: SearchResult, opts: SearchOptions, out_dir: Path) -> str | N
 # the command
 
 
+def _unit(name: str, units: dict, fmt: str = " {}") -> str:
+    """An output's unit written with ``fmt``, or nothing for a pure number (unit '1')."""
+    unit = units.get(name, ("1",))[0]
+    return "" if unit == "1" else fmt.format(unit)
+
+
 def objective_label(objective: str, units: dict) -> str:
-    """An axis label for an objective: 'total_tco2e [t CO2e]', 'mfu (maximised)' (no unit '1')."""
+    """An axis label for an objective: 'total_tco2e [t CO2e]', 'mfu (maximised)'."""
     from . import reduce as red
 
     name, sign = red.parse_objective(objective)
-    unit = units.get(name, ("1",))[0]
-    return name + ("" if unit == "1" else f" [{unit}]") + (" (maximised)" if sign < 0 else "")
+    return name + _unit(name, units, " [{}]") + (" (maximised)" if sign < 0 else "")
 
 
 def _fmt(v) -> str:
@@ -757,11 +762,7 @@ def optimize_command(args, db):
         print("  no feasible trial yet")
     else:
         b = result.best
-
-        def unit(n):
-            u = units.get(n, ("1",))[0]
-            return "" if u == "1" else f" {u}"  # (no unit for a pure number)
-        vals = ", ".join(f"{n} = {_fmt(v)}{unit(n)}" for n, v in b["values"].items())
+        vals = ", ".join(f"{n} = {_fmt(v)}{_unit(n, units)}" for n, v in b["values"].items())
         first = f" by {next(iter(b['values']))}" if len(b["values"]) > 1 else ""  # several: best in the first
         print(f"  best{first} (trial {b['trial']}): {vals}")
         print("    " + ", ".join(f"{k} = {_fmt(v)}" for k, v in b["params"].items()))

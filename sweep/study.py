@@ -10,6 +10,7 @@ Keys are any numeric or true/false key of the estimate spec, plus the categorica
 
 from __future__ import annotations
 
+import decimal
 import hashlib
 import json
 import math
@@ -99,7 +100,7 @@ def _range_values(file, key, table) -> np.ndarray:
         n = int(math.floor((stop - start) / step + 1e-9)) + 1
         if n > 10_000_000:
             raise err(f"range has {n} values; at most 10,000,000 per dimension")
-        return _decimal(start + step * np.arange(n))
+        return _progression(start, step, n)
     num = table.get("num")
     if isinstance(num, bool) or not isinstance(num, int) or num < 1:
         raise err(f"range num must be a whole number ≥ 1, not {num!r}")
@@ -109,17 +110,27 @@ def _range_values(file, key, table) -> np.ndarray:
     if scale == "log":
         if start <= 0:
             raise err(f"a log range needs start > 0, not {start}")
-        return _decimal(np.geomspace(start, stop, num))
-    return _decimal(np.linspace(start, stop, num))
+        return np.geomspace(start, stop, num)
+    if num > 1:
+        step = (decimal.Decimal(repr(stop)) - decimal.Decimal(repr(start))) / (num - 1)
+        if step * (num - 1) == decimal.Decimal(repr(stop)) - decimal.Decimal(repr(start)):  # a decimal step
+            return _progression(start, step, num)
+    return np.linspace(start, stop, num)
 
 
-def _decimal(values: np.ndarray) -> np.ndarray:
-    """A range's values without the float noise of start + k·step: {start = 0.2, stop = 0.6, step = 0.05}
-    gives 0.3, not 0.30000000000000004, so coordinates are the numbers a user writes and selects by
-    (12 significant digits; integer ranges are exact already)."""
-    if values.dtype.kind != "f":
-        return values
-    return np.array([float(f"{v:.12g}") for v in values])
+def _progression(start, step, n: int) -> np.ndarray:
+    """start, start + step, ... (n values) as the decimals a user writes: {start = 0.2, step = 0.05}
+    gives 0.3, not 0.30000000000000004, so coordinates are the numbers one selects by. Computed in
+    integers scaled by a power of ten and divided once (correctly rounded: each value is the double
+    nearest its decimal); integer ranges stay integers; float arithmetic where that cannot be exact."""
+    d_start, d_step = decimal.Decimal(repr(start)), decimal.Decimal(str(step))
+    if isinstance(start, int) and isinstance(step, int):
+        return start + step * np.arange(n)
+    p = max(0, -d_start.as_tuple().exponent, -d_step.as_tuple().exponent)
+    a, b = int(d_start.scaleb(p)), int(d_step.scaleb(p))
+    if p > 22 or abs(a) + abs(b) * (n - 1) >= 2 ** 53:  # (10^p or the numerators not exact in float64)
+        return float(start) + float(step) * np.arange(n)
+    return (a + b * np.arange(n, dtype=np.int64)) / 10.0 ** p
 
 
 def precision_of(doc) -> str:
