@@ -56,11 +56,15 @@ from bench.models import footprint_numpy, footprint_python
 OPTIMIZER_BYTES_PER_PARAM = 58.0
 LAYOUT_INPUTS = ("devices", "tp", "pp", "ep", "microbatch", "recompute", "interleave", "shard_optimizer",
                  "sequence_parallel")
+# optional layout inputs (kernels.layout.layout_fields gives their defaults)
+OPTIONAL_LAYOUT_INPUTS = ("cp", "etp", "zero_stage", "overlap", "ep_overlap", "moe_imbalance")
 STEP_OUTPUTS = ("step_time_s", "compute_s", "comm_exposed_s", "bubble_s", "tokens_per_s", "mfu", "hfu",
                 "memory_bytes", "dp", "micro_batches", "reason")
 # reason codes (kernels.reasons), spelled out here so the reference does not import the kernels
 TOP_K_EXCEEDS_EXPERTS, TP_HEADS, TP_KV, PP_LAYERS, DEVICES_TP_PP = 1, 2, 3, 4, 5
 EP_EXPERTS, EP_DP, MICROBATCH_BATCH, INTERLEAVE, OUT_OF_MEMORY, BATCH_DP, MISSING_DATA = 6, 7, 8, 9, 10, 11, 14
+CP_SEQ = 15
+CAUSAL = 0.5  # causal flash attention computes half of the s×s score blocks
 
 
 def moe_layer_count(p):
@@ -78,30 +82,62 @@ def _divides(d, n) -> bool:
     return d >= 1 and abs(n / d - round(n / d)) < 1e-6
 
 
+def _stage_layers_py(L, pp):
+    """(first, middle, last) layers per stage: q = ⌊L/pp⌋, rem = L − q·pp stages of q + 1 in the
+    middle, q at the ends (first q + 1 when only one stage is light); pp = 1 one stage of L."""
+    if pp <= 1:
+        return L, L, L
+    q = math.floor(L / pp + 1e-9)
+    rem = round(L - q * pp)
+    first = q + 1 if (rem > 0 and rem >= pp - 1) else q
+    middle = q + 1 if rem > 0 else q
+    return first, (middle if pp >= 3 else first), q
+
+
+def _pow2(x) -> bool:
+    return x >= 1 and abs(2.0 ** round(math.log2(x)) - x) < 1e-6
+
+
 def step_python(p: dict, lay: dict, cal: dict) -> dict:
     """The layout model for one design and layout (plain numbers) → dict of floats (reason an int)."""
     L, h, V, s = p["layers"], p["d_model"], p["vocab"], p["seq_len"]
     heads, hd, kv = p["heads"], p["head_dim"], p["kv_heads"]
-    d_attn, kv_dim = heads * hd, kv * hd
     fm, d_ff, f_e, n_sh = p["ffn_matrices"], p["d_ff"], p["expert_d_ff"], p["shared_experts"]
     E, k = max(p["experts"], 1.0), p["top_k"]
     n_moe = moe_layer_count(p)
-    B, bpv = p["global_batch"], p["bytes_per_value"]
+    B, bpv_run = p["global_batch"], p["bytes_per_value"]
     peak, bw = p["peak_flops"], p["hbm_bw_bytes_s"]
+    peak16 = p.get("peak_bf16_flops", peak)
     intra, inter, node = p["intra_bw_bytes_s"], p["inter_bw_bytes_s"], p["devices_per_node"]
     devices, tp, pp, ep = lay["devices"], lay["tp"], lay["pp"], lay["ep"]
+    cp, etp = lay.get("cp", 1.0), lay.get("etp", tp)
+    zero = lay.get("zero_stage", lay["shard_optimizer"])
+    overlap = lay.get("overlap", 0.0) > 0
     b, rc, v = lay["microbatch"], lay["recompute"], lay["interleave"]
     sp = tp > 1 and lay["sequence_parallel"] != 0
-    shard = lay["shard_optimizer"] > 0
     flash = lay.get("flash_attention", 0.0) > 0
     full = rc >= 2
     geff, heff, leff, lat = cal["gemm_eff_max"], cal["hbm_eff"], cal["link_eff"], cal["collective_latency_s"]
-    wave, imb, gb = cal["gemm_wave_elements"], cal["moe_imbalance"], cal["grad_bytes"]
+    wave, gb = cal["gemm_wave_elements"], cal["grad_bytes"]
+    imb = lay.get("moe_imbalance", math.nan)
+    imb = imb if math.isfinite(imb) else cal["moe_imbalance"]
+    ov = cal.get("overlap_eff", 1.0) if overlap else 0.0
+    fp8 = bpv_run < 1.5
+    bpv = max(bpv_run, 2.0)
+    peak_a = peak16 if fp8 else peak
+    lin_eff = cal.get("gemm_eff_fp8", geff) if fp8 else geff
+    cast = cal.get("fp8_cast_bytes", 0.0) if fp8 else 0.0
+    grouped = cal.get("grouped_gemm_eff", 1.0)
+    kv_dim = kv * hd * max(tp / kv, 1.0)
+    d_attn = heads * hd
 
-    def gemm(m_, n_, k_, count=1.0):
+    def gemm(m_, n_, k_, count=1.0, nbytes=bpv, pk=peak_a, eff=geff, cst=0.0):
         tail = 1.0 + 0.5 * wave / max(count * m_ * n_, 1.0)
-        return (2.0 * m_ * n_ * k_ * count * tail / (peak * geff)
-                + count * bpv * (m_ * k_ + k_ * n_ + m_ * n_) / (bw * heff))
+        return (2.0 * m_ * n_ * k_ * count * tail / (pk * eff)
+                + count * (nbytes * (m_ * k_ + k_ * n_ + m_ * n_) + cst * m_ * k_) / (bw * heff))
+
+    def lin(m_, n_, k_, count=1.0, eff=None):
+        return gemm(m_, n_, k_, count, bpv_run, peak, lin_eff if eff is None else eff, cast)
 
     def stream(elements, nbytes=bpv):
         return elements * nbytes / (bw * heff)
@@ -116,29 +152,36 @@ def step_python(p: dict, lay: dict, cal: dict) -> dict:
         n = max(group, 1.0)
         return 0.0 if n <= 1.0 else 2.0 * (n - 1.0) / n * nbytes / (link * leff) + lat * math.log2(n)
 
-    def ffn(tokens, width, count=1.0):
-        return gemm(tokens, (fm - 1.0) * width / tp, h, count) + gemm(tokens, h, width / tp, count)
+    def allgather(nbytes, group, link):
+        n = max(group, 1.0)
+        return 0.0 if n <= 1.0 else (n - 1.0) / n * nbytes / (link * leff) + lat * math.log2(n)
+
+    def ffn(tokens, width, split, count=1.0, eff=None):
+        return (lin(tokens, (fm - 1.0) * width / split, h, count, eff)
+                + lin(tokens, h, width / split, count, eff))
 
     # --- structure ---
-    dp = devices / (tp * pp)
+    dp = devices / (tp * cp * pp)
     dp_int = max(math.floor(dp), 1.0)
     m = max(B / (dp_int * b), 1.0)
-    dp_ok = _divides(tp * pp, devices)
+    dp_ok = _divides(tp * cp * pp, devices)
     dp1 = dp if dp_ok else 1.0
-    v_ok = v == 1 or (v > 1 and pp > 1 and _divides(pp * v, L) and _divides(pp, m))
+    pp_ok = pp <= L and (_divides(pp, L) or _pow2(pp))
+    v_ok = v == 1 or (v > 1 and pp > 1 and (_divides(pp * v, L) or (_pow2(pp) and pp * v <= L))
+                      and _divides(pp, m))
     if k > E:
         reason = TOP_K_EXCEEDS_EXPERTS
     elif not _divides(tp, heads):
         reason = TP_HEADS
-    elif not _divides(tp, kv):
+    elif not (_divides(tp, kv) or _divides(kv, tp)):
         reason = TP_KV
-    elif not _divides(pp, L):
+    elif not pp_ok:
         reason = PP_LAYERS
     elif not dp_ok:
         reason = DEVICES_TP_PP
     elif not _divides(ep, E):
         reason = EP_EXPERTS
-    elif not _divides(ep, dp1):
+    elif not _divides(ep * etp, tp * cp * dp1):
         reason = EP_DP
     elif B < dp1:
         reason = BATCH_DP
@@ -146,29 +189,33 @@ def step_python(p: dict, lay: dict, cal: dict) -> dict:
         reason = MICROBATCH_BATCH
     elif not v_ok or v < 1:
         reason = INTERLEAVE
+    elif not _divides(cp, s):
+        reason = CP_SEQ
     else:
         reason = 0
 
     # --- one layer, one micro-batch, forward ---
-    T = b * s
-    proj = gemm(T, (d_attn + 2.0 * kv_dim) / tp, h) + gemm(T, h, d_attn / tp)
+    T = b * s / cp
+    sq = s / cp
+    proj = lin(T, (d_attn + 2.0 * kv_dim) / tp, h) + lin(T, h, d_attn / tp)
     nb = b * heads / tp
     hd_ = d_attn / heads
     if flash:
-        core_g = 4.0 * nb * s * s * hd_ / (peak * geff) + stream(4.0 * nb * s * hd_)
-        core_g *= 1.0 + 0.5 * wave / (nb * s * hd_)
+        core_g = CAUSAL * 4.0 * nb * sq * s * hd_ / (peak_a * geff) + stream(4.0 * nb * sq * hd_)
+        core_g *= 1.0 + 0.5 * wave / (nb * sq * hd_)
         core_el = 0.0
     else:
-        core_g = gemm(s, s, hd_, nb) + gemm(s, hd_, s, nb)
+        core_g = gemm(sq, s, hd_, nb) + gemm(sq, hd_, s, nb)
         core_el = 4.5 * heads * s * T / tp
     rest_el = 11.0 * h * T / (tp if sp else 1.0) + fm * d_ff * T / tp
     core = core_g + stream(core_el)
-    dense_g = proj + core_g + ffn(T, d_ff)
+    dense_g = proj + core_g + ffn(T, d_ff, tp)
     dense_m = stream(rest_el + core_el)
     experts_dev = E / ep
-    moe_g = proj + core_g + ffn(T * k * imb / experts_dev, f_e, experts_dev)
+    rows = T * k * imb * etp * ep / (E * tp)
+    moe_g = proj + core_g + ffn(rows, f_e, etp, experts_dev, lin_eff * grouped)
     if n_sh > 0:
-        moe_g += ffn(T, n_sh * f_e)
+        moe_g += ffn(T, n_sh * f_e, tp)
     moe_g += gemm(T, E, h)
     moe_el = (rest_el - fm * d_ff * T / tp + core_el + fm * f_e * (T * k * imb + n_sh * T) / tp
               + 4.0 * k * imb * h * T / tp + 4.0 * E * T)
@@ -176,70 +223,121 @@ def step_python(p: dict, lay: dict, cal: dict) -> dict:
 
     # --- communication ---
     ar = allreduce(T * h * bpv, tp, ring_bw(tp, 1.0))
-    c_fwd = 2.0 * ar
+    c_dense, c_moe = 2.0 * ar, (2.0 if etp > 1 else 1.0) * ar
     n_ep = max(ep, 1.0)
     if n_ep > 1.0:
-        g_ep = min(max(node / max(tp, 1.0), 1.0), n_ep)
+        g_ep = min(max(node / max(etp, 1.0), 1.0), n_ep)
         a2a_bytes = T * k * imb * h * bpv / tp
         a2a = a2a_bytes * ((g_ep - 1.0) / n_ep / intra + (n_ep - g_ep) / n_ep / inter) / leff + lat * math.log2(n_ep)
     else:
         a2a = 0.0
+    if cp > 1:
+        link = intra if tp * cp <= node else inter
+        cp_t = (cp - 1.0) * 2.0 * T * kv_dim / tp * bpv / (link * leff) + (cp - 1.0) * lat
+    else:
+        cp_t = 0.0
+    cp_hidden = max(cp_t - core_g, 0.0) + max(2.0 * cp_t - 2.0 * core_g, 0.0)
 
-    def layer(g, mem):
+    def layer(g, mem, c, latency):
         redo = g + mem if full else (core if rc >= 1 else 0.0)
-        return 3.0 * (g + mem) + redo, c_fwd + max(c_fwd - g, 0.0) + (c_fwd if full else 0.0)
+        fwd = max(c - ov * g, 0.0)
+        return 3.0 * (g + mem) + redo + latency, fwd + max(c - g, 0.0) + (fwd if full else 0.0) + cp_hidden
 
-    comp_dense, comm_dense = layer(dense_g, dense_m)
-    comp_moe, comm_moe = layer(moe_g, moe_m)
-    per_stage, moe_per_stage = L / pp, n_moe / pp
+    lat_l = cal.get("layer_latency_s", 0.0)
+    comp_dense, comm_dense = layer(dense_g, dense_m, c_dense, lat_l)
+    comp_moe, comm_moe = layer(moe_g, moe_m, c_moe, lat_l + cal.get("moe_layer_latency_s", 0.0))
+    frac = n_moe / L if L != 0 else n_moe
+    comp_l = (1.0 - frac) * comp_dense + frac * comp_moe
+    tp_l = (1.0 - frac) * comm_dense + frac * comm_moe
+    a2a_layer = 2.0 * a2a * (3.0 if full else 2.0)
+    if lay.get("ep_overlap", 0.0) > 0:
+        a2a_layer = max(a2a_layer - cal.get("overlap_eff", 1.0) * comp_moe, 0.0)
+    a2a_l = frac * a2a_layer
     head = 3.0 * gemm(T, V / tp, h) + stream(6.0 * T * V / tp, 4.0)
-    compute_mb = (per_stage - moe_per_stage) * comp_dense + moe_per_stage * comp_moe + head
-    tp_mb = (per_stage - moe_per_stage) * comm_dense + moe_per_stage * comm_moe + 2.0 * ar
-    a2a_mb = moe_per_stage * 2.0 * a2a * (3.0 if full else 2.0)
+    first, middle, last = _stage_layers_py(L, pp)
+    unit = comp_l + tp_l + a2a_l
+    crit_last = last * unit + head >= middle * unit
+    n_c = last if crit_last else middle
+    compute_mb = n_c * comp_l + (head if crit_last else 0.0)
+    tp_mb = n_c * tp_l + 2.0 * ar
+    a2a_mb = n_c * a2a_l
     if pp > 1:
-        link = intra if tp * pp * dp_int <= node else inter
+        link = intra if tp * cp * pp * dp_int <= node else inter
         p2p_mb = 2.0 * v * (T * h * bpv / tp / (link * leff) + lat)
     else:
         p2p_mb = 0.0
-    t_mb = compute_mb + tp_mb + a2a_mb + p2p_mb
-    bubble = (pp - 1.0) / v * (t_mb - head * (1.0 - 1.0 / pp))
+    bubble = (pp - 1.0) / v * ((L * unit + head) / pp + 2.0 * ar + p2p_mb)
 
-    # --- memory of the first stage ---
+    # --- memory: the first stage, or the second when the first holds fewer layers ---
     emb_all = V * h * (2.0 - p["tied_embeddings"])
     expert_total = n_moe * E * fm * h * f_e
-    p_nonexp = (p["params"] - emb_all - h - expert_total) / (pp * tp) + (V * h if pp > 1 else emb_all) / tp
-    p_exp = expert_total / (pp * tp * ep)
-    p_dev = p_nonexp + p_exp
+    lnx = (p["params"] - emb_all - h - expert_total) / L / tp
+    lex = expert_total / L / (etp * ep)
     dp_m = max(dp, 1.0)
-    opt = (8.0 if bpv >= 4 else 12.0) * (p_nonexp / (dp_m if shard else 1.0)
-                                         + p_exp / (max(dp_m / ep, 1.0) if shard else 1.0))
-    states = p_dev * (bpv + gb) + opt
+    D_m = dp_m * cp
+    edp_m = max(tp * cp * dp_m / (etp * ep), 1.0)
+    w_b = bpv + (cal.get("fp8_weight_cache_bytes", 0.0) if fp8 else 0.0)
+    opt_b = 8.0 if bpv_run >= 4 else 12.0
+
+    def per_param(d_):
+        return ((w_b / d_ if zero >= 3 else w_b) + (gb / d_ if zero >= 2 else gb)
+                + (opt_b / d_ if zero >= 1 else opt_b))
+
     moe_frac = n_moe / L if L != 0 else n_moe
     ff_rows = (1.0 - moe_frac) * fm * d_ff + moe_frac * (fm * f_e * (k * imb + n_sh) + 2.0 * h * k * imb)
 
     def activations(mode):
-        sbh = s * b * h
-        total = 3.0 * sbh + 4.0 * s * b * d_attn + 4.0 * s * b * kv_dim + 3.0 * sbh + 2.0 * s * b * ff_rows + 4.0 * sbh
+        sbh = sq * b * h
+        total = (3.0 * sbh + 4.0 * sq * b * d_attn + 4.0 * sq * b * kv_dim + 3.0 * sbh + 2.0 * sq * b * ff_rows
+                 + 4.0 * sbh)
         if mode >= 2:
             return 2.0 * sbh / (tp if sp else 1.0)
         split = total / tp if sp else 10.0 * sbh + (total - 10.0 * sbh) / tp
-        return split + (0.0 if (mode >= 1 or flash) else 5.0 * heads * s * s * b / tp)
+        saved = 0.0
+        if fp8:  # linear-layer inputs kept in FP8 (1 byte of 2)
+            unsplit = h + (1.0 - moe_frac) * h + moe_frac * (h * k * imb + (h if n_sh > 0 else 0.0))
+            split_in = d_attn + (1.0 - moe_frac) * d_ff + moe_frac * f_e * (k * imb + n_sh)
+            saved = sq * b * (unsplit / (tp if sp else 1.0) + split_in / tp)
+        return split + (0.0 if (mode >= 1 or flash) else 5.0 * heads * sq * sq * b / tp) - saved
 
     interleaved = 1.0 + (pp - 1.0) / (pp * v) if v > 1 else 1.0
-    act = activations(rc) * (L / pp) * min(pp, m) * interleaved
-    if full:
-        act += activations(0.0)
-    if pp <= 1:
-        act += 4.0 * s * b * V / tp
-    act *= max(bpv, 2.0) / 2.0
-    memory = states + act + cal["memory_reserve_bytes"]
+    scale = bpv / 2.0
+    gathered = 2.0 * (lnx + lex) * w_b if zero >= 3 else 0.0
+
+    def stage_memory(layers, in_flight, emb, logits):
+        states = (layers * lnx + emb) * per_param(D_m) + layers * lex * per_param(edp_m)
+        act = activations(rc) * layers * in_flight * interleaved + (activations(0.0) if full else 0.0)
+        act = (act + gathered / scale + logits) * scale
+        return states + act
+
+    if pp > 1:
+        memory = max(stage_memory(first, min(pp, m), V * h / tp, 0.0),
+                     stage_memory(middle, min(max(pp - 1.0, 1.0), m), 0.0, 0.0))
+    else:
+        memory = stage_memory(first, min(pp, m), emb_all / tp, 4.0 * sq * b * V / tp)
+    memory += cal["memory_reserve_bytes"]
 
     # --- data parallel, optimizer, step ---
-    edp = max(dp_int / ep, 1.0)
-    t_dp = (allreduce(p_nonexp * gb, dp_int, ring_bw(dp_int, tp))
-            + allreduce(p_exp * gb, edp, ring_bw(edp, tp * ep)))
-    dp_exposed = max(t_dp - cal["dp_overlap"] * 2.0 / 3.0 * compute_mb, 0.0)
-    t_opt = stream((p_nonexp / dp_int + p_exp / edp if shard else p_dev) * OPTIMIZER_BYTES_PER_PARAM, 1.0)
+    p_exp = first * lex
+    p_nonexp = first * lnx + (V * h / tp if pp > 1 else emb_all / tp)
+    D = dp_int * cp
+    edp = max(tp * cp * dp_int / (etp * ep), 1.0)
+
+    def reduce(p_, n, link):
+        if zero >= 1:
+            return allgather(p_ * gb, n, link) + (0.0 if zero >= 3 else allgather(p_ * bpv, n, link))
+        return allreduce(p_ * gb, n, link)
+
+    t_dp = reduce(p_nonexp, D, ring_bw(D, tp)) + reduce(p_exp, edp, ring_bw(edp, etp * ep))
+    if overlap:
+        window = ov * (2.0 / 3.0 * compute_mb + (compute_mb / 3.0 if zero >= 1 else 0.0))
+    else:
+        window = cal["dp_overlap"] * 2.0 / 3.0 * compute_mb
+    dp_exposed = max(t_dp - window, 0.0)
+    if zero >= 3:
+        ag = 2.0 * (allgather(p_nonexp * bpv, D, ring_bw(D, tp)) + allgather(p_exp * bpv, edp, ring_bw(edp, etp * ep)))
+        dp_exposed += m * max(ag - ov * compute_mb, 0.0)
+    t_opt = stream((p_nonexp / D + p_exp / edp if zero >= 1 else p_nonexp + p_exp) * OPTIMIZER_BYTES_PER_PARAM, 1.0)
     compute_s = m * compute_mb + t_opt
     comm_s = m * (tp_mb + a2a_mb + p2p_mb) + dp_exposed
     step_s = compute_s + comm_s + bubble
@@ -301,37 +399,60 @@ def step_numpy(p: dict, lay: dict, cal: dict) -> dict:
     """The layout model over broadcast NumPy arrays (design inputs against layout inputs)."""
     a = {k: np.asarray(val) for k, val in p.items()}
     w = {k: np.asarray(lay[k]) for k in LAYOUT_INPUTS}
+    for key in OPTIONAL_LAYOUT_INPUTS:
+        if key in lay:
+            w[key] = np.asarray(lay[key])
     dt = np.result_type(*[x.dtype for x in list(a.values()) + list(w.values())], np.float32)
     a = {k: x.astype(dt, copy=False) for k, x in a.items()}
     w = {k: x.astype(dt, copy=False) for k, x in w.items()}
     c = {k: np.asarray(val).astype(dt) for k, val in cal.items()}
-    one, zero = dt.type(1.0), dt.type(0.0)
+    one, zero_ = dt.type(1.0), dt.type(0.0)
     L, h, V, s = a["layers"], a["d_model"], a["vocab"], a["seq_len"]
     heads, hd, kv = a["heads"], a["head_dim"], a["kv_heads"]
-    d_attn, kv_dim = heads * hd, kv * hd
     fm, d_ff, f_e, n_sh = a["ffn_matrices"], a["d_ff"], a["expert_d_ff"], a["shared_experts"]
     E, k = np.maximum(a["experts"], one), a["top_k"]
-    n_moe = np.where(a["experts"] > 1, np.maximum(np.floor((L - a["first_dense_layers"]) / a["moe_every"]), zero),
-                     zero)
-    B, bpv = a["global_batch"], a["bytes_per_value"]
+    n_moe = np.where(a["experts"] > 1, np.maximum(np.floor((L - a["first_dense_layers"]) / a["moe_every"]), zero_),
+                     zero_)
+    B, bpv_run = a["global_batch"], a["bytes_per_value"]
     peak, bw = a["peak_flops"], a["hbm_bw_bytes_s"]
+    peak16 = a.get("peak_bf16_flops", peak)
     intra, inter, node = a["intra_bw_bytes_s"], a["inter_bw_bytes_s"], a["devices_per_node"]
     devices, tp, pp, ep = w["devices"], w["tp"], w["pp"], w["ep"]
+    cp = w.get("cp", np.ones_like(tp))
+    etp = w.get("etp", tp)
+    zero = w.get("zero_stage", w["shard_optimizer"])
+    overlap = w.get("overlap", np.zeros_like(tp)) > 0
     b, rc, v = w["microbatch"], w["recompute"], w["interleave"]
     sp = (tp > 1) & (w["sequence_parallel"] != 0)
-    shard = w["shard_optimizer"] > 0
     flash = np.asarray(lay.get("flash_attention", 0.0)) > 0
     full = rc >= 2
     geff, heff, leff, lat = c["gemm_eff_max"], c["hbm_eff"], c["link_eff"], c["collective_latency_s"]
-    wave, imb, gb = c["gemm_wave_elements"], c["moe_imbalance"], c["grad_bytes"]
+    wave, gb = c["gemm_wave_elements"], c["grad_bytes"]
+    imb_given = w.get("moe_imbalance")
+    imb = c["moe_imbalance"] if imb_given is None else np.where(np.isfinite(imb_given), imb_given, c["moe_imbalance"])
+    ov = np.where(overlap, c.get("overlap_eff", one), zero_)
+    fp8 = bpv_run < 1.5
+    bpv = np.maximum(bpv_run, dt.type(2.0))
+    peak_a = np.where(fp8, peak16, peak)
+    lin_eff = np.where(fp8, c.get("gemm_eff_fp8", geff), geff)
+    cast = np.where(fp8, c.get("fp8_cast_bytes", zero_), zero_)
+    grouped = c.get("grouped_gemm_eff", one)
+    d_attn = heads * hd
+    kv_dim = kv * hd * np.maximum(tp / kv, one)
 
-    def gemm(m_, n_, k_, count=one):
+    def gemm(m_, n_, k_, count=one, nbytes=None, pk=None, eff=None, cst=zero_):
+        nbytes = bpv if nbytes is None else nbytes
+        pk = peak_a if pk is None else pk
+        eff = geff if eff is None else eff
         tail = 1.0 + 0.5 * wave / np.maximum(count * m_ * n_, one)
-        return (2.0 * m_ * n_ * k_ * count * tail / (peak * geff)
-                + count * bpv * (m_ * k_ + k_ * n_ + m_ * n_) / (bw * heff))
+        return (2.0 * m_ * n_ * k_ * count * tail / (pk * eff)
+                + count * (nbytes * (m_ * k_ + k_ * n_ + m_ * n_) + cst * m_ * k_) / (bw * heff))
 
-    def stream(elements, nbytes=bpv):
-        return elements * nbytes / (bw * heff)
+    def lin(m_, n_, k_, count=one, eff=None):
+        return gemm(m_, n_, k_, count, bpv_run, peak, lin_eff if eff is None else eff, cast)
+
+    def stream(elements, nbytes=None):
+        return elements * (bpv if nbytes is None else nbytes) / (bw * heff)
 
     def ring_bw(group, stride):
         g = np.clip(node / np.maximum(stride, one), one, np.maximum(group, one))
@@ -339,107 +460,166 @@ def step_numpy(p: dict, lay: dict, cal: dict) -> dict:
 
     def allreduce(nbytes, group, link):
         n = np.maximum(group, one)
-        return np.where(n > 1, 2.0 * (n - 1.0) / n * nbytes / (link * leff) + lat * np.log2(n), zero)
+        return np.where(n > 1, 2.0 * (n - 1.0) / n * nbytes / (link * leff) + lat * np.log2(n), zero_)
 
-    def ffn(tokens, width, count=one):
-        return gemm(tokens, (fm - 1.0) * width / tp, h, count) + gemm(tokens, h, width / tp, count)
+    def allgather(nbytes, group, link):
+        n = np.maximum(group, one)
+        return np.where(n > 1, (n - 1.0) / n * nbytes / (link * leff) + lat * np.log2(n), zero_)
+
+    def ffn(tokens, width, split, count=one, eff=None):
+        return lin(tokens, (fm - 1.0) * width / split, h, count, eff) + lin(tokens, h, width / split, count, eff)
 
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        dp = devices / (tp * pp)
+        dp = devices / (tp * cp * pp)
         dp_int = np.maximum(np.floor(dp), one)
         m = np.maximum(B / (dp_int * b), one)
-        dp_ok = _divides_np(tp * pp, devices)
+        dp_ok = _divides_np(tp * cp * pp, devices)
         dp1 = np.where(dp_ok, dp, one)
-        v_ok = (v == 1) | ((v > 1) & (pp > 1) & _divides_np(pp * v, L) & _divides_np(pp, m))
-        rules = [(TOP_K_EXCEEDS_EXPERTS, k > E), (TP_HEADS, ~_divides_np(tp, heads)), (TP_KV, ~_divides_np(tp, kv)),
-                 (PP_LAYERS, ~_divides_np(pp, L)), (DEVICES_TP_PP, ~dp_ok), (EP_EXPERTS, ~_divides_np(ep, E)),
-                 (EP_DP, ~_divides_np(ep, dp1)), (BATCH_DP, B < dp1), (MICROBATCH_BATCH, ~_divides_np(dp1 * b, B)),
-                 (INTERLEAVE, ~v_ok | (v < 1))]
+        pow2 = (pp >= 1) & (np.abs(np.exp2(np.round(np.log2(np.maximum(pp, one)))) - pp) < 1e-6)
+        pp_ok = (pp <= L) & (_divides_np(pp, L) | pow2)
+        v_ok = (v == 1) | ((v > 1) & (pp > 1) & (_divides_np(pp * v, L) | (pow2 & (pp * v <= L)))
+                           & _divides_np(pp, m))
+        rules = [(TOP_K_EXCEEDS_EXPERTS, k > E), (TP_HEADS, ~_divides_np(tp, heads)),
+                 (TP_KV, ~(_divides_np(tp, kv) | _divides_np(kv, tp))),
+                 (PP_LAYERS, ~pp_ok), (DEVICES_TP_PP, ~dp_ok), (EP_EXPERTS, ~_divides_np(ep, E)),
+                 (EP_DP, ~_divides_np(ep * etp, tp * cp * dp1)), (BATCH_DP, B < dp1),
+                 (MICROBATCH_BATCH, ~_divides_np(dp1 * b, B)), (INTERLEAVE, ~v_ok | (v < 1)),
+                 (CP_SEQ, ~_divides_np(cp, s))]
         reason = np.zeros(np.broadcast_shapes(*[np.shape(r) for _, r in rules]), np.int32)
         for code, bad in reversed(rules):
             reason = np.where(bad, np.int32(code), reason)
 
-        T = b * s
-        proj = gemm(T, (d_attn + 2.0 * kv_dim) / tp, h) + gemm(T, h, d_attn / tp)
+        T = b * s / cp
+        sq = s / cp
+        proj = lin(T, (d_attn + 2.0 * kv_dim) / tp, h) + lin(T, h, d_attn / tp)
         nb = b * heads / tp
         hd_ = d_attn / heads
-        core_flash = ((4.0 * nb * s * s * hd_ / (peak * geff) + stream(4.0 * nb * s * hd_))
-                      * (1.0 + 0.5 * wave / (nb * s * hd_)))
-        core_g = np.where(flash, core_flash, gemm(s, s, hd_, nb) + gemm(s, hd_, s, nb))
-        core_el = np.where(flash, zero, 4.5 * heads * s * T / tp)
+        core_flash = ((CAUSAL * 4.0 * nb * sq * s * hd_ / (peak_a * geff) + stream(4.0 * nb * sq * hd_))
+                      * (1.0 + 0.5 * wave / (nb * sq * hd_)))
+        core_g = np.where(flash, core_flash, gemm(sq, s, hd_, nb) + gemm(sq, hd_, s, nb))
+        core_el = np.where(flash, zero_, 4.5 * heads * s * T / tp)
         rest_el = 11.0 * h * T / np.where(sp, tp, one) + fm * d_ff * T / tp
         core = core_g + stream(core_el)
-        dense_g = proj + core_g + ffn(T, d_ff)
+        dense_g = proj + core_g + ffn(T, d_ff, tp)
         dense_m = stream(rest_el + core_el)
         experts_dev = E / ep
-        moe_g = (proj + core_g + ffn(T * k * imb / experts_dev, f_e, experts_dev)
-                 + np.where(n_sh > 0, ffn(T, n_sh * f_e), zero) + gemm(T, E, h))
+        rows = T * k * imb * etp * ep / (E * tp)
+        moe_g = (proj + core_g + ffn(rows, f_e, etp, experts_dev, lin_eff * grouped)
+                 + np.where(n_sh > 0, ffn(T, n_sh * f_e, tp), zero_) + gemm(T, E, h))
         moe_el = (rest_el - fm * d_ff * T / tp + core_el + fm * f_e * (T * k * imb + n_sh * T) / tp
                   + 4.0 * k * imb * h * T / tp + 4.0 * E * T)
         moe_m = stream(moe_el)
 
         ar = allreduce(T * h * bpv, tp, ring_bw(tp, one))
-        c_fwd = 2.0 * ar
+        c_dense, c_moe = 2.0 * ar, np.where(etp > 1, dt.type(2.0), one) * ar
         n_ep = np.maximum(ep, one)
-        g_ep = np.clip(node / np.maximum(tp, one), one, n_ep)
+        g_ep = np.clip(node / np.maximum(etp, one), one, n_ep)
         a2a_bytes = T * k * imb * h * bpv / tp
         a2a = np.where(n_ep > 1, a2a_bytes * ((g_ep - 1.0) / n_ep / intra + (n_ep - g_ep) / n_ep / inter) / leff
-                       + lat * np.log2(n_ep), zero)
+                       + lat * np.log2(n_ep), zero_)
+        cp_link = np.where(tp * cp <= node, intra, inter)
+        cp_t = np.where(cp > 1, (cp - 1.0) * 2.0 * T * kv_dim / tp * bpv / (cp_link * leff) + (cp - 1.0) * lat, zero_)
+        cp_hidden = np.maximum(cp_t - core_g, zero_) + np.maximum(2.0 * cp_t - 2.0 * core_g, zero_)
 
-        def layer(g, mem):
-            redo = np.where(full, g + mem, np.where(rc >= 1, core, zero))
-            return 3.0 * (g + mem) + redo, c_fwd + np.maximum(c_fwd - g, zero) + np.where(full, c_fwd, zero)
+        def layer(g, mem, cc, latency):
+            redo = np.where(full, g + mem, np.where(rc >= 1, core, zero_))
+            fwd = np.maximum(cc - ov * g, zero_)
+            comm = fwd + np.maximum(cc - g, zero_) + np.where(full, fwd, zero_) + cp_hidden
+            return 3.0 * (g + mem) + redo + latency, comm
 
-        comp_dense, comm_dense = layer(dense_g, dense_m)
-        comp_moe, comm_moe = layer(moe_g, moe_m)
-        per_stage, moe_per_stage = L / pp, n_moe / pp
+        lat_l = c.get("layer_latency_s", zero_)
+        comp_dense, comm_dense = layer(dense_g, dense_m, c_dense, lat_l)
+        comp_moe, comm_moe = layer(moe_g, moe_m, c_moe, lat_l + c.get("moe_layer_latency_s", zero_))
+        frac = n_moe / np.where(L == 0, one, L)
+        comp_l = (1.0 - frac) * comp_dense + frac * comp_moe
+        tp_l = (1.0 - frac) * comm_dense + frac * comm_moe
+        a2a_layer = 2.0 * a2a * np.where(full, dt.type(3.0), dt.type(2.0))
+        ep_ov = w.get("ep_overlap", np.zeros_like(tp)) > 0
+        a2a_layer = np.where(ep_ov, np.maximum(a2a_layer - c.get("overlap_eff", one) * comp_moe, zero_), a2a_layer)
+        a2a_l = frac * a2a_layer
         head = 3.0 * gemm(T, V / tp, h) + stream(6.0 * T * V / tp, dt.type(4.0))
-        compute_mb = (per_stage - moe_per_stage) * comp_dense + moe_per_stage * comp_moe + head
-        tp_mb = (per_stage - moe_per_stage) * comm_dense + moe_per_stage * comm_moe + 2.0 * ar
-        a2a_mb = moe_per_stage * 2.0 * a2a * np.where(full, dt.type(3.0), dt.type(2.0))
-        link = np.where(tp * pp * dp_int <= node, intra, inter)
-        p2p_mb = np.where(pp > 1, 2.0 * v * (T * h * bpv / tp / (link * leff) + lat), zero)
-        t_mb = compute_mb + tp_mb + a2a_mb + p2p_mb
-        bubble = (pp - 1.0) / v * (t_mb - head * (1.0 - 1.0 / pp))
+        pp1 = np.maximum(pp, one)
+        q = np.floor(L / pp1 + 1e-9)
+        rem = np.round(L - q * pp1)
+        first = q + np.where((rem > 0) & (rem >= pp1 - 1), one, zero_)
+        middle = np.where(pp1 >= 3, q + np.where(rem > 0, one, zero_), first)
+        last = q
+        unit = comp_l + tp_l + a2a_l
+        crit_last = last * unit + head >= middle * unit
+        n_c = np.where(crit_last, last, middle)
+        compute_mb = n_c * comp_l + np.where(crit_last, head, zero_)
+        tp_mb = n_c * tp_l + 2.0 * ar
+        a2a_mb = n_c * a2a_l
+        link = np.where(tp * cp * pp * dp_int <= node, intra, inter)
+        p2p_mb = np.where(pp > 1, 2.0 * v * (T * h * bpv / tp / (link * leff) + lat), zero_)
+        bubble = (pp - 1.0) / v * ((L * unit + head) / pp + 2.0 * ar + p2p_mb)
 
         emb_all = V * h * (2.0 - a["tied_embeddings"])
         expert_total = n_moe * E * fm * h * f_e
-        p_nonexp = (a["params"] - emb_all - h - expert_total) / (pp * tp) + np.where(pp > 1, V * h, emb_all) / tp
-        p_exp = expert_total / (pp * tp * ep)
-        p_dev = p_nonexp + p_exp
+        lnx = (a["params"] - emb_all - h - expert_total) / L / tp
+        lex = expert_total / L / (etp * ep)
         dp_m = np.maximum(dp, one)
-        opt = np.where(bpv >= 4, dt.type(8.0), dt.type(12.0)) * (
-            p_nonexp / np.where(shard, dp_m, one) + p_exp / np.where(shard, np.maximum(dp_m / ep, one), one))
-        states = p_dev * (bpv + gb) + opt
-        moe_frac = n_moe / np.where(L == 0, one, L)
-        ff_rows = (1.0 - moe_frac) * fm * d_ff + moe_frac * (fm * f_e * (k * imb + n_sh) + 2.0 * h * k * imb)
-        sbh = s * b * h
-        total = (3.0 * sbh + 4.0 * s * b * d_attn + 4.0 * s * b * kv_dim + 3.0 * sbh + 2.0 * s * b * ff_rows
+        D_m = dp_m * cp
+        edp_m = np.maximum(tp * cp * dp_m / (etp * ep), one)
+        w_b = bpv + np.where(fp8, c.get("fp8_weight_cache_bytes", zero_), zero_)
+        opt_b = np.where(bpv_run >= 4, dt.type(8.0), dt.type(12.0))
+
+        def per_param(d_):
+            return (w_b / np.where(zero >= 3, d_, one) + gb / np.where(zero >= 2, d_, one)
+                    + opt_b / np.where(zero >= 1, d_, one))
+
+        ff_rows = (1.0 - frac) * fm * d_ff + frac * (fm * f_e * (k * imb + n_sh) + 2.0 * h * k * imb)
+        sbh = sq * b * h
+        total = (3.0 * sbh + 4.0 * sq * b * d_attn + 4.0 * sq * b * kv_dim + 3.0 * sbh + 2.0 * sq * b * ff_rows
                  + 4.0 * sbh)
         split = np.where(sp, total / tp, 10.0 * sbh + (total - 10.0 * sbh) / tp)
         kept = 2.0 * sbh / np.where(sp, tp, one)
-        scores = 5.0 * heads * s * s * b / tp
-        act_none = split + np.where(flash, zero, scores)
-        act_mode = np.where(full, kept, split + np.where((rc >= 1) | flash, zero, scores))
+        scores = 5.0 * heads * sq * sq * b / tp
+        unsplit_in = h + (1.0 - frac) * h + frac * (h * k * imb + np.where(n_sh > 0, h, zero_))
+        split_in = d_attn + (1.0 - frac) * d_ff + frac * f_e * (k * imb + n_sh)
+        saved = np.where(fp8, sq * b * (unsplit_in / np.where(sp, tp, one) + split_in / tp), zero_)
+        act_none = split + np.where(flash, zero_, scores) - saved
+        act_mode = np.where(full, kept, split + np.where((rc >= 1) | flash, zero_, scores) - saved)
         interleaved = np.where(v > 1, 1.0 + (pp - 1.0) / (pp * v), one)
-        act = (act_mode * (L / pp) * np.minimum(pp, m) * interleaved + np.where(full, act_none, zero)
-               + np.where(pp > 1, zero, 4.0 * s * b * V / tp))
-        act = act * np.maximum(bpv, dt.type(2.0)) / 2.0
-        memory = states + act + c["memory_reserve_bytes"]
+        scale = bpv / 2.0
+        gathered = np.where(zero >= 3, 2.0 * (lnx + lex) * w_b, zero_)
 
-        edp = np.maximum(dp_int / ep, one)
-        t_dp = (allreduce(p_nonexp * gb, dp_int, ring_bw(dp_int, tp))
-                + allreduce(p_exp * gb, edp, ring_bw(edp, tp * ep)))
-        dp_exposed = np.maximum(t_dp - c["dp_overlap"] * 2.0 / 3.0 * compute_mb, zero)
-        t_opt = stream(np.where(shard, p_nonexp / dp_int + p_exp / edp, p_dev) * OPTIMIZER_BYTES_PER_PARAM, one)
+        def stage_memory(layers, in_flight, emb, logits):
+            states = (layers * lnx + emb) * per_param(D_m) + layers * lex * per_param(edp_m)
+            act = act_mode * layers * in_flight * interleaved + np.where(full, act_none, zero_)
+            return states + (act + gathered / scale + logits) * scale
+
+        mem_first = stage_memory(first, np.minimum(pp, m), np.where(pp > 1, V * h, emb_all) / tp,
+                                 np.where(pp > 1, zero_, 4.0 * sq * b * V / tp))
+        mem_mid = stage_memory(middle, np.minimum(np.maximum(pp - 1.0, one), m), zero_, zero_)
+        memory = np.where(pp > 1, np.maximum(mem_first, mem_mid), mem_first) + c["memory_reserve_bytes"]
+
+        p_exp = first * lex
+        p_nonexp = first * lnx + np.where(pp > 1, V * h, emb_all) / tp
+        D = dp_int * cp
+        edp = np.maximum(tp * cp * dp_int / (etp * ep), one)
+
+        def reduce(p_, n, lk):
+            rs_ag = allgather(p_ * gb, n, lk) + np.where(zero >= 3, zero_, allgather(p_ * bpv, n, lk))
+            return np.where(zero >= 1, rs_ag, allreduce(p_ * gb, n, lk))
+
+        bw_d, bw_e = ring_bw(D, tp), ring_bw(edp, etp * ep)
+        t_dp = reduce(p_nonexp, D, bw_d) + reduce(p_exp, edp, bw_e)
+        window = np.where(overlap, ov * (2.0 / 3.0 * compute_mb + np.where(zero >= 1, compute_mb / 3.0, zero_)),
+                          c["dp_overlap"] * 2.0 / 3.0 * compute_mb)
+        dp_exposed = np.maximum(t_dp - window, zero_)
+        ag = 2.0 * (allgather(p_nonexp * bpv, D, bw_d) + allgather(p_exp * bpv, edp, bw_e))
+        dp_exposed = dp_exposed + np.where(zero >= 3, m * np.maximum(ag - ov * compute_mb, zero_), zero_)
+        t_opt = stream(np.where(zero >= 1, p_nonexp / D + p_exp / edp, p_nonexp + p_exp) * OPTIMIZER_BYTES_PER_PARAM,
+                       one)
         compute_s = m * compute_mb + t_opt
         comm_s = m * (tp_mb + a2a_mb + p2p_mb) + dp_exposed
         step_s = compute_s + comm_s + bubble
 
-        n_mm = a["active_params"] - np.where(a["tied_embeddings"] != 0, zero, V * h)
+        n_mm = a["active_params"] - np.where(a["tied_embeddings"] != 0, zero_, V * h)
         model_flops = 6.0 * n_mm + 12.0 * L * s * d_attn
         attn_core = 4.0 * L * s * d_attn
-        redo_flops = np.where(full, 2.0 * n_mm + attn_core, np.where(rc >= 1, attn_core, zero))
+        redo_flops = np.where(full, 2.0 * n_mm + attn_core, np.where(rc >= 1, attn_core, zero_))
         tokens_per_s = B * s / step_s
         reason = np.where((reason == 0) & (memory > a["hbm_bytes"]), np.int32(OUT_OF_MEMORY), reason)
         out = {

@@ -209,6 +209,16 @@ def _read_toml(path: Path) -> dict:
         raise DatabaseError(f"{path}: not valid TOML ({exc})") from None
 
 
+def _deep_update(into: dict, doc: dict) -> None:
+    """Merge a user's TOML document into the packaged one table by table: a user's
+    calibration.toml with one [class.h100] entry changes that entry, not the other classes."""
+    for key, value in doc.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _deep_update(into[key], value)
+        else:
+            into[key] = value
+
+
 def _merge_folder(db: Database, folder: Path) -> None:
     for name in SCHEMAS:
         path = folder / name
@@ -217,8 +227,7 @@ def _merge_folder(db: Database, folder: Path) -> None:
             for row in read_table(path):
                 table[_key(name, row)] = row
     for path in sorted(folder.glob("*.toml")):
-        doc = _read_toml(path)
-        db.docs.setdefault(path.name, {}).update(doc)
+        _deep_update(db.docs.setdefault(path.name, {}), _read_toml(path))
     comp_dir = folder / "compositions"
     if comp_dir.is_dir():
         for path in sorted(comp_dir.glob("*.toml")):

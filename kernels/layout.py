@@ -67,6 +67,9 @@ from kernels import flops as _flops
 from kernels.reasons import CODE
 
 OPTIMIZER_BYTES_PER_PARAM = 58.0  # see optimizer_time
+# fraction of the s×s score blocks a causal flash-attention kernel computes (the upper triangle is
+# skipped; Dao 2023, FlashAttention-2 §3.1): a geometric fact, not a fitted constant
+CAUSAL_FRACTION = 0.5
 
 
 def _get(m: Mapping, key: str, default):
@@ -88,23 +91,25 @@ def _divides(d, n):
 # --------------------------------------------------------------------------------------------
 # Device-level kernels
 # --------------------------------------------------------------------------------------------
-def gemm_time(m, n, k, batch, bytes_per_value, peak_flops, hbm_bw_bytes_s, cal):
+def gemm_time(m, n, k, batch, bytes_per_value, peak_flops, hbm_bw_bytes_s, cal, eff=None, cast_bytes=0.0):
     """Time of ``batch`` matrix multiplies (m×k)·(k×n) [s].
 
-    t = F/(peak·gemm_eff_max)·(1 + ½·W/(batch·m·n)) + batch·bpv·(m·k + k·n + m·n)/(hbm_bw·hbm_eff)
+    t = F/(peak·eff)·(1 + ½·W/(batch·m·n)) + batch·(bpv·(m·k + k·n + m·n) + cast·m·k)/(hbm_bw·hbm_eff)
 
-    with F = 2·m·n·k·batch. Two size effects, both physical: (1) the tail wave — the output is cut
-    into tiles spread over the streaming multiprocessors, one wave = W output elements
+    with F = 2·m·n·k·batch and eff = gemm_eff_max unless given (FP8: gemm_eff_fp8; small expert
+    GEMMs: × grouped_gemm_eff). Two size effects, both physical: (1) the tail wave — the output is
+    cut into tiles spread over the streaming multiprocessors, one wave = W output elements
     (``gemm_wave_elements`` = SMs × tile, e.g. 108 × 128·256 on A100), and on average half a wave
     is wasted (wave quantisation, NVIDIA "Matrix Multiplication Background" guide); (2) operand
-    traffic not hidden (a roofline summed, Williams et al. 2009). Large matrices approach
-    gemm_eff_max; thin or small ones (tensor-split projections, attention with head_dim ≤ 128,
-    MoE experts with few tokens each) run below it. FLOP/s, bytes/s in SI.
+    traffic not hidden (a roofline summed, Williams et al. 2009). ``cast_bytes`` per input element
+    is the FP8 quantisation of the activation operand (read 16-bit, write 8-bit, amax: Transformer
+    Engine), memory-bound. Large matrices approach eff; thin or small ones run below it.
     """
+    eff = cal["gemm_eff_max"] if eff is None else eff
     flops = 2.0 * m * n * k * batch
     tail = 1.0 + 0.5 * cal["gemm_wave_elements"] / jnp.maximum(batch * m * n, 1.0)
-    traffic = batch * bytes_per_value * (m * k + k * n + m * n)
-    return flops * tail / (peak_flops * cal["gemm_eff_max"]) + traffic / (hbm_bw_bytes_s * cal["hbm_eff"])
+    traffic = batch * (bytes_per_value * (m * k + k * n + m * n) + cast_bytes * m * k)
+    return flops * tail / (peak_flops * eff) + traffic / (hbm_bw_bytes_s * cal["hbm_eff"])
 
 
 def stream_time(elements, bytes_per_value, hbm_bw_bytes_s, cal):
@@ -126,22 +131,32 @@ def group_bandwidth(group, stride, devices_per_node, intra_bw, inter_bw):
 
 
 def allreduce_time(nbytes, group, bw, cal):
-    """Ring all-reduce (or reduce-scatter + all-gather) time [s]:
-    2·(n−1)/n·bytes/(bw·link_eff) + α·log2(n), 0 when n = 1 (Thakur et al. 2005; NCCL)."""
+    """Ring all-reduce time [s]: 2·(n−1)/n·bytes/(bw·link_eff) + α·log2(n), 0 when n = 1
+    (Thakur et al. 2005; NCCL). A reduce-scatter or an all-gather alone is half the volume
+    (``allgather_time``)."""
     n = jnp.maximum(group, 1.0)
     t = 2.0 * (n - 1.0) / n * nbytes / (bw * cal["link_eff"]) + cal["collective_latency_s"] * jnp.log2(n)
     return jnp.where(n > 1.0, t, 0.0)
 
 
-def alltoall_time(nbytes, ep, tp, devices_per_node, intra_bw, inter_bw, cal):
-    """All-to-all of ``nbytes`` per device over ``ep`` ranks ``tp`` apart [s].
+def allgather_time(nbytes, group, bw, cal):
+    """Ring all-gather (or reduce-scatter) of ``nbytes`` gathered per device [s]:
+    (n−1)/n·bytes/(bw·link_eff) + α·log2(n), 0 when n = 1 (Thakur et al. 2005)."""
+    n = jnp.maximum(group, 1.0)
+    t = (n - 1.0) / n * nbytes / (bw * cal["link_eff"]) + cal["collective_latency_s"] * jnp.log2(n)
+    return jnp.where(n > 1.0, t, 0.0)
+
+
+def alltoall_time(nbytes, ep, stride, devices_per_node, intra_bw, inter_bw, cal):
+    """All-to-all of ``nbytes`` per device over ``ep`` ranks ``stride`` apart [s] (stride = the
+    expert tensor-parallel degree etp: expert ranks are laid out etp-innermost, Megatron-core).
 
     A fraction (g−1)/ep of the data stays on the node (NVLink), (ep−g)/ep leaves it through the
     device's own NIC (g = ep peers per node); no aggregation across NICs (DeepSpeed-MoE §5, Tutel).
     t = bytes·((g−1)/ep/intra + (ep−g)/ep/inter)/link_eff + α·log2(ep).
     """
     n = jnp.maximum(ep, 1.0)
-    g = jnp.clip(devices_per_node / jnp.maximum(tp, 1.0), 1.0, n)
+    g = jnp.clip(devices_per_node / jnp.maximum(stride, 1.0), 1.0, n)
     t = nbytes * ((g - 1.0) / n / intra_bw + (n - g) / n / inter_bw) / cal["link_eff"]
     t = t + cal["collective_latency_s"] * jnp.log2(n)
     return jnp.where(n > 1.0, t, 0.0)
@@ -158,31 +173,64 @@ def optimizer_time(params, hbm_bw_bytes_s, cal):
     return stream_time(params * OPTIMIZER_BYTES_PER_PARAM, 1.0, hbm_bw_bytes_s, cal)
 
 
+def stage_layers(layers, pp):
+    """Layers on the (first, middle, last) pipeline stages [layers] → (first, middle, last).
+
+    Layers need not divide into stages (Megatron-core ``num_layers_in_first/last_pipeline_stage``,
+    torchtitan; Llama 3 405B: 126 layers on PP 16 with one layer fewer on the first and the last
+    stage, Dubey et al. 2024 §3.3.2): with q = ⌊L/pp⌋ and rem = L − q·pp, rem stages hold q + 1
+    layers and the others q, the lighter ones at the ends, which also hold the embedding and the
+    output layer: last = q; first = q + 1 only when a single stage is light (rem = pp − 1 > 0),
+    else q; the middle stages q + 1 (q when pp divides L). pp = 2: ⌈L/2⌉ and ⌊L/2⌋ (the middle
+    stage is then the first); pp = 1: one stage of L layers.
+    """
+    pp1 = jnp.maximum(pp, 1.0)
+    q = jnp.floor(layers / pp1 + 1e-9)
+    rem = jnp.round(layers - q * pp1)
+    first = q + jnp.where((rem > 0) & (rem >= pp1 - 1.0), 1.0, 0.0)
+    middle = q + jnp.where(rem > 0, 1.0, 0.0)
+    return first, jnp.where(pp1 >= 3.0, middle, first), q
+
+
+def _power_of_two(x):
+    """1 where the integer-valued x ≥ 1 is a power of two."""
+    x1 = jnp.maximum(x, 1.0)
+    return (x >= 1) & (jnp.abs(jnp.exp2(jnp.round(jnp.log2(x1))) - x1) < 1e-6)
+
+
 # --------------------------------------------------------------------------------------------
 # Per-layer work of one micro-batch on one device
 # --------------------------------------------------------------------------------------------
-def attention_gemms(T, b, s, h, heads, kv_dim, d_attn, tp, bpv, peak, bw, cal, flash):
+def attention_gemms(T, b, s, h, heads, kv_dim, d_attn, tp, bpv, peak, bw, cal, flash, cp=1.0, lin=None):
     """Forward matrix-multiply time of one attention block, one micro-batch [s] → (projections, core).
 
-    projections: QKV (T × h → (d_attn + 2·kv_dim)/tp) and output (T × d_attn/tp → h);
-    core: QKᵀ and P·V, b·heads/tp batched s×s×head_dim products (Korthikanti 2022 §4.1).
-    With flash attention the core keeps the FLOPs but its traffic is Q, K, V, O only (Dao 2022).
+    projections: QKV (T × h → (d_attn + 2·kv_dim)/tp) and output (T × d_attn/tp → h), T = b·s/cp
+    tokens on the device (context parallelism splits the sequence), at the linear layers' precision
+    ``lin`` = (bytes, peak, eff, cast) (FP8 in an FP8 run) — kv_dim already replicated when tp
+    exceeds the KV heads; core: QKᵀ and P·V, b·heads/tp batched (s/cp)×s×head_dim products
+    (Korthikanti 2022 §4.1), always at 16-bit (Transformer Engine keeps attention in BF16).
+    With flash attention the core's traffic is Q, K, V, O only (Dao 2022) and a causal mask skips
+    the blocks above the diagonal: CAUSAL_FRACTION of the counted FLOPs are computed (FlashAttention-2
+    §3.1); without it the whole s×s product is computed, then masked (Megatron-LM 2021-22).
     """
-    proj = gemm_time(T, (d_attn + 2.0 * kv_dim) / tp, h, 1.0, bpv, peak, bw, cal)
-    proj = proj + gemm_time(T, h, d_attn / tp, 1.0, bpv, peak, bw, cal)
+    lb, lpeak, leff, lcast = (bpv, peak, cal["gemm_eff_max"], 0.0) if lin is None else lin
+    proj = gemm_time(T, (d_attn + 2.0 * kv_dim) / tp, h, 1.0, lb, lpeak, bw, cal, leff, lcast)
+    proj = proj + gemm_time(T, h, d_attn / tp, 1.0, lb, lpeak, bw, cal, leff, lcast)
     hd = d_attn / heads
     nb = b * heads / tp
-    core_plain = gemm_time(s, s, hd, nb, bpv, peak, bw, cal) + gemm_time(s, hd, s, nb, bpv, peak, bw, cal)
-    core_flash = 4.0 * nb * s * s * hd / (peak * cal["gemm_eff_max"]) + stream_time(4.0 * nb * s * hd, bpv, bw, cal)
-    core_flash = core_flash * (1.0 + 0.5 * cal["gemm_wave_elements"] / (nb * s * hd))
+    sq = s / cp
+    core_plain = gemm_time(sq, s, hd, nb, bpv, peak, bw, cal) + gemm_time(sq, hd, s, nb, bpv, peak, bw, cal)
+    core_flash = (CAUSAL_FRACTION * 4.0 * nb * sq * s * hd / (peak * cal["gemm_eff_max"])
+                  + stream_time(4.0 * nb * sq * hd, bpv, bw, cal))
+    core_flash = core_flash * (1.0 + 0.5 * cal["gemm_wave_elements"] / (nb * sq * hd))
     return proj, jnp.where(flash > 0, core_flash, core_plain)
 
 
-def ffn_gemm_time(tokens, h, d_ff, ffn_matrices, tp, count, bpv, peak, bw, cal):
+def ffn_gemm_time(tokens, h, d_ff, ffn_matrices, tp, count, bpv, peak, bw, cal, eff=None, cast=0.0):
     """Forward time of ``count`` FFNs each fed ``tokens`` rows [s]:
     up/gate T × h → (ffn_matrices−1)·d_ff/tp, down T × d_ff/tp → h (Shazeer 2020 for gated FFNs)."""
-    up = gemm_time(tokens, (ffn_matrices - 1.0) * d_ff / tp, h, count, bpv, peak, bw, cal)
-    down = gemm_time(tokens, h, d_ff / tp, count, bpv, peak, bw, cal)
+    up = gemm_time(tokens, (ffn_matrices - 1.0) * d_ff / tp, h, count, bpv, peak, bw, cal, eff, cast)
+    down = gemm_time(tokens, h, d_ff / tp, count, bpv, peak, bw, cal, eff, cast)
     return up + down
 
 
@@ -201,7 +249,8 @@ def layer_stream_elements(T, h, heads, s, d_ff, ffn_matrices, tp, sp, flash):
     return norm_drop + act, core
 
 
-def activation_bytes_per_layer(s, b, h, heads, d_attn, kv_dim, mlp_rows_ff, tp, sp, recompute, flash):
+def activation_bytes_per_layer(s, b, h, heads, d_attn, kv_dim, mlp_rows_ff, tp, sp, recompute, flash,
+                               fp8_inputs=(0.0, 0.0)):
     """Activation memory of one layer, one micro-batch [bytes, 2-byte activations].
 
     Korthikanti et al. 2022 §4 (Table 2) per component, generalised (d_attn, kv_dim, gated FFN):
@@ -211,7 +260,12 @@ def activation_bytes_per_layer(s, b, h, heads, d_attn, kv_dim, mlp_rows_ff, tp, 
       norms      4·s·b·h
     Without sequence parallelism 10·s·b·h of these (norms, masks, the two GEMM inputs) are not split
     by tp. Selective recompute drops the 5·heads·s²·b core (so does flash attention); full recompute
-    keeps only the layer input, 2·s·b·h (÷tp with sequence parallelism).
+    keeps only the layer input, 2·s·b·h (÷tp with sequence parallelism). With context parallelism
+    the caller passes s/cp (every term is per token of the device's chunk; flash only). In an FP8
+    run the inputs of the linear layers are kept in FP8 for the backward pass (Transformer Engine):
+    ``fp8_inputs`` = (elements per token not split by tp without sequence parallelism: the QKV and
+    first-FFN inputs; elements split by tp: the output-projection and second-FFN inputs), each
+    1 byte instead of 2.
     Check (d_attn = kv_dim = h, d_ff = 4h, gelu): 34·s·b·h + 5·a·s²·b, as in the paper.
     """
     sbh = s * b * h
@@ -221,37 +275,67 @@ def activation_bytes_per_layer(s, b, h, heads, d_attn, kv_dim, mlp_rows_ff, tp, 
     split = jnp.where(sp > 0, total / tp, 10.0 * sbh + (total - 10.0 * sbh) / tp)
     core = jnp.where((recompute >= 1) | (flash > 0), 0.0, 5.0 * heads * s * s * b / tp)
     full = 2.0 * sbh / jnp.where(sp > 0, tp, 1.0)
-    return jnp.where(recompute >= 2, full, split + core)
+    saved = s * b * (fp8_inputs[0] / jnp.where(sp > 0, tp, 1.0) + fp8_inputs[1] / tp)
+    return jnp.where(recompute >= 2, full, split + core - saved)
 
 
 # --------------------------------------------------------------------------------------------
 # The step
 # --------------------------------------------------------------------------------------------
+def layout_fields(layout: Mapping) -> dict:
+    """The layout with the optional keys filled in: cp 1, etp = tp (experts tensor-split like the
+    dense FFN, Megatron-core's default), zero_stage = shard_optimizer (ZeRO-1 or none), overlap 0
+    (no communication hidden: Megatron-LM 2021-22; 1 = data-parallel gradient reduce-scatter and
+    parameter all-gather under the backward/forward, TP collectives under the GEMMs, as
+    Megatron-core's overlap_grad_reduce / overlap_param_gather / tp_comm_overlap and FSDP
+    prefetching do), ep_overlap 0 (1 = expert all-to-all under another micro-batch's compute),
+    flash_attention 0, moe_imbalance NaN (= the calibrated default)."""
+    f = lambda x: jnp.asarray(x) * 1.0  # noqa: E731  keep float32 inputs float32
+    lay = {key: f(val) for key, val in layout.items()}
+    lay.setdefault("cp", jnp.ones_like(lay["tp"]))
+    lay.setdefault("etp", lay["tp"])
+    lay.setdefault("zero_stage", lay["shard_optimizer"])
+    lay.setdefault("overlap", jnp.zeros_like(lay["tp"]))
+    lay.setdefault("ep_overlap", jnp.zeros_like(lay["tp"]))
+    lay.setdefault("flash_attention", jnp.zeros_like(lay["tp"]))
+    return lay
+
+
 def reason_code(design, layout, dp, micro_batches):
     """First broken rule as an int32 code of kernels.reasons (0 = structurally valid).
 
-    Order: top_k > experts; tp ∤ heads; tp ∤ kv_heads; pp ∤ layers; tp·pp ∤ devices; ep ∤ experts;
-    ep ∤ dp; global batch < dp (before the disjoint micro-batch rule); microbatch·dp ∤ batch;
-    interleave invalid (v > 1 needs pp > 1, layers % (pp·v) = 0, micro-batches % pp = 0,
-    Narayanan 2021 §2.2). Out of memory is applied by ``step``.
+    Order: top_k > experts; tp ∤ heads; tp ∤ kv_heads unless kv_heads | tp (the KV heads are then
+    replicated, Megatron-core); pp ∤ layers unless pp is a power of two ≤ layers (uneven stages,
+    ``stage_layers``; the candidate enumeration offers the same set);
+    tp·cp·pp ∤ devices; ep ∤ experts; ep·etp ∤ tp·cp·dp (expert layers fold their own etp × ep ×
+    edp grid over a stage's devices, Megatron-core MoE parallel folding, Liu et al. 2025); global
+    batch < dp (before the disjoint micro-batch rule); microbatch·dp ∤ batch; interleave invalid
+    (v > 1 needs pp > 1, micro-batches % pp = 0 and pp·v | layers, or pp·v ≤ layers with uneven
+    stages, Narayanan 2021 §2.2); cp ∤
+    seq_len. Out of memory is applied by ``step``.
     """
-    tp, pp, ep = layout["tp"], layout["pp"], layout["ep"]
+    tp, pp, ep, cp, etp = layout["tp"], layout["pp"], layout["ep"], layout["cp"], layout["etp"]
     v, mb = layout["interleave"], layout["microbatch"]
-    B = design["global_batch"]
-    dp_ok = _divides(tp * pp, layout["devices"])
+    B, L = design["global_batch"], design["layers"]
+    dp_ok = _divides(tp * cp * pp, layout["devices"])
     dp1 = jnp.where(dp_ok, dp, 1.0)
-    vok = (v == 1) | ((v > 1) & (pp > 1) & _divides(pp * v, design["layers"]) & _divides(pp, micro_batches))
+    uneven_ok = _power_of_two(pp)  # uneven stages: power-of-two pp (as practice and the enumeration)
+    pp_ok = (pp <= L) & (_divides(pp, L) | uneven_ok)
+    v_fits = _divides(pp * v, L) | (uneven_ok & (pp * v <= L))
+    vok = (v == 1) | ((v > 1) & (pp > 1) & v_fits & _divides(pp, micro_batches))
+    kv_ok = _divides(tp, design["kv_heads"]) | _divides(design["kv_heads"], tp)
     rules = [
         ("top_k_exceeds_experts", design["top_k"] > jnp.maximum(design["experts"], 1.0)),
         ("tp_not_dividing_heads", ~_divides(tp, design["heads"])),
-        ("tp_not_dividing_kv_heads", ~_divides(tp, design["kv_heads"])),
-        ("pp_not_dividing_layers", ~_divides(pp, design["layers"])),
+        ("tp_not_dividing_kv_heads", ~kv_ok),
+        ("pp_not_dividing_layers", ~pp_ok),
         ("devices_not_divisible_by_tp_pp", ~dp_ok),
         ("ep_not_dividing_experts", ~_divides(ep, jnp.maximum(design["experts"], 1.0))),
-        ("ep_not_dividing_dp", ~_divides(ep, dp1)),
+        ("ep_not_dividing_dp", ~_divides(ep * etp, tp * cp * dp1)),
         ("batch_too_small_for_dp", B < dp1),
         ("microbatch_not_dividing_batch", ~_divides(dp1 * mb, B)),
         ("interleave_invalid", ~vok | (v < 1)),
+        ("cp_not_dividing_seq_len", ~_divides(cp, design["seq_len"])),
     ]
     code = jnp.zeros(jnp.broadcast_shapes(*[jnp.shape(c) for _, c in rules]), dtype=jnp.int32)
     for name, bad in reversed(rules):
@@ -259,163 +343,269 @@ def reason_code(design, layout, dp, micro_batches):
     return code
 
 
+def _stage_params(design, layout):
+    """Parameters per device of one layer's non-expert and expert parts, and of the embedding table
+    of an end stage: (layer_nonexp, layer_exp, emb_end, emb_single) [parameters per device]."""
+    L, h, V = design["layers"], design["d_model"], design["vocab"]
+    fm, E, n_moe, f_e = design["ffn_matrices"], jnp.maximum(design["experts"], 1.0), design["moe_layers"], design["expert_d_ff"]
+    tp, ep, etp = layout["tp"], layout["ep"], layout["etp"]
+    emb_all = V * h * (2.0 - design["tied_embeddings"])
+    expert_total = n_moe * E * fm * h * f_e
+    layer_nonexp = (design["params"] - emb_all - h - expert_total) / L / tp
+    layer_exp = expert_total / L / (etp * ep)
+    return layer_nonexp, layer_exp, V * h / tp, emb_all / tp
+
+
 def memory_per_device(design, layout, dp, micro_batches, cal):
-    """Peak memory of the busiest device (first pipeline stage) [bytes].
+    """Peak memory of the busiest device (the first pipeline stage, or a middle one when the first
+    holds fewer layers) [bytes] → (bytes, parameters on the first stage's device).
 
     weights + gradients + optimizer states + activations + reserve, with
-      params on the device = non-expert layer params/(pp·tp) + expert params/(pp·tp·ep)
-                             + embedding table(s)/tp (both when pp = 1, one per end stage otherwise);
-      bytes per param: bytes_per_value (weights) + grad_bytes + optimizer 12 (fp32 master, Adam m, v;
-      8 when training in fp32), the optimizer part divided by dp (expert part by dp/ep) when
-      shard_optimizer (Rajbhandari et al. 2020 ZeRO-1; Megatron distributed optimizer: 6 + 12/d);
-      activations = per-layer bytes (activation_bytes_per_layer) × layers/pp × min(pp, m)
-                    × (1 + (pp−1)/(pp·v) if interleaved) (Korthikanti 2022 §4.2.3),
+      params on a device = its stage's layers × (non-expert layer params/tp + expert params/(etp·ep))
+                           + embedding table(s)/tp (both when pp = 1, one per end stage otherwise);
+      bytes per param: weights max(bpv, 2) (16-bit weights; + fp8_weight_cache_bytes of FP8 copies in
+      an FP8 run, Transformer Engine), gradients grad_bytes, optimizer 12 (fp32 master, Adam m, v; 8
+      when training in fp32); ZeRO stage z shards over the data-parallel ranks D = dp·cp (experts:
+      edp = tp·cp·dp/(etp·ep)): z ≥ 1 the optimizer states, z ≥ 2 the gradients, z = 3 the weights
+      too, then two layers' weights are gathered at a time (Rajbhandari et al. 2020 ZeRO; PyTorch
+      FSDP, Zhao et al. 2023; Megatron distributed optimizer: 6 + 12/d);
+      activations = per-layer bytes (activation_bytes_per_layer, s/cp tokens) × stage layers ×
+                    micro-batches in flight (min(pp, m) on the first stage, min(pp − 1, m) on the
+                    second) × (1 + (pp−1)/(pp·v) if interleaved) (Korthikanti 2022 §4.2.3),
       + one layer's full activations while recomputing (full recompute)
       + fp32 logits 4·s·b·vocab/tp when pp = 1.
     """
     L, h, V = design["layers"], design["d_model"], design["vocab"]
     s, heads = design["seq_len"], design["heads"]
     d_attn = heads * design["head_dim"]
-    kv_dim = design["kv_heads"] * design["head_dim"]
     fm, E, k = design["ffn_matrices"], jnp.maximum(design["experts"], 1.0), design["top_k"]
     n_moe, f_e = design["moe_layers"], design["expert_d_ff"]
     bpv = design["bytes_per_value"]
     tp, pp, ep, b = layout["tp"], layout["pp"], layout["ep"], layout["microbatch"]
+    cp, etp, zero = layout["cp"], layout["etp"], layout["zero_stage"]
     rc, v = layout["recompute"], layout["interleave"]
     sp = layout["sequence_parallel"] * (tp > 1)
-    flash = _get(layout, "flash_attention", 0.0)
+    flash = layout["flash_attention"]
+    kv_dim = design["kv_heads"] * design["head_dim"] * jnp.maximum(tp / design["kv_heads"], 1.0)
+    fp8 = bpv < 1.5
 
-    emb_all = V * h * (2.0 - design["tied_embeddings"])
-    expert_total = n_moe * E * fm * h * f_e
-    layer_nonexp = design["params"] - emb_all - h - expert_total
-    emb_stage = jnp.where(pp > 1, V * h, emb_all)
-    p_nonexp = layer_nonexp / (pp * tp) + emb_stage / tp
-    p_exp = expert_total / (pp * tp * ep)
-    p_dev = p_nonexp + p_exp
-    opt_bytes = jnp.where(bpv >= 4, 8.0, 12.0)
-    shard = layout["shard_optimizer"] > 0
+    first, middle, _ = stage_layers(L, pp)
+    lnx, lex, emb_end, emb_one = _stage_params(design, layout)
     dp1 = jnp.maximum(dp, 1.0)
-    opt = opt_bytes * (p_nonexp / jnp.where(shard, dp1, 1.0) + p_exp / jnp.where(shard, jnp.maximum(dp1 / ep, 1.0), 1.0))
-    states = p_dev * (bpv + cal["grad_bytes"]) + opt
+    D = dp1 * cp
+    edp = jnp.maximum(tp * cp * dp1 / (etp * ep), 1.0)
+    w_b = jnp.maximum(bpv, 2.0) + jnp.where(fp8, cal.get("fp8_weight_cache_bytes", 0.0), 0.0)
+    opt_bytes = jnp.where(bpv >= 4, 8.0, 12.0)
 
-    imb = cal["moe_imbalance"]
+    def states(nonexp, exp):
+        def per(p, d):
+            return p * (w_b / jnp.where(zero >= 3, d, 1.0) + cal["grad_bytes"] / jnp.where(zero >= 2, d, 1.0)
+                        + opt_bytes / jnp.where(zero >= 1, d, 1.0))
+        return per(nonexp, D) + per(exp, edp)
+
+    nonexp_first = first * lnx + jnp.where(pp > 1, emb_end, emb_one)
+    nonexp_mid = middle * lnx
+    gathered = jnp.where(zero >= 3, 2.0 * (lnx + lex) * w_b, 0.0)
+
+    imb = _imbalance(layout, cal)
     moe_frac = _safe_div(n_moe, L)
     ff_dense = fm * design["d_ff"]
     ff_moe = fm * f_e * (k * imb + design["shared_experts"]) + 2.0 * h * k * imb  # + permuted copies
     ff_rows = (1.0 - moe_frac) * ff_dense + moe_frac * ff_moe
-    act_full_layer = activation_bytes_per_layer(s, b, h, heads, d_attn, kv_dim, ff_rows, tp, sp, 0.0, flash)
-    act_layer = activation_bytes_per_layer(s, b, h, heads, d_attn, kv_dim, ff_rows, tp, sp, rc, flash)
-    in_flight = jnp.minimum(pp, micro_batches)
+    sc = s / cp
+    # FP8 runs keep the linear layers' inputs in FP8: QKV and first-FFN inputs (h, and the k·imb
+    # permuted copies in an MoE layer), output-projection and second-FFN inputs (d_attn, d_ff)
+    fp8_in = (jnp.where(fp8, h + (1.0 - moe_frac) * h + moe_frac * (h * k * imb + h * (design["shared_experts"] > 0)), 0.0),
+              jnp.where(fp8, d_attn + (1.0 - moe_frac) * design["d_ff"]
+                        + moe_frac * f_e * (k * imb + design["shared_experts"]), 0.0))
+    act_full_layer = activation_bytes_per_layer(sc, b, h, heads, d_attn, kv_dim, ff_rows, tp, sp, 0.0, flash, fp8_in)
+    act_layer = activation_bytes_per_layer(sc, b, h, heads, d_attn, kv_dim, ff_rows, tp, sp, rc, flash, fp8_in)
     inter = jnp.where(v > 1, 1.0 + _safe_div(pp - 1.0, pp * v), 1.0)
-    act = act_layer * (L / pp) * in_flight * inter
-    act = act + jnp.where(rc >= 2, act_full_layer, 0.0)
-    act = act + jnp.where(pp > 1, 0.0, 4.0 * s * b * V / tp)
-    act = act * jnp.maximum(bpv, 2.0) / 2.0
-    return states + act + cal["memory_reserve_bytes"], p_dev
+    scale = jnp.maximum(bpv, 2.0) / 2.0
+    extra = jnp.where(rc >= 2, act_full_layer, 0.0) + gathered / scale
+
+    def act(layers, in_flight, logits):
+        a = act_layer * layers * in_flight * inter + extra + logits
+        return a * scale
+
+    logits = jnp.where(pp > 1, 0.0, 4.0 * sc * b * V / tp)
+    mem_first = states(nonexp_first, first * lex) + act(first, jnp.minimum(pp, micro_batches), logits)
+    mem_mid = states(nonexp_mid, middle * lex) + act(middle, jnp.minimum(jnp.maximum(pp - 1.0, 1.0), micro_batches), 0.0)
+    mem = jnp.where(pp > 1, jnp.maximum(mem_first, mem_mid), mem_first)
+    return mem + cal["memory_reserve_bytes"], nonexp_first + first * lex
+
+
+def _imbalance(layout, cal):
+    """Busiest device's expert load / mean: the run's ``moe_imbalance`` when given (finite), else the
+    calibrated default (capacity factor 1.25; 1 for forced-balanced benchmarks)."""
+    given = layout.get("moe_imbalance")
+    if given is None:
+        return cal["moe_imbalance"]
+    return jnp.where(jnp.isfinite(given), given, cal["moe_imbalance"])
 
 
 def step(design: Mapping, hw: Mapping, layout: Mapping, cal: Mapping) -> dict:
     """Time, throughput, MFU/HFU, memory and feasibility of one training step.
 
     Units: seconds, bytes, tokens/s; MFU = B·s·train_flops_per_token/(step·devices·peak) with
-    kernels.flops (6·N_mm + 12·l·s·d_attn, no recomputation); HFU adds recompute_flops_per_token.
-    See the module docstring for the decomposition; reason 0 = feasible (kernels.reasons).
+    kernels.flops (6·N_mm + 12·l·s·d_attn, no recomputation) and peak the run's precision's;
+    HFU adds recompute_flops_per_token. See the module docstring for the decomposition; reason
+    0 = feasible (kernels.reasons). Function of ~150 lines: one step is one critical path, kept
+    whole so the terms can be read against each other.
     """
     f = lambda x: jnp.asarray(x) * 1.0  # noqa: E731  keep float32 inputs float32
     d = {key: f(val) for key, val in design.items()}
     w = {key: f(val) for key, val in hw.items()}
-    lay = {key: f(val) for key, val in layout.items()}
+    lay = layout_fields(layout)
 
     L, h, V, s = d["layers"], d["d_model"], d["vocab"], d["seq_len"]
     heads, hd = d["heads"], d["head_dim"]
-    d_attn, kv_dim = heads * hd, d["kv_heads"] * hd
+    d_attn = heads * hd
+    kv_dim = d["kv_heads"] * hd * jnp.maximum(lay["tp"] / d["kv_heads"], 1.0)  # replicated when tp > kv_heads
     fm, d_ff = d["ffn_matrices"], d["d_ff"]
     E, k = jnp.maximum(d["experts"], 1.0), d["top_k"]
     n_moe, f_e, n_sh = d["moe_layers"], d["expert_d_ff"], d["shared_experts"]
-    B, bpv = d["global_batch"], d["bytes_per_value"]
+    B, bpv_run = d["global_batch"], d["bytes_per_value"]
     peak, bw = w["peak_flops"], w["hbm_bw_bytes_s"]
+    peak16 = w.get("peak_bf16_flops", peak)
     intra, inter, node = w["intra_bw_bytes_s"], w["inter_bw_bytes_s"], w["devices_per_node"]
     devices, tp, pp, ep = lay["devices"], lay["tp"], lay["pp"], lay["ep"]
+    cp, etp, zero = lay["cp"], lay["etp"], lay["zero_stage"]
     b, rc, v = lay["microbatch"], lay["recompute"], lay["interleave"]
     sp = lay["sequence_parallel"] * (tp > 1)
-    shard = lay["shard_optimizer"]
-    flash = _get(lay, "flash_attention", 0.0)
+    flash = lay["flash_attention"]
+    ov = lay["overlap"] * cal.get("overlap_eff", 1.0)  # fraction of overlappable time that hides comm
 
-    dp = devices / (tp * pp)
+    # precisions: FP8 covers the linear layers only (Transformer Engine); attention core, head,
+    # router, elementwise work and communication stay 16-bit
+    fp8 = bpv_run < 1.5
+    bpv = jnp.maximum(bpv_run, 2.0)  # activations, streams, communication
+    peak_a = jnp.where(fp8, peak16, peak)
+    lin_eff = jnp.where(fp8, cal.get("gemm_eff_fp8", cal["gemm_eff_max"]), cal["gemm_eff_max"])
+    lin_cast = jnp.where(fp8, cal.get("fp8_cast_bytes", 0.0), 0.0)
+    lin = (bpv_run, peak, lin_eff, lin_cast)
+    grouped = cal.get("grouped_gemm_eff", 1.0)
+
+    dp = devices / (tp * cp * pp)
     dp_int = jnp.maximum(jnp.floor(dp), 1.0)
     m = jnp.maximum(B / (dp_int * b), 1.0)  # micro-batches per replica
     reason = reason_code(d, lay, dp, m)
-    T = b * s  # tokens per micro-batch
-    imb = cal["moe_imbalance"]
+    T = b * s / cp  # tokens per micro-batch on one device (before the tp split)
+    imb = _imbalance(lay, cal)
 
     # ---- forward work of one layer (dense and MoE), one micro-batch: GEMMs g, streams m ----
-    proj, core_g = attention_gemms(T, b, s, h, heads, kv_dim, d_attn, tp, bpv, peak, bw, cal, flash)
+    proj, core_g = attention_gemms(T, b, s, h, heads, kv_dim, d_attn, tp, bpv, peak_a, bw, cal, flash, cp, lin)
     rest_el, core_el = layer_stream_elements(T, h, heads, s, d_ff, fm, tp, sp, flash)
     core = core_g + stream_time(core_el, bpv, bw, cal)  # what selective recompute redoes
-    dense_g = proj + core_g + ffn_gemm_time(T, h, d_ff, fm, tp, 1.0, bpv, peak, bw, cal)
+    dense_g = proj + core_g + ffn_gemm_time(T, h, d_ff, fm, tp, 1.0, bpv_run, peak, bw, cal, lin_eff, lin_cast)
     dense_m = stream_time(rest_el + core_el, bpv, bw, cal)
     experts_dev = E / ep
-    rows_per_expert = T * k * imb / experts_dev  # busiest device: T·k·imb assignments over E/ep experts
-    moe_g = proj + core_g + ffn_gemm_time(rows_per_expert, h, f_e, fm, tp, experts_dev, bpv, peak, bw, cal)
-    moe_g = moe_g + jnp.where(n_sh > 0, ffn_gemm_time(T, h, n_sh * f_e, fm, tp, 1.0, bpv, peak, bw, cal), 0.0)
-    moe_g = moe_g + gemm_time(T, E, h, 1.0, bpv, peak, bw, cal)  # router
+    # busiest device: its E/ep experts each get T·k·imb·etp·ep/(E·tp) rows (the stage's dp·b·s·k
+    # assignments over E experts, each expert replicated over edp = tp·cp·dp/(etp·ep) devices)
+    rows_per_expert = T * k * imb * etp * ep / (E * tp)
+    moe_g = proj + core_g + ffn_gemm_time(rows_per_expert, h, f_e, fm, etp, experts_dev, bpv_run, peak, bw, cal,
+                                          lin_eff * grouped, lin_cast)
+    moe_g = moe_g + jnp.where(n_sh > 0, ffn_gemm_time(T, h, n_sh * f_e, fm, tp, 1.0, bpv_run, peak, bw, cal,
+                                                      lin_eff, lin_cast), 0.0)
+    moe_g = moe_g + gemm_time(T, E, h, 1.0, bpv, peak_a, bw, cal)  # router
     attn_el = rest_el - fm * d_ff * T / tp
     moe_el = attn_el + core_el + fm * f_e * (T * k * imb + n_sh * T) / tp + 4.0 * k * imb * h * T / tp + 4.0 * E * T
     moe_m = stream_time(moe_el, bpv, bw, cal)
 
-    # ---- tensor-parallel collectives: 2 all-reduce volumes forward, 2 backward ----
+    # ---- tensor-parallel collectives: 2 all-reduce volumes forward (1 in an MoE layer whose
+    # experts are not tensor-split: tokens go to the experts from their sequence-parallel shard) ----
     bw_tp = group_bandwidth(tp, 1.0, node, intra, inter)
     ar = allreduce_time(T * h * bpv, tp, bw_tp, cal)
     c_fwd = 2.0 * ar
+    c_fwd_moe = ar * (1.0 + (etp > 1))
     # ---- expert all-to-all: dispatch + combine per MoE layer, forward and backward ----
     a2a_bytes = T * k * imb * h * bpv / tp
-    a2a = alltoall_time(a2a_bytes, ep, tp, node, intra, inter, cal)
+    a2a = alltoall_time(a2a_bytes, ep, etp, node, intra, inter, cal)
+    # ---- context parallel: ring exchange of K and V (forward), K, V, dK, dV (backward), hidden
+    # under the attention core it overlaps with (ring attention, Liu et al. 2023; Megatron-core CP) ----
+    cp_link = jnp.where(tp * cp <= node, intra, inter)
+    cp_bytes = (cp - 1.0) * 2.0 * T * kv_dim / tp * bpv
+    cp_t = jnp.where(cp > 1, cp_bytes / (cp_link * cal["link_eff"]) + (cp - 1.0) * cal["collective_latency_s"], 0.0)
+    cp_exposed = jnp.maximum(cp_t - core_g, 0.0) + jnp.maximum(2.0 * cp_t - 2.0 * core_g, 0.0)
 
     full = rc >= 2
 
-    def layer_time(g, mem):
-        """(compute, exposed tp comm) of one layer and micro-batch: forward g + m + c;
+    def layer_time(g, mem, c, latency):
+        """(compute, exposed comm) of one layer and micro-batch: forward g + m + c;
         backward 2·g + 2·m with its tp collectives hidden under the weight-gradient GEMMs (time g)
         where they fit (Megatron async all-reduce; Korthikanti 2022 Table 4: 22B layer forward
-        7.7 ms, backward 11.9 ms); recompute redoes the forward (full, with its collectives exposed)
-        or the attention core (selective)."""
-        comp = 3.0 * (g + mem) + jnp.where(full, g + mem, jnp.where(rc >= 1, core, 0.0))
-        comm = c_fwd + jnp.maximum(c_fwd - g, 0.0) + jnp.where(full, c_fwd, 0.0)
+        7.7 ms, backward 11.9 ms); with ``overlap`` the forward ones hide under the forward GEMMs
+        too (TP comm overlap); recompute redoes the forward (full, with its collectives exposed)
+        or the attention core (selective). ``latency``: fixed time per layer and micro-batch (kernel
+        launches and host synchronisation, layer_latency_s; an MoE layer adds moe_layer_latency_s
+        for its router, token-count exchange and permutation launches), calibrated per class."""
+        comp = 3.0 * (g + mem) + jnp.where(full, g + mem, jnp.where(rc >= 1, core, 0.0)) + latency
+        fwd = jnp.maximum(c - ov * g, 0.0)
+        comm = fwd + jnp.maximum(c - g, 0.0) + jnp.where(full, fwd, 0.0) + cp_exposed
         return comp, comm
 
-    comp_dense, comm_dense = layer_time(dense_g, dense_m)
-    comp_moe, comm_moe = layer_time(moe_g, moe_m)
-    layers_stage = L / pp
-    moe_stage = n_moe / pp
-    compute_mb = (layers_stage - moe_stage) * comp_dense + moe_stage * comp_moe
-    # output layer (last stage): logits T × h → V/tp, fwd + 2× bwd, fp32 cross-entropy traffic
-    head = 3.0 * gemm_time(T, V / tp, h, 1.0, bpv, peak, bw, cal) + stream_time(6.0 * T * V / tp, 4.0, bw, cal)
-    compute_mb = compute_mb + head
-    tp_mb = (layers_stage - moe_stage) * comm_dense + moe_stage * comm_moe + 2.0 * ar  # + embedding, logits
-    a2a_mb = moe_stage * 2.0 * a2a * (2.0 + jnp.where(full, 1.0, 0.0))
+    lat = cal.get("layer_latency_s", 0.0)
+    comp_dense, comm_dense = layer_time(dense_g, dense_m, c_fwd, lat)
+    comp_moe, comm_moe = layer_time(moe_g, moe_m, c_fwd_moe, lat + cal.get("moe_layer_latency_s", 0.0))
+    a2a_layer = 2.0 * a2a * (2.0 + jnp.where(full, 1.0, 0.0))
+    # with ep_overlap the all-to-all runs under another micro-batch's compute (DeepSeek-V3 DualPipe;
+    # Megatron-core's overlapped 1F1B for MoE): only what exceeds the MoE layer's compute is exposed
+    ep_ov = lay["ep_overlap"] * cal.get("overlap_eff", 1.0)
+    a2a_layer = jnp.where(lay["ep_overlap"] > 0, jnp.maximum(a2a_layer - ep_ov * comp_moe, 0.0), a2a_layer)
+    # per-layer averages over the model (MoE layers spread over the stages)
+    moe_frac = _safe_div(n_moe, L)
+    comp_l = (1.0 - moe_frac) * comp_dense + moe_frac * comp_moe
+    tp_l = (1.0 - moe_frac) * comm_dense + moe_frac * comm_moe
+    a2a_l = moe_frac * a2a_layer
+    # output layer (last stage): logits T × h → V/tp, fwd + 2× bwd (16-bit), fp32 cross-entropy traffic
+    head = 3.0 * gemm_time(T, V / tp, h, 1.0, bpv, peak_a, bw, cal) + stream_time(6.0 * T * V / tp, 4.0, bw, cal)
 
     # ---- pipeline point-to-point: activation forward, gradient backward, per virtual stage ----
-    p2p_bw = jnp.where(tp * pp * dp_int <= node, intra, inter)
+    p2p_bw = jnp.where(tp * cp * pp * dp_int <= node, intra, inter)
     p2p_bytes = T * h * bpv / tp  # scatter/gather (or sequence parallel) split over tp
     p2p_mb = jnp.where(pp > 1, 2.0 * v * (p2p_bytes / (p2p_bw * cal["link_eff"]) + cal["collective_latency_s"]), 0.0)
 
-    t_mb = compute_mb + tp_mb + a2a_mb + p2p_mb  # slowest (last) stage: steady-state period
-    t_mb_avg = t_mb - head * (1.0 - 1.0 / pp)  # the head spread over the stages
+    # ---- the critical stage: a middle stage of ⌈L/pp⌉ layers or the last with the head ----
+    _, middle, last = stage_layers(L, pp)
+    unit = comp_l + tp_l + a2a_l
+    last_is_critical = last * unit + head >= middle * unit
+    n_c = jnp.where(last_is_critical, last, middle)
+    compute_mb = n_c * comp_l + jnp.where(last_is_critical, head, 0.0)
+    tp_mb = n_c * tp_l + 2.0 * ar  # + embedding, logits
+    a2a_mb = n_c * a2a_l
+
+    t_mb = compute_mb + tp_mb + a2a_mb + p2p_mb  # slowest stage: steady-state period
+    t_mb_avg = (L * unit + head) / pp + 2.0 * ar + p2p_mb  # the work spread over the stages
     bubble = (pp - 1.0) / v * t_mb_avg  # warm-up + cool-down pass through the other stages once
 
-    # ---- data-parallel gradient reduction and optimizer ----
+    # ---- data-parallel gradient reduction (and parameter gathers) and optimizer ----
     mem, p_dev = memory_per_device(d, lay, dp, m, cal)
-    expert_total = n_moe * E * fm * h * f_e
-    p_exp = expert_total / (pp * tp * ep)
+    first, _, _ = stage_layers(L, pp)
+    p_exp = first * _stage_params(d, lay)[1]
     p_nonexp = p_dev - p_exp
-    bw_dp = group_bandwidth(dp_int, tp, node, intra, inter)
-    edp = jnp.maximum(dp_int / ep, 1.0)
-    bw_edp = group_bandwidth(edp, tp * ep, node, intra, inter)
-    t_dp = allreduce_time(p_nonexp * cal["grad_bytes"], dp_int, bw_dp, cal)
-    t_dp = t_dp + allreduce_time(p_exp * cal["grad_bytes"], edp, bw_edp, cal)
+    w_b = bpv
+    gb = cal["grad_bytes"]
+    D = dp_int * cp
+    edp = jnp.maximum(tp * cp * dp_int / (etp * ep), 1.0)
+    bw_dp = group_bandwidth(D, tp, node, intra, inter)
+    bw_edp = group_bandwidth(edp, etp * ep, node, intra, inter)
+
+    def dp_comm(p, n, link):
+        """ZeRO 0: all-reduce of gradients; 1-2: reduce-scatter of gradients + all-gather of the
+        updated 16-bit weights; 3: reduce-scatter only (weights are gathered per micro-batch)."""
+        rs_ag = allgather_time(p * gb, n, link, cal) + jnp.where(zero >= 3, 0.0, allgather_time(p * w_b, n, link, cal))
+        return jnp.where(zero >= 1, rs_ag, allreduce_time(p * gb, n, link, cal))
+
+    t_dp = dp_comm(p_nonexp, D, bw_dp) + dp_comm(p_exp, edp, bw_edp)
     last_bwd = 2.0 / 3.0 * compute_mb
-    dp_exposed = jnp.maximum(t_dp - cal["dp_overlap"] * last_bwd, 0.0)
-    opt_params = jnp.where(shard > 0, p_nonexp / dp_int + p_exp / edp, p_dev)
+    window = jnp.where(lay["overlap"] > 0, ov * (last_bwd + jnp.where(zero >= 1, compute_mb / 3.0, 0.0)),
+                       cal["dp_overlap"] * last_bwd)
+    dp_exposed = jnp.maximum(t_dp - window, 0.0)
+    # ZeRO-3 / FSDP: weights all-gathered for the forward and again for the backward of each micro-batch
+    ag3 = 2.0 * (allgather_time(p_nonexp * w_b, D, bw_dp, cal) + allgather_time(p_exp * w_b, edp, bw_edp, cal))
+    fsdp_exposed = jnp.where(zero >= 3, m * jnp.maximum(ag3 - ov * compute_mb, 0.0), 0.0)
+    dp_exposed = dp_exposed + fsdp_exposed
+    opt_params = jnp.where(zero >= 1, p_nonexp / D + p_exp / edp, p_dev)
     t_opt = optimizer_time(opt_params, bw, cal)
 
     compute_s = m * compute_mb + t_opt
@@ -466,6 +656,14 @@ def _divisors(n: int) -> list[int]:
     return [x for x in range(1, n + 1) if n % x == 0]
 
 
+def _pipeline_degrees(layers: int) -> list[int]:
+    """Pipeline degrees offered: the divisors of the layers and the powers of two up to them
+    (uneven stages, ``stage_layers``): the set ``reason_code`` accepts."""
+    layers = int(layers)
+    pows = [1 << i for i in range(layers.bit_length()) if (1 << i) <= layers]
+    return sorted(set(_divisors(layers)) | set(pows))
+
+
 def enumerate_layouts(
     devices,
     layers,
@@ -486,11 +684,12 @@ def enumerate_layouts(
     """Every candidate layout for one design and device count, as equal-length 1-D int arrays.
 
     tp: divisors of heads up to max_tp (default 2·devices_per_node, i.e. at most two nodes);
-    pp: divisors of layers; only (tp, pp) with tp·pp dividing devices are kept (others have no
+    pp: divisors of layers and powers of two up to them (uneven stages); only (tp, pp) with tp·pp dividing devices are kept (others have no
     integral dp: skipped, not counted). ep: divisors of experts up to dp (ep ∤ dp kept, flagged by
     ``step``); 1 for dense models. microbatch: the given sizes dividing global_batch/dp; when dp
     does not divide the batch (or it is below dp) one micro-batch-1 entry is kept so ``step`` flags
-    it. interleave: 1, and v > 1 only when pp > 1 and pp·v divides layers. sequence_parallel only
+    it. interleave: 1, and v > 1 only when pp > 1 and pp·v divides layers (or pp is a power of two
+    and pp·v ≤ layers). sequence_parallel only
     with tp > 1 (0 otherwise). tp ∤ kv_heads and out-of-memory points are kept (flagged by ``step``).
     """
     devices, layers, heads = int(devices), int(layers), int(heads)
@@ -501,7 +700,7 @@ def enumerate_layouts(
     for tp in _divisors(heads):
         if tp > max_tp or devices % tp:
             continue
-        for pp in _divisors(layers):
+        for pp in _pipeline_degrees(layers):
             if (devices // tp) % pp:
                 continue
             dp = devices // (tp * pp)
@@ -510,7 +709,8 @@ def enumerate_layouts(
                 mbs = [mb for mb in microbatches if (global_batch // dp) % mb == 0]
             else:
                 mbs = [1]
-            vs = [v for v in interleaves if v == 1 or (pp > 1 and layers % (pp * v) == 0)]
+            uneven = pp & (pp - 1) == 0  # a power of two may split the layers unevenly
+            vs = [v for v in interleaves if v == 1 or (pp > 1 and (layers % (pp * v) == 0 or (uneven and pp * v <= layers)))]
             sps = sorted({x if tp > 1 else 0 for x in sequence_parallel})
             for ep in eps:
                 for mb in mbs:

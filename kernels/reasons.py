@@ -21,5 +21,6 @@ REASONS: dict[int, str] = {
     12: "heads_not_dividing_d_model",
     13: "kv_heads_not_dividing_heads",
     14: "missing_data",
+    15: "cp_not_dividing_seq_len",
 }
 CODE: dict[str, int] = {name: code for code, name in REASONS.items()}

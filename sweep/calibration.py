@@ -15,6 +15,14 @@ def _value(t):
     return None
 
 
+def class_of(db, hw_id: str) -> str:
+    """The name of the first ``[class.X]`` whose ``ids`` prefixes match ``hw_id`` ('' = none)."""
+    for name, cls in db.docs.get("calibration.toml", {}).get("class", {}).items():
+        if any(hw_id.startswith(p) for p in cls.get("ids", [])):
+            return name
+    return ""
+
+
 def calibration_for(db, hw_id: str) -> dict[str, float]:
     doc = db.docs.get("calibration.toml", {})
     cal = {}
@@ -30,4 +38,5 @@ def calibration_for(db, hw_id: str) -> dict[str, float]:
                 v = _value(t)
                 if v is not None and k != "ids":
                     cal[k] = float(v)
+            break
     return cal

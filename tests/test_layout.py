@@ -241,15 +241,15 @@ def _reason(design, hw, cal, **kw):
 def test_infeasible_layouts_get_the_right_reason(a100, cal):
     gpt3 = gpt_design(96, 12288, 96, 49152, 51200, 2048, 1536)
     assert _reason(gpt3, a100, cal, devices=64, tp=5, pp=1) == CODE["tp_not_dividing_heads"]
-    assert _reason(gpt3, a100, cal, devices=64, tp=8, pp=5) == CODE["pp_not_dividing_layers"]
+    assert _reason(gpt3, a100, cal, devices=64, tp=8, pp=5) == CODE["pp_not_dividing_layers"]  # nor a power of 2
     assert _reason(gpt3, a100, cal, devices=100, tp=8, pp=8) == CODE["devices_not_divisible_by_tp_pp"]
     assert _reason(gpt3, a100, cal, devices=8, tp=8, pp=1, recompute=2) == CODE["out_of_memory"]
     assert _reason(gpt3, a100, cal, devices=64, tp=8, pp=1, microbatch=5) == CODE["microbatch_not_dividing_batch"]
     assert _reason(gpt3, a100, cal, devices=64, tp=8, pp=1, interleave=2) == CODE["interleave_invalid"]
     small_batch = dict(gpt3, global_batch=4)
     assert _reason(small_batch, a100, cal, devices=512, tp=8, pp=8) == CODE["batch_too_small_for_dp"]
-    gqa = dict(gpt3, kv_heads=8)
-    assert _reason(gqa, a100, cal, devices=64, tp=16, pp=1) == CODE["tp_not_dividing_kv_heads"]
+    gqa = dict(gpt3, kv_heads=12)  # 8 ∤ 12 and 12 ∤ 8: neither split nor replicated
+    assert _reason(gqa, a100, cal, devices=64, tp=8, pp=1) == CODE["tp_not_dividing_kv_heads"]
     moe = _moe_design(8)
     assert _reason(moe, a100, cal, devices=64, ep=3) == CODE["ep_not_dividing_experts"]
     assert _reason(moe, a100, cal, devices=12, ep=8) == CODE["ep_not_dividing_dp"]

@@ -147,6 +147,63 @@ def test_layout_kernel_float64_equals_python_loop(cases, kernel, cal):
                 assert got[k] == pytest.approx(float(kernel[k][i]), rel=1e-12), (i, k)
 
 
+def modern_cases(n: int, seed: int = 11) -> tuple[dict, dict]:
+    """random_cases with today's layout terms drawn too: context parallel (cp | seq_len, or not),
+    expert tensor parallel 1 or tp, ZeRO stages 0-3, overlap and expert-overlap switches, FP8
+    training (1-byte GEMMs with a 16-bit attention peak), a given MoE imbalance, uneven
+    power-of-two pipelines and KV heads replicated (tp > kv_heads)."""
+    x, lay = random_cases(n, seed)
+    rng = np.random.default_rng(seed + 1)
+    pick = lambda *v: rng.choice(v, size=n)  # noqa: E731
+    x["bytes_per_value"] = np.where(rng.random(n) < 0.4, 1.0, x["bytes_per_value"])
+    x["peak_bf16_flops"] = x["peak_flops"] / np.where(x["bytes_per_value"] < 1.5, 2.0, 1.0)
+    lay["cp"] = pick(1.0, 1.0, 2.0, 4.0, 3.0)
+    lay["devices"] = lay["devices"] * lay["cp"]
+    lay["etp"] = np.where(rng.random(n) < 0.5, 1.0, lay["tp"])
+    lay["zero_stage"] = pick(0.0, 1.0, 2.0, 3.0)
+    lay["overlap"] = pick(0.0, 1.0)
+    lay["ep_overlap"] = pick(0.0, 1.0)
+    lay["moe_imbalance"] = np.where(rng.random(n) < 0.5, np.nan, pick(1.0, 1.1, 1.5))
+    uneven = rng.random(n) < 0.2  # power-of-two pp that may not divide the layers
+    lay["pp"] = np.where(uneven, pick(2.0, 4.0, 8.0, 16.0), lay["pp"])
+    replicated = rng.random(n) < 0.15  # tp above the KV heads
+    lay["tp"] = np.where(replicated & (x["heads"] % (2 * x["kv_heads"]) == 0), 2 * x["kv_heads"], lay["tp"])
+    lay["devices"] = lay["tp"] * lay["pp"] * lay["cp"] * np.maximum(np.round(lay["devices"] / (lay["tp"] * lay["pp"] * lay["cp"])), 1)
+    return x, lay
+
+
+MODERN_CAL = {"gemm_eff_fp8": 0.6, "grouped_gemm_eff": 0.8, "overlap_eff": 0.7, "fp8_cast_bytes": 3.0,
+              "fp8_weight_cache_bytes": 1.0, "layer_latency_s": 2e-4, "moe_layer_latency_s": 5e-4}
+
+
+def test_modern_layout_terms_kernel_equals_numpy_and_python(cal):
+    x, lay = modern_cases(1500)
+    c = {**cal, **MODERN_CAL}
+    design = {k: x[k] for k in ("layers", "d_model", "heads", "kv_heads", "head_dim", "d_ff", "ffn_matrices",
+                                "vocab", "seq_len", "tied_embeddings", "experts", "top_k", "expert_d_ff",
+                                "shared_experts", "global_batch", "bytes_per_value", "params", "active_params")}
+    design["moe_layers"] = np.asarray(moe_layer_count(x["layers"], x["experts"], x["moe_every"], x["first_dense_layers"]))
+    hw = {k: x[k] for k in ("peak_flops", "peak_bf16_flops", "hbm_bytes", "hbm_bw_bytes_s", "intra_bw_bytes_s",
+                            "inter_bw_bytes_s", "devices_per_node")}
+    kernel = {k: np.asarray(v) for k, v in STEP(design, hw, lay, c).items()}
+    ref = step_numpy(x, lay, c)
+    reason = kernel["reason"]
+    assert (reason == 0).sum() > 200
+    assert (reason == 15).any()  # cp = 3 divides no power-of-two sequence
+    np.testing.assert_array_equal(reason, ref["reason"])
+    for k in STEP_OUTPUTS:
+        if k != "reason":
+            np.testing.assert_allclose(kernel[k], ref[k], rtol=1e-12, err_msg=k)
+    ok = np.flatnonzero(reason == 0)
+    assert (lay["zero_stage"][ok] == 3).any() and (lay["cp"][ok] > 1).any() and (x["bytes_per_value"][ok] < 1.5).any()
+    for i in range(0, 1500, 11):
+        got = step_python({k: float(v[i]) for k, v in x.items()}, {k: float(v[i]) for k, v in lay.items()}, c)
+        assert got["reason"] == reason[i], i
+        for k in STEP_OUTPUTS:
+            if k != "reason":
+                assert got[k] == pytest.approx(float(kernel[k][i]), rel=1e-12, nan_ok=True), (i, k)
+
+
 BEST_GRID = {
     "model": {"heads": 16, "vocab": 32000, "seq_len": 2048, "ffn": "swiglu", "top_k": 2},
     "training": {"tokens": 2e11, "global_batch": 512},
