@@ -57,7 +57,8 @@ OPTIMIZER_BYTES_PER_PARAM = 58.0
 LAYOUT_INPUTS = ("devices", "tp", "pp", "ep", "microbatch", "recompute", "interleave", "shard_optimizer",
                  "sequence_parallel")
 # optional layout inputs (kernels.layout.layout_fields gives their defaults)
-OPTIONAL_LAYOUT_INPUTS = ("cp", "etp", "zero_stage", "overlap", "ep_overlap", "moe_imbalance")
+OPTIONAL_LAYOUT_INPUTS = ("cp", "etp", "zero_stage", "overlap", "ep_overlap", "moe_imbalance", "grad_bytes",
+                          "offload_layers", "ep_dedup")
 STEP_OUTPUTS = ("step_time_s", "compute_s", "comm_exposed_s", "bubble_s", "tokens_per_s", "mfu", "hfu",
                 "memory_bytes", "dp", "micro_batches", "reason")
 # reason codes (kernels.reasons), spelled out here so the reference does not import the kernels
@@ -118,7 +119,11 @@ def step_python(p: dict, lay: dict, cal: dict) -> dict:
     flash = lay.get("flash_attention", 0.0) > 0
     full = rc >= 2
     geff, heff, leff, lat = cal["gemm_eff_max"], cal["hbm_eff"], cal["link_eff"], cal["collective_latency_s"]
-    wave, gb = cal["gemm_wave_elements"], cal["grad_bytes"]
+    wave = cal["gemm_wave_elements"]
+    gb = lay.get("grad_bytes", math.nan)
+    gb = gb if math.isfinite(gb) else cal["grad_bytes"]
+    offload = lay.get("offload_layers", 0.0)
+    no_dropout = p.get("dropout", 1.0) <= 0
     imb = lay.get("moe_imbalance", math.nan)
     imb = imb if math.isfinite(imb) else cal["moe_imbalance"]
     ov = cal.get("overlap_eff", 1.0) if overlap else 0.0
@@ -167,7 +172,7 @@ def step_python(p: dict, lay: dict, cal: dict) -> dict:
     dp_ok = _divides(tp * cp * pp, devices)
     dp1 = dp if dp_ok else 1.0
     pp_ok = pp <= L and (_divides(pp, L) or _pow2(pp))
-    v_ok = v == 1 or (v > 1 and pp > 1 and (_divides(pp * v, L) or (_pow2(pp) and pp * v <= L))
+    v_ok = v == 1 or (v > 1 and pp > 1 and (_divides(pp * v, L) or (_pow2(pp) and pp * v <= L + 2))
                       and _divides(pp, m))
     if k > E:
         reason = TOP_K_EXCEEDS_EXPERTS
@@ -201,7 +206,7 @@ def step_python(p: dict, lay: dict, cal: dict) -> dict:
     nb = b * heads / tp
     hd_ = d_attn / heads
     if flash:
-        core_g = CAUSAL * 4.0 * nb * sq * s * hd_ / (peak_a * geff) + stream(4.0 * nb * sq * hd_)
+        core_g = CAUSAL * 4.0 * nb * sq * s * hd_ / (peak_a * cal.get("attention_eff", geff)) + stream(4.0 * nb * sq * hd_)
         core_g *= 1.0 + 0.5 * wave / (nb * sq * hd_)
         core_el = 0.0
     else:
@@ -209,6 +214,8 @@ def step_python(p: dict, lay: dict, cal: dict) -> dict:
         core_el = 4.5 * heads * s * T / tp
     rest_el = 11.0 * h * T / (tp if sp else 1.0) + fm * d_ff * T / tp
     core = core_g + stream(core_el)
+    norms_el = 4.0 * h * T / (tp if sp else 1.0)
+    sel_dense = stream(norms_el + fm * d_ff * T / tp) if flash else core
     dense_g = proj + core_g + ffn(T, d_ff, tp)
     dense_m = stream(rest_el + core_el)
     experts_dev = E / ep
@@ -220,6 +227,7 @@ def step_python(p: dict, lay: dict, cal: dict) -> dict:
     moe_el = (rest_el - fm * d_ff * T / tp + core_el + fm * f_e * (T * k * imb + n_sh * T) / tp
               + 4.0 * k * imb * h * T / tp + 4.0 * E * T)
     moe_m = stream(moe_el)
+    sel_moe = stream(norms_el + fm * f_e * (T * k * imb + n_sh * T) / tp) if flash else core
 
     # --- communication ---
     ar = allreduce(T * h * bpv, tp, ring_bw(tp, 1.0))
@@ -227,8 +235,13 @@ def step_python(p: dict, lay: dict, cal: dict) -> dict:
     n_ep = max(ep, 1.0)
     if n_ep > 1.0:
         g_ep = min(max(node / max(etp, 1.0), 1.0), n_ep)
-        a2a_bytes = T * k * imb * h * bpv / tp
-        a2a = a2a_bytes * ((g_ep - 1.0) / n_ep / intra + (n_ep - g_ep) / n_ep / inter) / leff + lat * math.log2(n_ep)
+        a2a_bytes = T * imb * h * bpv / tp
+        nodes = n_ep / g_ep
+        if lay.get("ep_dedup", 0.0) > 0:
+            remote = (nodes - 1.0) * (1.0 - (1.0 - 1.0 / nodes) ** k) if nodes > 1.0 else 0.0
+        else:
+            remote = k * (n_ep - g_ep) / n_ep
+        a2a = a2a_bytes * (k * (g_ep - 1.0) / n_ep / intra + remote / inter) / leff + lat * math.log2(n_ep)
     else:
         a2a = 0.0
     if cp > 1:
@@ -238,14 +251,14 @@ def step_python(p: dict, lay: dict, cal: dict) -> dict:
         cp_t = 0.0
     cp_hidden = max(cp_t - core_g, 0.0) + max(2.0 * cp_t - 2.0 * core_g, 0.0)
 
-    def layer(g, mem, c, latency):
-        redo = g + mem if full else (core if rc >= 1 else 0.0)
+    def layer(g, mem, c, latency, sel):
+        redo = g + mem if full else (sel if rc >= 1 else 0.0)
         fwd = max(c - ov * g, 0.0)
         return 3.0 * (g + mem) + redo + latency, fwd + max(c - g, 0.0) + (fwd if full else 0.0) + cp_hidden
 
     lat_l = cal.get("layer_latency_s", 0.0)
-    comp_dense, comm_dense = layer(dense_g, dense_m, c_dense, lat_l)
-    comp_moe, comm_moe = layer(moe_g, moe_m, c_moe, lat_l + cal.get("moe_layer_latency_s", 0.0))
+    comp_dense, comm_dense = layer(dense_g, dense_m, c_dense, lat_l, sel_dense)
+    comp_moe, comm_moe = layer(moe_g, moe_m, c_moe, lat_l + cal.get("moe_layer_latency_s", 0.0), sel_moe)
     frac = n_moe / L if L != 0 else n_moe
     comp_l = (1.0 - frac) * comp_dense + frac * comp_moe
     tp_l = (1.0 - frac) * comm_dense + frac * comm_moe
@@ -276,7 +289,7 @@ def step_python(p: dict, lay: dict, cal: dict) -> dict:
     dp_m = max(dp, 1.0)
     D_m = dp_m * cp
     edp_m = max(tp * cp * dp_m / (etp * ep), 1.0)
-    w_b = bpv + (cal.get("fp8_weight_cache_bytes", 0.0) if fp8 else 0.0)
+    w_b = cal.get("fp8_weight_bytes", 2.0) if fp8 else bpv
     opt_b = 8.0 if bpv_run >= 4 else 12.0
 
     def per_param(d_):
@@ -298,6 +311,11 @@ def step_python(p: dict, lay: dict, cal: dict) -> dict:
             unsplit = h + (1.0 - moe_frac) * h + moe_frac * (h * k * imb + (h if n_sh > 0 else 0.0))
             split_in = d_attn + (1.0 - moe_frac) * d_ff + moe_frac * f_e * (k * imb + n_sh)
             saved = sq * b * (unsplit / (tp if sp else 1.0) + split_in / tp)
+        if no_dropout:  # no dropout masks
+            saved += 2.0 * sbh / (tp if sp else 1.0)
+        if mode == 1 and flash:  # norms and activation functions recomputed
+            act_in = (fm - 1.0) * ((1.0 - moe_frac) * d_ff + moe_frac * f_e * (k * imb + n_sh))
+            saved += 4.0 * sbh / (tp if sp else 1.0) + 2.0 * sq * b * act_in / tp
         return split + (0.0 if (mode >= 1 or flash) else 5.0 * heads * sq * sq * b / tp) - saved
 
     interleaved = 1.0 + (pp - 1.0) / (pp * v) if v > 1 else 1.0
@@ -306,7 +324,7 @@ def step_python(p: dict, lay: dict, cal: dict) -> dict:
 
     def stage_memory(layers, in_flight, emb, logits):
         states = (layers * lnx + emb) * per_param(D_m) + layers * lex * per_param(edp_m)
-        act = activations(rc) * layers * in_flight * interleaved + (activations(0.0) if full else 0.0)
+        act = activations(rc) * max(layers - offload, 0.0) * in_flight * interleaved + (activations(0.0) if full else 0.0)
         act = (act + gathered / scale + logits) * scale
         return states + act
 
@@ -325,7 +343,7 @@ def step_python(p: dict, lay: dict, cal: dict) -> dict:
 
     def reduce(p_, n, link):
         if zero >= 1:
-            return allgather(p_ * gb, n, link) + (0.0 if zero >= 3 else allgather(p_ * bpv, n, link))
+            return allgather(p_ * gb, n, link) + (0.0 if zero >= 3 else allgather(p_ * w_b, n, link))
         return allreduce(p_ * gb, n, link)
 
     t_dp = reduce(p_nonexp, D, ring_bw(D, tp)) + reduce(p_exp, edp, ring_bw(edp, etp * ep))
@@ -335,7 +353,7 @@ def step_python(p: dict, lay: dict, cal: dict) -> dict:
         window = cal["dp_overlap"] * 2.0 / 3.0 * compute_mb
     dp_exposed = max(t_dp - window, 0.0)
     if zero >= 3:
-        ag = 2.0 * (allgather(p_nonexp * bpv, D, ring_bw(D, tp)) + allgather(p_exp * bpv, edp, ring_bw(edp, etp * ep)))
+        ag = 2.0 * (allgather(p_nonexp * w_b, D, ring_bw(D, tp)) + allgather(p_exp * w_b, edp, ring_bw(edp, etp * ep)))
         dp_exposed += m * max(ag - ov * compute_mb, 0.0)
     t_opt = stream((p_nonexp / D + p_exp / edp if zero >= 1 else p_nonexp + p_exp) * OPTIMIZER_BYTES_PER_PARAM, 1.0)
     compute_s = m * compute_mb + t_opt
@@ -427,7 +445,11 @@ def step_numpy(p: dict, lay: dict, cal: dict) -> dict:
     flash = np.asarray(lay.get("flash_attention", 0.0)) > 0
     full = rc >= 2
     geff, heff, leff, lat = c["gemm_eff_max"], c["hbm_eff"], c["link_eff"], c["collective_latency_s"]
-    wave, gb = c["gemm_wave_elements"], c["grad_bytes"]
+    wave = c["gemm_wave_elements"]
+    gb_given = w.get("grad_bytes")
+    gb = c["grad_bytes"] if gb_given is None else np.where(np.isfinite(gb_given), gb_given, c["grad_bytes"])
+    offload = w.get("offload_layers", np.zeros_like(tp))
+    no_dropout = np.asarray(a.get("dropout", one)) <= 0
     imb_given = w.get("moe_imbalance")
     imb = c["moe_imbalance"] if imb_given is None else np.where(np.isfinite(imb_given), imb_given, c["moe_imbalance"])
     ov = np.where(overlap, c.get("overlap_eff", one), zero_)
@@ -477,7 +499,7 @@ def step_numpy(p: dict, lay: dict, cal: dict) -> dict:
         dp1 = np.where(dp_ok, dp, one)
         pow2 = (pp >= 1) & (np.abs(np.exp2(np.round(np.log2(np.maximum(pp, one)))) - pp) < 1e-6)
         pp_ok = (pp <= L) & (_divides_np(pp, L) | pow2)
-        v_ok = (v == 1) | ((v > 1) & (pp > 1) & (_divides_np(pp * v, L) | (pow2 & (pp * v <= L)))
+        v_ok = (v == 1) | ((v > 1) & (pp > 1) & (_divides_np(pp * v, L) | (pow2 & (pp * v <= L + 2)))
                            & _divides_np(pp, m))
         rules = [(TOP_K_EXCEEDS_EXPERTS, k > E), (TP_HEADS, ~_divides_np(tp, heads)),
                  (TP_KV, ~(_divides_np(tp, kv) | _divides_np(kv, tp))),
@@ -494,12 +516,14 @@ def step_numpy(p: dict, lay: dict, cal: dict) -> dict:
         proj = lin(T, (d_attn + 2.0 * kv_dim) / tp, h) + lin(T, h, d_attn / tp)
         nb = b * heads / tp
         hd_ = d_attn / heads
-        core_flash = ((CAUSAL * 4.0 * nb * sq * s * hd_ / (peak_a * geff) + stream(4.0 * nb * sq * hd_))
+        core_flash = ((CAUSAL * 4.0 * nb * sq * s * hd_ / (peak_a * c.get("attention_eff", geff)) + stream(4.0 * nb * sq * hd_))
                       * (1.0 + 0.5 * wave / (nb * sq * hd_)))
         core_g = np.where(flash, core_flash, gemm(sq, s, hd_, nb) + gemm(sq, hd_, s, nb))
         core_el = np.where(flash, zero_, 4.5 * heads * s * T / tp)
         rest_el = 11.0 * h * T / np.where(sp, tp, one) + fm * d_ff * T / tp
         core = core_g + stream(core_el)
+        norms_el = 4.0 * h * T / np.where(sp, tp, one)
+        sel_dense = np.where(flash, stream(norms_el + fm * d_ff * T / tp), core)
         dense_g = proj + core_g + ffn(T, d_ff, tp)
         dense_m = stream(rest_el + core_el)
         experts_dev = E / ep
@@ -509,27 +533,31 @@ def step_numpy(p: dict, lay: dict, cal: dict) -> dict:
         moe_el = (rest_el - fm * d_ff * T / tp + core_el + fm * f_e * (T * k * imb + n_sh * T) / tp
                   + 4.0 * k * imb * h * T / tp + 4.0 * E * T)
         moe_m = stream(moe_el)
+        sel_moe = np.where(flash, stream(norms_el + fm * f_e * (T * k * imb + n_sh * T) / tp), core)
 
         ar = allreduce(T * h * bpv, tp, ring_bw(tp, one))
         c_dense, c_moe = 2.0 * ar, np.where(etp > 1, dt.type(2.0), one) * ar
         n_ep = np.maximum(ep, one)
         g_ep = np.clip(node / np.maximum(etp, one), one, n_ep)
-        a2a_bytes = T * k * imb * h * bpv / tp
-        a2a = np.where(n_ep > 1, a2a_bytes * ((g_ep - 1.0) / n_ep / intra + (n_ep - g_ep) / n_ep / inter) / leff
+        a2a_bytes = T * imb * h * bpv / tp
+        nodes = n_ep / g_ep
+        distinct = np.where(nodes > 1, (nodes - 1.0) * (1.0 - (1.0 - 1.0 / np.maximum(nodes, one)) ** k), zero_)
+        remote = np.where(w.get("ep_dedup", np.zeros_like(tp)) > 0, distinct, k * (n_ep - g_ep) / n_ep)
+        a2a = np.where(n_ep > 1, a2a_bytes * (k * (g_ep - 1.0) / n_ep / intra + remote / inter) / leff
                        + lat * np.log2(n_ep), zero_)
         cp_link = np.where(tp * cp <= node, intra, inter)
         cp_t = np.where(cp > 1, (cp - 1.0) * 2.0 * T * kv_dim / tp * bpv / (cp_link * leff) + (cp - 1.0) * lat, zero_)
         cp_hidden = np.maximum(cp_t - core_g, zero_) + np.maximum(2.0 * cp_t - 2.0 * core_g, zero_)
 
-        def layer(g, mem, cc, latency):
-            redo = np.where(full, g + mem, np.where(rc >= 1, core, zero_))
+        def layer(g, mem, cc, latency, sel):
+            redo = np.where(full, g + mem, np.where(rc >= 1, sel, zero_))
             fwd = np.maximum(cc - ov * g, zero_)
             comm = fwd + np.maximum(cc - g, zero_) + np.where(full, fwd, zero_) + cp_hidden
             return 3.0 * (g + mem) + redo + latency, comm
 
         lat_l = c.get("layer_latency_s", zero_)
-        comp_dense, comm_dense = layer(dense_g, dense_m, c_dense, lat_l)
-        comp_moe, comm_moe = layer(moe_g, moe_m, c_moe, lat_l + c.get("moe_layer_latency_s", zero_))
+        comp_dense, comm_dense = layer(dense_g, dense_m, c_dense, lat_l, sel_dense)
+        comp_moe, comm_moe = layer(moe_g, moe_m, c_moe, lat_l + c.get("moe_layer_latency_s", zero_), sel_moe)
         frac = n_moe / np.where(L == 0, one, L)
         comp_l = (1.0 - frac) * comp_dense + frac * comp_moe
         tp_l = (1.0 - frac) * comm_dense + frac * comm_moe
@@ -561,7 +589,7 @@ def step_numpy(p: dict, lay: dict, cal: dict) -> dict:
         dp_m = np.maximum(dp, one)
         D_m = dp_m * cp
         edp_m = np.maximum(tp * cp * dp_m / (etp * ep), one)
-        w_b = bpv + np.where(fp8, c.get("fp8_weight_cache_bytes", zero_), zero_)
+        w_b = np.where(fp8, c.get("fp8_weight_bytes", dt.type(2.0)), bpv)
         opt_b = np.where(bpv_run >= 4, dt.type(8.0), dt.type(12.0))
 
         def per_param(d_):
@@ -578,15 +606,20 @@ def step_numpy(p: dict, lay: dict, cal: dict) -> dict:
         unsplit_in = h + (1.0 - frac) * h + frac * (h * k * imb + np.where(n_sh > 0, h, zero_))
         split_in = d_attn + (1.0 - frac) * d_ff + frac * f_e * (k * imb + n_sh)
         saved = np.where(fp8, sq * b * (unsplit_in / np.where(sp, tp, one) + split_in / tp), zero_)
+        saved = saved + np.where(no_dropout, 2.0 * sbh / np.where(sp, tp, one), zero_)
+        act_in = (fm - 1.0) * ((1.0 - frac) * d_ff + frac * f_e * (k * imb + n_sh))
+        cheap = 4.0 * sbh / np.where(sp, tp, one) + 2.0 * sq * b * act_in / tp
+        saved_sel = saved + np.where(flash, cheap, zero_)
         act_none = split + np.where(flash, zero_, scores) - saved
-        act_mode = np.where(full, kept, split + np.where((rc >= 1) | flash, zero_, scores) - saved)
+        act_mode = np.where(full, kept, split + np.where((rc >= 1) | flash, zero_, scores)
+                            - np.where(rc == 1, saved_sel, saved))
         interleaved = np.where(v > 1, 1.0 + (pp - 1.0) / (pp * v), one)
         scale = bpv / 2.0
         gathered = np.where(zero >= 3, 2.0 * (lnx + lex) * w_b, zero_)
 
         def stage_memory(layers, in_flight, emb, logits):
             states = (layers * lnx + emb) * per_param(D_m) + layers * lex * per_param(edp_m)
-            act = act_mode * layers * in_flight * interleaved + np.where(full, act_none, zero_)
+            act = act_mode * np.maximum(layers - offload, zero_) * in_flight * interleaved + np.where(full, act_none, zero_)
             return states + (act + gathered / scale + logits) * scale
 
         mem_first = stage_memory(first, np.minimum(pp, m), np.where(pp > 1, V * h, emb_all) / tp,
@@ -600,7 +633,7 @@ def step_numpy(p: dict, lay: dict, cal: dict) -> dict:
         edp = np.maximum(tp * cp * dp_int / (etp * ep), one)
 
         def reduce(p_, n, lk):
-            rs_ag = allgather(p_ * gb, n, lk) + np.where(zero >= 3, zero_, allgather(p_ * bpv, n, lk))
+            rs_ag = allgather(p_ * gb, n, lk) + np.where(zero >= 3, zero_, allgather(p_ * w_b, n, lk))
             return np.where(zero >= 1, rs_ag, allreduce(p_ * gb, n, lk))
 
         bw_d, bw_e = ring_bw(D, tp), ring_bw(edp, etp * ep)
@@ -608,7 +641,7 @@ def step_numpy(p: dict, lay: dict, cal: dict) -> dict:
         window = np.where(overlap, ov * (2.0 / 3.0 * compute_mb + np.where(zero >= 1, compute_mb / 3.0, zero_)),
                           c["dp_overlap"] * 2.0 / 3.0 * compute_mb)
         dp_exposed = np.maximum(t_dp - window, zero_)
-        ag = 2.0 * (allgather(p_nonexp * bpv, D, bw_d) + allgather(p_exp * bpv, edp, bw_e))
+        ag = 2.0 * (allgather(p_nonexp * w_b, D, bw_d) + allgather(p_exp * w_b, edp, bw_e))
         dp_exposed = dp_exposed + np.where(zero >= 3, m * np.maximum(ag - ov * compute_mb, zero_), zero_)
         t_opt = stream(np.where(zero >= 1, p_nonexp / D + p_exp / edp, p_nonexp + p_exp) * OPTIMIZER_BYTES_PER_PARAM,
                        one)

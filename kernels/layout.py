@@ -147,17 +147,25 @@ def allgather_time(nbytes, group, bw, cal):
     return jnp.where(n > 1.0, t, 0.0)
 
 
-def alltoall_time(nbytes, ep, stride, devices_per_node, intra_bw, inter_bw, cal):
+def alltoall_time(nbytes, ep, stride, devices_per_node, intra_bw, inter_bw, cal, copies=1.0, dedup=0.0):
     """All-to-all of ``nbytes`` per device over ``ep`` ranks ``stride`` apart [s] (stride = the
     expert tensor-parallel degree etp: expert ranks are laid out etp-innermost, Megatron-core).
 
     A fraction (g−1)/ep of the data stays on the node (NVLink), (ep−g)/ep leaves it through the
     device's own NIC (g = ep peers per node); no aggregation across NICs (DeepSpeed-MoE §5, Tutel).
-    t = bytes·((g−1)/ep/intra + (ep−g)/ep/inter)/link_eff + α·log2(ep).
+    t = bytes·((g−1)/ep/intra + (ep−g)/ep/inter)/link_eff + α·log2(ep), bytes = copies × ``nbytes``
+    (a token routed to top_k experts is sent top_k times). With ``dedup`` (DeepEP / HybridEP,
+    Megatron-core's flex dispatcher; DeepSeek-V3's node-limited routing) a token crosses the
+    network once per remote node it has experts on, then is forwarded over NVLink: the inter-node
+    copies are the expected number of distinct remote nodes, (N − 1)·(1 − (1 − 1/N)^copies) of the
+    N = ep/g nodes, for experts chosen uniformly.
     """
     n = jnp.maximum(ep, 1.0)
     g = jnp.clip(devices_per_node / jnp.maximum(stride, 1.0), 1.0, n)
-    t = nbytes * ((g - 1.0) / n / intra_bw + (n - g) / n / inter_bw) / cal["link_eff"]
+    nodes = n / g
+    distinct = jnp.where(nodes > 1.0, (nodes - 1.0) * -jnp.expm1(copies * jnp.log1p(-1.0 / jnp.maximum(nodes, 1.0 + 1e-6))), 0.0)
+    remote = jnp.where(dedup > 0, distinct, copies * (n - g) / n)
+    t = nbytes * (copies * (g - 1.0) / n / intra_bw + remote / inter_bw) / cal["link_eff"]
     t = t + cal["collective_latency_s"] * jnp.log2(n)
     return jnp.where(n > 1.0, t, 0.0)
 
@@ -211,7 +219,9 @@ def attention_gemms(T, b, s, h, heads, kv_dim, d_attn, tp, bpv, peak, bw, cal, f
     (Korthikanti 2022 §4.1), always at 16-bit (Transformer Engine keeps attention in BF16).
     With flash attention the core's traffic is Q, K, V, O only (Dao 2022) and a causal mask skips
     the blocks above the diagonal: CAUSAL_FRACTION of the counted FLOPs are computed (FlashAttention-2
-    §3.1); without it the whole s×s product is computed, then masked (Megatron-LM 2021-22).
+    §3.1), at ``attention_eff`` of the peak (a fused attention kernel is not a GEMM: FlashAttention-3
+    reports ~75 % of H100's BF16 peak forward and less backward); without it the whole s×s product is
+    computed as two batched GEMMs, then masked (Megatron-LM 2021-22).
     """
     lb, lpeak, leff, lcast = (bpv, peak, cal["gemm_eff_max"], 0.0) if lin is None else lin
     proj = gemm_time(T, (d_attn + 2.0 * kv_dim) / tp, h, 1.0, lb, lpeak, bw, cal, leff, lcast)
@@ -220,7 +230,7 @@ def attention_gemms(T, b, s, h, heads, kv_dim, d_attn, tp, bpv, peak, bw, cal, f
     nb = b * heads / tp
     sq = s / cp
     core_plain = gemm_time(sq, s, hd, nb, bpv, peak, bw, cal) + gemm_time(sq, hd, s, nb, bpv, peak, bw, cal)
-    core_flash = (CAUSAL_FRACTION * 4.0 * nb * sq * s * hd / (peak * cal["gemm_eff_max"])
+    core_flash = (CAUSAL_FRACTION * 4.0 * nb * sq * s * hd / (peak * cal.get("attention_eff", cal["gemm_eff_max"]))
                   + stream_time(4.0 * nb * sq * hd, bpv, bw, cal))
     core_flash = core_flash * (1.0 + 0.5 * cal["gemm_wave_elements"] / (nb * sq * hd))
     return proj, jnp.where(flash > 0, core_flash, core_plain)
@@ -250,7 +260,7 @@ def layer_stream_elements(T, h, heads, s, d_ff, ffn_matrices, tp, sp, flash):
 
 
 def activation_bytes_per_layer(s, b, h, heads, d_attn, kv_dim, mlp_rows_ff, tp, sp, recompute, flash,
-                               fp8_inputs=(0.0, 0.0)):
+                               fp8_inputs=(0.0, 0.0), dropout=1.0, act_inputs=0.0):
     """Activation memory of one layer, one micro-batch [bytes, 2-byte activations].
 
     Korthikanti et al. 2022 §4 (Table 2) per component, generalised (d_attn, kv_dim, gated FFN):
@@ -265,7 +275,12 @@ def activation_bytes_per_layer(s, b, h, heads, d_attn, kv_dim, mlp_rows_ff, tp, 
     run the inputs of the linear layers are kept in FP8 for the backward pass (Transformer Engine):
     ``fp8_inputs`` = (elements per token not split by tp without sequence parallelism: the QKV and
     first-FFN inputs; elements split by tp: the output-projection and second-FFN inputs), each
-    1 byte instead of 2.
+    1 byte instead of 2. A model without dropout (``dropout`` 0: Llama, Mixtral, Qwen, DeepSeek)
+    keeps no masks: 2·s·b·h fewer (of the 10 not split by tp without sequence parallelism).
+    Selective recompute with flash attention (whose core recomputes itself) means Megatron-core's
+    cheap modules instead: the norms (4·s·b·h) and the activation functions, whose inputs
+    (``act_inputs`` elements per token: (ffn_matrices − 1)·d_ff, per routed copy in an MoE layer)
+    are recomputed, not kept (recompute_modules layernorm, moe_act).
     Check (d_attn = kv_dim = h, d_ff = 4h, gelu): 34·s·b·h + 5·a·s²·b, as in the paper.
     """
     sbh = s * b * h
@@ -276,6 +291,9 @@ def activation_bytes_per_layer(s, b, h, heads, d_attn, kv_dim, mlp_rows_ff, tp, 
     core = jnp.where((recompute >= 1) | (flash > 0), 0.0, 5.0 * heads * s * s * b / tp)
     full = 2.0 * sbh / jnp.where(sp > 0, tp, 1.0)
     saved = s * b * (fp8_inputs[0] / jnp.where(sp > 0, tp, 1.0) + fp8_inputs[1] / tp)
+    saved = saved + jnp.where(dropout > 0, 0.0, 2.0 * sbh / jnp.where(sp > 0, tp, 1.0))
+    cheap = 4.0 * sbh / jnp.where(sp > 0, tp, 1.0) + 2.0 * s * b * act_inputs / tp
+    saved = saved + jnp.where((recompute == 1) & (flash > 0), cheap, 0.0)
     return jnp.where(recompute >= 2, full, split + core - saved)
 
 
@@ -289,7 +307,10 @@ def layout_fields(layout: Mapping) -> dict:
     parameter all-gather under the backward/forward, TP collectives under the GEMMs, as
     Megatron-core's overlap_grad_reduce / overlap_param_gather / tp_comm_overlap and FSDP
     prefetching do), ep_overlap 0 (1 = expert all-to-all under another micro-batch's compute),
-    flash_attention 0, moe_imbalance NaN (= the calibrated default)."""
+    ep_dedup 0 (1 = tokens cross the network once per remote node, ``alltoall_time``),
+    flash_attention 0, offload_layers 0 (layers of a stage whose activations wait in host memory,
+    Megatron-core cpu_offloading_num_layers; the copies are taken as hidden), moe_imbalance and
+    grad_bytes NaN (= the calibrated defaults)."""
     f = lambda x: jnp.asarray(x) * 1.0  # noqa: E731  keep float32 inputs float32
     lay = {key: f(val) for key, val in layout.items()}
     lay.setdefault("cp", jnp.ones_like(lay["tp"]))
@@ -297,6 +318,8 @@ def layout_fields(layout: Mapping) -> dict:
     lay.setdefault("zero_stage", lay["shard_optimizer"])
     lay.setdefault("overlap", jnp.zeros_like(lay["tp"]))
     lay.setdefault("ep_overlap", jnp.zeros_like(lay["tp"]))
+    lay.setdefault("offload_layers", jnp.zeros_like(lay["tp"]))
+    lay.setdefault("ep_dedup", jnp.zeros_like(lay["tp"]))
     lay.setdefault("flash_attention", jnp.zeros_like(lay["tp"]))
     return lay
 
@@ -311,7 +334,8 @@ def reason_code(design, layout, dp, micro_batches):
     edp grid over a stage's devices, Megatron-core MoE parallel folding, Liu et al. 2025); global
     batch < dp (before the disjoint micro-batch rule); microbatch·dp ∤ batch; interleave invalid
     (v > 1 needs pp > 1, micro-batches % pp = 0 and pp·v | layers, or pp·v ≤ layers with uneven
-    stages, Narayanan 2021 §2.2); cp ∤
+    stages, where the embedding and the loss may count as two more units: Megatron-core's
+    account_for_embedding/loss_in_pipeline_split, Narayanan 2021 §2.2); cp ∤
     seq_len. Out of memory is applied by ``step``.
     """
     tp, pp, ep, cp, etp = layout["tp"], layout["pp"], layout["ep"], layout["cp"], layout["etp"]
@@ -321,7 +345,7 @@ def reason_code(design, layout, dp, micro_batches):
     dp1 = jnp.where(dp_ok, dp, 1.0)
     uneven_ok = _power_of_two(pp)  # uneven stages: power-of-two pp (as practice and the enumeration)
     pp_ok = (pp <= L) & (_divides(pp, L) | uneven_ok)
-    v_fits = _divides(pp * v, L) | (uneven_ok & (pp * v <= L))
+    v_fits = _divides(pp * v, L) | (uneven_ok & (pp * v <= L + 2.0))
     vok = (v == 1) | ((v > 1) & (pp > 1) & v_fits & _divides(pp, micro_batches))
     kv_ok = _divides(tp, design["kv_heads"]) | _divides(design["kv_heads"], tp)
     rules = [
@@ -363,8 +387,8 @@ def memory_per_device(design, layout, dp, micro_batches, cal):
     weights + gradients + optimizer states + activations + reserve, with
       params on a device = its stage's layers × (non-expert layer params/tp + expert params/(etp·ep))
                            + embedding table(s)/tp (both when pp = 1, one per end stage otherwise);
-      bytes per param: weights max(bpv, 2) (16-bit weights; + fp8_weight_cache_bytes of FP8 copies in
-      an FP8 run, Transformer Engine), gradients grad_bytes, optimizer 12 (fp32 master, Adam m, v; 8
+      bytes per param: weights ``weight_bytes`` (16-bit; fp8_weight_bytes in an FP8 run), gradients
+      grad_bytes (the run's or the calibrated default), optimizer 12 (fp32 master, Adam m, v; 8
       when training in fp32); ZeRO stage z shards over the data-parallel ranks D = dp·cp (experts:
       edp = tp·cp·dp/(etp·ep)): z ≥ 1 the optimizer states, z ≥ 2 the gradients, z = 3 the weights
       too, then two layers' weights are gathered at a time (Rajbhandari et al. 2020 ZeRO; PyTorch
@@ -394,12 +418,13 @@ def memory_per_device(design, layout, dp, micro_batches, cal):
     dp1 = jnp.maximum(dp, 1.0)
     D = dp1 * cp
     edp = jnp.maximum(tp * cp * dp1 / (etp * ep), 1.0)
-    w_b = jnp.maximum(bpv, 2.0) + jnp.where(fp8, cal.get("fp8_weight_cache_bytes", 0.0), 0.0)
+    w_b = weight_bytes(bpv, cal)
+    gb = _grad_bytes(layout, cal)
     opt_bytes = jnp.where(bpv >= 4, 8.0, 12.0)
 
     def states(nonexp, exp):
         def per(p, d):
-            return p * (w_b / jnp.where(zero >= 3, d, 1.0) + cal["grad_bytes"] / jnp.where(zero >= 2, d, 1.0)
+            return p * (w_b / jnp.where(zero >= 3, d, 1.0) + gb / jnp.where(zero >= 2, d, 1.0)
                         + opt_bytes / jnp.where(zero >= 1, d, 1.0))
         return per(nonexp, D) + per(exp, edp)
 
@@ -418,14 +443,21 @@ def memory_per_device(design, layout, dp, micro_batches, cal):
     fp8_in = (jnp.where(fp8, h + (1.0 - moe_frac) * h + moe_frac * (h * k * imb + h * (design["shared_experts"] > 0)), 0.0),
               jnp.where(fp8, d_attn + (1.0 - moe_frac) * design["d_ff"]
                         + moe_frac * f_e * (k * imb + design["shared_experts"]), 0.0))
-    act_full_layer = activation_bytes_per_layer(sc, b, h, heads, d_attn, kv_dim, ff_rows, tp, sp, 0.0, flash, fp8_in)
-    act_layer = activation_bytes_per_layer(sc, b, h, heads, d_attn, kv_dim, ff_rows, tp, sp, rc, flash, fp8_in)
+    drop = design.get("dropout", 1.0)
+    act_in = (fm - 1.0) * ((1.0 - moe_frac) * design["d_ff"] + moe_frac * f_e * (k * imb + design["shared_experts"]))
+    act_full_layer = activation_bytes_per_layer(sc, b, h, heads, d_attn, kv_dim, ff_rows, tp, sp, 0.0, flash, fp8_in,
+                                                drop, act_in)
+    act_layer = activation_bytes_per_layer(sc, b, h, heads, d_attn, kv_dim, ff_rows, tp, sp, rc, flash, fp8_in, drop,
+                                           act_in)
     inter = jnp.where(v > 1, 1.0 + _safe_div(pp - 1.0, pp * v), 1.0)
     scale = jnp.maximum(bpv, 2.0) / 2.0
     extra = jnp.where(rc >= 2, act_full_layer, 0.0) + gathered / scale
 
+    offload = layout["offload_layers"]
+
     def act(layers, in_flight, logits):
-        a = act_layer * layers * in_flight * inter + extra + logits
+        kept = jnp.maximum(layers - offload, 0.0)  # activations of offloaded layers wait in host memory
+        a = act_layer * kept * in_flight * inter + extra + logits
         return a * scale
 
     logits = jnp.where(pp > 1, 0.0, 4.0 * sc * b * V / tp)
@@ -433,6 +465,23 @@ def memory_per_device(design, layout, dp, micro_batches, cal):
     mem_mid = states(nonexp_mid, middle * lex) + act(middle, jnp.minimum(jnp.maximum(pp - 1.0, 1.0), micro_batches), 0.0)
     mem = jnp.where(pp > 1, jnp.maximum(mem_first, mem_mid), mem_first)
     return mem + cal["memory_reserve_bytes"], nonexp_first + first * lex
+
+
+def weight_bytes(bytes_per_value, cal):
+    """Bytes of one stored weight: 16-bit (or 4-byte fp32) weights; in an FP8 run
+    ``fp8_weight_bytes`` (NeMo's FP8 recipes keep the weights in FP8, fp8_params, and gather them
+    in FP8; the fp32 master copy is the optimizer's)."""
+    return jnp.where(bytes_per_value < 1.5, cal.get("fp8_weight_bytes", 2.0), jnp.maximum(bytes_per_value, 2.0))
+
+
+def _grad_bytes(layout, cal):
+    """Bytes per gradient value kept and reduced: the run's ``grad_bytes`` when given (2 = reduced
+    in 16 bits, grad_reduce_in_fp32 off, as NeMo's performance recipes run), else the calibrated
+    default (4: fp32 main gradients)."""
+    given = layout.get("grad_bytes")
+    if given is None:
+        return cal["grad_bytes"]
+    return jnp.where(jnp.isfinite(given), given, cal["grad_bytes"])
 
 
 def _imbalance(layout, cal):
@@ -496,7 +545,10 @@ def step(design: Mapping, hw: Mapping, layout: Mapping, cal: Mapping) -> dict:
     # ---- forward work of one layer (dense and MoE), one micro-batch: GEMMs g, streams m ----
     proj, core_g = attention_gemms(T, b, s, h, heads, kv_dim, d_attn, tp, bpv, peak_a, bw, cal, flash, cp, lin)
     rest_el, core_el = layer_stream_elements(T, h, heads, s, d_ff, fm, tp, sp, flash)
-    core = core_g + stream_time(core_el, bpv, bw, cal)  # what selective recompute redoes
+    core = core_g + stream_time(core_el, bpv, bw, cal)  # what selective recompute redoes (unfused attention)
+    # with flash attention, selective recompute redoes the norms and activation functions instead
+    norms_el = 4.0 * h * T / jnp.where(sp > 0, tp, 1.0)
+    sel_dense = jnp.where(flash > 0, stream_time(norms_el + fm * d_ff * T / tp, bpv, bw, cal), core)
     dense_g = proj + core_g + ffn_gemm_time(T, h, d_ff, fm, tp, 1.0, bpv_run, peak, bw, cal, lin_eff, lin_cast)
     dense_m = stream_time(rest_el + core_el, bpv, bw, cal)
     experts_dev = E / ep
@@ -511,6 +563,7 @@ def step(design: Mapping, hw: Mapping, layout: Mapping, cal: Mapping) -> dict:
     attn_el = rest_el - fm * d_ff * T / tp
     moe_el = attn_el + core_el + fm * f_e * (T * k * imb + n_sh * T) / tp + 4.0 * k * imb * h * T / tp + 4.0 * E * T
     moe_m = stream_time(moe_el, bpv, bw, cal)
+    sel_moe = jnp.where(flash > 0, stream_time(norms_el + fm * f_e * (T * k * imb + n_sh * T) / tp, bpv, bw, cal), core)
 
     # ---- tensor-parallel collectives: 2 all-reduce volumes forward (1 in an MoE layer whose
     # experts are not tensor-split: tokens go to the experts from their sequence-parallel shard) ----
@@ -519,8 +572,8 @@ def step(design: Mapping, hw: Mapping, layout: Mapping, cal: Mapping) -> dict:
     c_fwd = 2.0 * ar
     c_fwd_moe = ar * (1.0 + (etp > 1))
     # ---- expert all-to-all: dispatch + combine per MoE layer, forward and backward ----
-    a2a_bytes = T * k * imb * h * bpv / tp
-    a2a = alltoall_time(a2a_bytes, ep, etp, node, intra, inter, cal)
+    a2a_bytes = T * imb * h * bpv / tp  # one copy of the device's tokens
+    a2a = alltoall_time(a2a_bytes, ep, etp, node, intra, inter, cal, k, lay["ep_dedup"])
     # ---- context parallel: ring exchange of K and V (forward), K, V, dK, dV (backward), hidden
     # under the attention core it overlaps with (ring attention, Liu et al. 2023; Megatron-core CP) ----
     cp_link = jnp.where(tp * cp <= node, intra, inter)
@@ -530,7 +583,7 @@ def step(design: Mapping, hw: Mapping, layout: Mapping, cal: Mapping) -> dict:
 
     full = rc >= 2
 
-    def layer_time(g, mem, c, latency):
+    def layer_time(g, mem, c, latency, sel):
         """(compute, exposed comm) of one layer and micro-batch: forward g + m + c;
         backward 2·g + 2·m with its tp collectives hidden under the weight-gradient GEMMs (time g)
         where they fit (Megatron async all-reduce; Korthikanti 2022 Table 4: 22B layer forward
@@ -539,14 +592,14 @@ def step(design: Mapping, hw: Mapping, layout: Mapping, cal: Mapping) -> dict:
         or the attention core (selective). ``latency``: fixed time per layer and micro-batch (kernel
         launches and host synchronisation, layer_latency_s; an MoE layer adds moe_layer_latency_s
         for its router, token-count exchange and permutation launches), calibrated per class."""
-        comp = 3.0 * (g + mem) + jnp.where(full, g + mem, jnp.where(rc >= 1, core, 0.0)) + latency
+        comp = 3.0 * (g + mem) + jnp.where(full, g + mem, jnp.where(rc >= 1, sel, 0.0)) + latency
         fwd = jnp.maximum(c - ov * g, 0.0)
         comm = fwd + jnp.maximum(c - g, 0.0) + jnp.where(full, fwd, 0.0) + cp_exposed
         return comp, comm
 
     lat = cal.get("layer_latency_s", 0.0)
-    comp_dense, comm_dense = layer_time(dense_g, dense_m, c_fwd, lat)
-    comp_moe, comm_moe = layer_time(moe_g, moe_m, c_fwd_moe, lat + cal.get("moe_layer_latency_s", 0.0))
+    comp_dense, comm_dense = layer_time(dense_g, dense_m, c_fwd, lat, sel_dense)
+    comp_moe, comm_moe = layer_time(moe_g, moe_m, c_fwd_moe, lat + cal.get("moe_layer_latency_s", 0.0), sel_moe)
     a2a_layer = 2.0 * a2a * (2.0 + jnp.where(full, 1.0, 0.0))
     # with ep_overlap the all-to-all runs under another micro-batch's compute (DeepSeek-V3 DualPipe;
     # Megatron-core's overlapped 1F1B for MoE): only what exceeds the MoE layer's compute is exposed
@@ -583,8 +636,8 @@ def step(design: Mapping, hw: Mapping, layout: Mapping, cal: Mapping) -> dict:
     first, _, _ = stage_layers(L, pp)
     p_exp = first * _stage_params(d, lay)[1]
     p_nonexp = p_dev - p_exp
-    w_b = bpv
-    gb = cal["grad_bytes"]
+    w_b = weight_bytes(bpv_run, cal)
+    gb = _grad_bytes(lay, cal)
     D = dp_int * cp
     edp = jnp.maximum(tp * cp * dp_int / (etp * ep), 1.0)
     bw_dp = group_bandwidth(D, tp, node, intra, inter)
@@ -710,7 +763,8 @@ def enumerate_layouts(
             else:
                 mbs = [1]
             uneven = pp & (pp - 1) == 0  # a power of two may split the layers unevenly
-            vs = [v for v in interleaves if v == 1 or (pp > 1 and (layers % (pp * v) == 0 or (uneven and pp * v <= layers)))]
+            vs = [v for v in interleaves
+                  if v == 1 or (pp > 1 and (layers % (pp * v) == 0 or (uneven and pp * v <= layers + 2)))]
             sps = sorted({x if tp > 1 else 0 for x in sequence_parallel})
             for ep in eps:
                 for mb in mbs:

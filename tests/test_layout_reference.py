@@ -164,6 +164,10 @@ def modern_cases(n: int, seed: int = 11) -> tuple[dict, dict]:
     lay["overlap"] = pick(0.0, 1.0)
     lay["ep_overlap"] = pick(0.0, 1.0)
     lay["moe_imbalance"] = np.where(rng.random(n) < 0.5, np.nan, pick(1.0, 1.1, 1.5))
+    lay["grad_bytes"] = np.where(rng.random(n) < 0.5, np.nan, 2.0)
+    lay["offload_layers"] = pick(0.0, 0.0, 2.0)
+    lay["ep_dedup"] = pick(0.0, 1.0)
+    x["dropout"] = pick(0.0, 1.0)
     uneven = rng.random(n) < 0.2  # power-of-two pp that may not divide the layers
     lay["pp"] = np.where(uneven, pick(2.0, 4.0, 8.0, 16.0), lay["pp"])
     replicated = rng.random(n) < 0.15  # tp above the KV heads
@@ -173,7 +177,8 @@ def modern_cases(n: int, seed: int = 11) -> tuple[dict, dict]:
 
 
 MODERN_CAL = {"gemm_eff_fp8": 0.6, "grouped_gemm_eff": 0.8, "overlap_eff": 0.7, "fp8_cast_bytes": 3.0,
-              "fp8_weight_cache_bytes": 1.0, "layer_latency_s": 2e-4, "moe_layer_latency_s": 5e-4}
+              "fp8_weight_bytes": 1.0, "layer_latency_s": 2e-4, "moe_layer_latency_s": 5e-4,
+              "attention_eff": 0.55}
 
 
 def test_modern_layout_terms_kernel_equals_numpy_and_python(cal):
@@ -181,7 +186,8 @@ def test_modern_layout_terms_kernel_equals_numpy_and_python(cal):
     c = {**cal, **MODERN_CAL}
     design = {k: x[k] for k in ("layers", "d_model", "heads", "kv_heads", "head_dim", "d_ff", "ffn_matrices",
                                 "vocab", "seq_len", "tied_embeddings", "experts", "top_k", "expert_d_ff",
-                                "shared_experts", "global_batch", "bytes_per_value", "params", "active_params")}
+                                "shared_experts", "global_batch", "bytes_per_value", "params", "active_params",
+                                "dropout")}
     design["moe_layers"] = np.asarray(moe_layer_count(x["layers"], x["experts"], x["moe_every"], x["first_dense_layers"]))
     hw = {k: x[k] for k in ("peak_flops", "peak_bf16_flops", "hbm_bytes", "hbm_bw_bytes_s", "intra_bw_bytes_s",
                             "inter_bw_bytes_s", "devices_per_node")}
