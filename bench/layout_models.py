@@ -79,7 +79,11 @@ def _divides(d, n) -> bool:
 
 
 def step_python(p: dict, lay: dict, cal: dict) -> dict:
-    """The layout model for one design and layout (plain numbers) → dict of floats (reason an int)."""
+    """The layout model for one design and layout (plain numbers) → dict of floats (reason an int).
+
+    Long: an independent, flat re-implementation of kernels.layout.step, line by line, to be checked
+    against it.
+    """
     L, h, V, s = p["layers"], p["d_model"], p["vocab"], p["seq_len"]
     heads, hd, kv = p["heads"], p["head_dim"], p["kv_heads"]
     d_attn, kv_dim = heads * hd, kv * hd
@@ -298,7 +302,11 @@ def _divides_np(d, n):
 
 
 def step_numpy(p: dict, lay: dict, cal: dict) -> dict:
-    """The layout model over broadcast NumPy arrays (design inputs against layout inputs)."""
+    """The layout model over broadcast NumPy arrays (design inputs against layout inputs).
+
+    Long: an independent, flat re-implementation of kernels.layout.step, line by line, to be checked
+    against it.
+    """
     a = {k: np.asarray(val) for k, val in p.items()}
     w = {k: np.asarray(lay[k]) for k in LAYOUT_INPUTS}
     dt = np.result_type(*[x.dtype for x in list(a.values()) + list(w.values())], np.float32)
