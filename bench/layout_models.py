@@ -100,7 +100,11 @@ def _pow2(x) -> bool:
 
 
 def step_python(p: dict, lay: dict, cal: dict) -> dict:
-    """The layout model for one design and layout (plain numbers) → dict of floats (reason an int)."""
+    """The layout model for one design and layout (plain numbers) → dict of floats (reason an int).
+
+    Long: an independent, flat re-implementation of kernels.layout.step, line by line, to be checked
+    against it.
+    """
     L, h, V, s = p["layers"], p["d_model"], p["vocab"], p["seq_len"]
     heads, hd, kv = p["heads"], p["head_dim"], p["kv_heads"]
     fm, d_ff, f_e, n_sh = p["ffn_matrices"], p["d_ff"], p["expert_d_ff"], p["shared_experts"]
@@ -414,7 +418,11 @@ def _divides_np(d, n):
 
 
 def step_numpy(p: dict, lay: dict, cal: dict) -> dict:
-    """The layout model over broadcast NumPy arrays (design inputs against layout inputs)."""
+    """The layout model over broadcast NumPy arrays (design inputs against layout inputs).
+
+    Long: an independent, flat re-implementation of kernels.layout.step, line by line, to be checked
+    against it.
+    """
     a = {k: np.asarray(val) for k, val in p.items()}
     w = {k: np.asarray(lay[k]) for k in LAYOUT_INPUTS}
     for key in OPTIONAL_LAYOUT_INPUTS:

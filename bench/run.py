@@ -142,18 +142,14 @@ def fixed_spec(n_layers: int = 100, n_tokens: int = 1, dtype: str = "float32", n
 
 
 def grid_inputs(ev, flat: np.ndarray, dtype) -> dict[str, np.ndarray]:
-    """The chain inputs at flat grid indices, with the engine's derived defaults, as full arrays."""
+    """The chain inputs at flat grid indices, with the engine's derived defaults
+    (``kernels.design.derived_sizes``), as full arrays."""
+    from kernels.design import derived_sizes
+
     x, _ = ev.inputs(flat)
     n = len(flat)
     x = {k: np.broadcast_to(np.asarray(v, dtype), (n,)).copy() for k, v in x.items()}
-    if "head_dim" in ev.derive:
-        x["head_dim"] = x["d_model"] / x["heads"]
-    if "kv_heads" in ev.derive:
-        x["kv_heads"] = x["heads"].copy()
-    if "d_ff" in ev.derive:
-        x["d_ff"] = 4.0 * x["d_model"]
-    if "expert_d_ff" in ev.derive:
-        x["expert_d_ff"] = x["d_ff"].copy()
+    x.update({k: np.array(v) for k, v in derived_sizes(x, ev.derive).items()})  # (copies, as NumPy arrays)
     return x
 
 
@@ -164,7 +160,7 @@ def grid_inputs(ev, flat: np.ndarray, dtype) -> dict[str, np.ndarray]:
 def measure_engine(spec: dict, repeats: int, db, warm_spec: dict | None = None) -> dict:
     """`run()` end to end (best of ``repeats``; each call compiles its own jit) and the warm chunk
     loop (one Evaluator, compiled once, every chunk evaluated and reduced; merge excluded)."""
-    from sweep.engine import Evaluator, Plan, _pipelined, chunk_partial, run
+    from sweep.engine import Evaluator, Plan, chunk_partial, pipelined, run
     from sweep.study import load_study
 
     study = load_study(spec, db)
@@ -179,7 +175,7 @@ def measure_engine(spec: dict, repeats: int, db, warm_spec: dict | None = None) 
     first = time.perf_counter() - t0
 
     def loop():  # as run() does it: the next chunk's call starts before this one is reduced
-        for i, handle in _pipelined(ev, plan, list(range(plan.n_chunks))):
+        for i, handle in pipelined(ev, plan, list(range(plan.n_chunks))):
             chunk_partial(ev, plan, i, False, handle)
 
     t_loop, _ = best_of(loop, max(1, repeats - 1), warmup=0)
@@ -231,7 +227,8 @@ def profile_chunk(ev, plan, i: int = 0, repeats: int = 3) -> dict:
     numpy, reductions (Pareto, top-k, statistics), np.savez of the partial."""
     import jax
 
-    from sweep.engine import _atomic_savez, chunk_partial
+    from sweep.engine import chunk_partial
+    from sweep.results import atomic_savez
 
     start, stop = plan.bounds(i)
     flat = np.arange(start, stop, dtype=np.int64)
@@ -261,7 +258,7 @@ def profile_chunk(ev, plan, i: int = 0, repeats: int = 3) -> dict:
     total = timed("chunk_partial total", lambda: chunk_partial(ev, plan, i, False))
     res = total[0]
     with tempfile.TemporaryDirectory() as d:
-        timed("np.savez of the partial", lambda: _atomic_savez(Path(d) / "c.npz", res))
+        timed("np.savez of the partial", lambda: atomic_savez(Path(d) / "c.npz", res))
     evaluate = sum(stages[k] for k in list(stages)[:n_eval])
     stages["reductions (chunk_partial − evaluate)"] = max(stages["chunk_partial total"] - evaluate, 0.0)
     stages["points"] = len(flat)
@@ -279,8 +276,8 @@ def structured_probe(ev, plan, repeats: int = 3) -> dict:
 
     import jax
 
-    from sweep import reduce as red
-    from sweep.engine import _evaluate
+    from sweep import reductions as red
+    from sweep.engine import evaluate_points
 
     region = plan.region(0)
     cshape = tuple(r.stop - r.start for r in region)
@@ -307,7 +304,7 @@ def structured_probe(ev, plan, repeats: int = 3) -> dict:
     top = ev.study.options["top"]
     out = {"points": n, "chunk_shape": list(cshape), "needed_columns": list(needed)}
     for name, outs in (("all_outputs", tuple(ev.outputs)), ("needed_columns_only", needed)):
-        f = jax.jit(functools.partial(_evaluate, **ev._core_kwargs(outs)))
+        f = jax.jit(functools.partial(evaluate_points, **ev.core_kwargs(outs)))
         t, _ = best_of(lambda: {k: np.asarray(v) for k, v in jax.block_until_ready(f(x, cal)).items()}, repeats)
         out[name] = {"s": t, "points_per_s": n / t}
     cols = {k: np.asarray(v).ravel() for k, v in f(x, cal).items()}
@@ -727,6 +724,12 @@ def ok(flag):
 
 
 def table(res: dict) -> str:
+
+
+    """The README's table from the measurements.
+
+    Long: the table, row by row.
+    """
     m = res["machine"]
     lines = [
         f"Machine: {m['cpu']}, {m['usable_cores']} cores, {m['ram_gb']} GB RAM; Python {m['python']}, "

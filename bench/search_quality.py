@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 
 import hardware_db  # noqa: E402
 import sweep  # noqa: E402,F401  (float64)
-from sweep import reduce as red  # noqa: E402
+from sweep import reductions as red  # noqa: E402
 from sweep.engine import run  # noqa: E402
 from sweep.search import optimize, parse_search  # noqa: E402
 from sweep.study import load_study  # noqa: E402
@@ -70,6 +70,12 @@ def hypervolume(points, ref) -> tuple[float, str]:
 
 
 def main(argv=None):
+
+
+    """Measure the search against the exhaustive grid and write the table.
+
+    Long: the benchmark's steps in order, printed as it goes.
+    """
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--study", default=str(ROOT / "studies" / "search_dense_moe.toml"))
     ap.add_argument("--seeds", type=int, default=10)

@@ -5,12 +5,9 @@ Conventions (one name for one thing, shared with spec keys, data columns and xar
   billion-point grid call the same function;
 - units are in the names (``energy_kwh``, ``power_w``, ``total_tco2e``); counts are plain names
   (``layers``, ``devices``); SI base units inside kernels unless a name says otherwise;
-- no files, no printing, no xarray: jax and numpy only.
+- no files, no printing, no xarray: jax, numpy and the standard library only.
 
-float64 is enabled at import so that integer-valued results (parameter counts, GPU counts) are
-exact; float32 inputs stay float32 except where a kernel says it promotes.
+Importing the kernels changes no JAX setting: the caller chooses the precision (``sweep`` enables
+float64, so that integer-valued results such as parameter and GPU counts are exact); float32 inputs
+stay float32 except where a kernel says it promotes.
 """
-
-import jax
-
-jax.config.update("jax_enable_x64", True)

@@ -128,6 +128,9 @@ def footprint(x, cal=None, design=None, step=None):
     axes only); computed here when not given. ``step``: the layout model's outputs
     (``layout_step``) computed beforehand (the sweep's best-layout search picks them); computed
     here from ``cal`` when not given, and not used at all when neither is given (MFU given).
+
+    Long (just over 80 lines): the whole chain in one place, equation by equation, as the module
+    docstring lists it.
     """
     d = design_terms(x) if design is None else design
     params, active, per_token, train_flops = (d[k] for k in ("params", "active_params", "flops_per_token",

@@ -778,12 +778,3 @@ def enumerate_layouts(
     out = {name: arr[:, i].copy() for i, name in enumerate(names)}
     out["devices"] = np.full(len(arr), devices, dtype=np.int64)
     return out
-
-
-def best_layout(result: Mapping, objective: str = "step_time_s") -> int:
-    """Index of the feasible layout with the least ``objective`` (−1 when none is feasible)."""
-    ok = np.asarray(result["reason"]) == 0
-    if not ok.any():
-        return -1
-    val = np.where(ok, np.asarray(result[objective], dtype=np.float64), math.inf)
-    return int(np.argmin(val))

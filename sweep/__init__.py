@@ -3,23 +3,17 @@
 Python API (the CLI calls the same functions):
     sweep.estimate(path_or_values) -> dict of outputs with units in the names
     sweep.run(spec_or_path, ...) -> SweepResult with .dataset, .pareto, .top
+
+The sweep sets JAX's precision: float64 is enabled here, before anything builds arrays, so that
+integer-valued results (parameter counts, GPU counts) are exact; a study's ``dtype = "float32"``
+runs its chain in float32 all the same (``sweep.engine``). The kernels set nothing at import.
 """
 
-import kernels  # noqa: F401  (enables float64 before anything builds arrays)
+import jax
 
+jax.config.update("jax_enable_x64", True)
 
-def estimate(spec, db=None):
-    """Footprint of one run from a spec path or a {key: value} dict."""
-    from .evaluate import evaluate
-    from .spec import load_estimate
+from .engine import run  # noqa: E402
+from .estimate import estimate  # noqa: E402
 
-    if isinstance(spec, dict):
-        return evaluate(spec, db)
-    return evaluate(load_estimate(spec, db), db, file=spec)
-
-
-def run(spec, **kwargs):
-    """Sweep a study (path or dict); see sweep.engine.run."""
-    from .engine import run as _run
-
-    return _run(spec, **kwargs)
+__all__ = ["estimate", "run"]

@@ -1,22 +1,34 @@
 """The `carbon-sweep` command line: estimate, validate, layout, run, optimize, plot, hardware, regions.
 
-Bad input (spec or data) ends with one message naming the file, section and key, exit status 2, no
-traceback and nothing written.
+Every command and all printing live here; the library modules return values and log. Nothing
+imports this module (tests/test_architecture_layers.py checks). Bad input (spec or data) ends with
+one message naming the file, section and key, exit status 2, no traceback and nothing written.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import sys
 import textwrap
+from pathlib import Path
 
 import hardware_db
 from hardware_db import DatabaseError
+from kernels.reasons import REASONS
 
-from .spec import OBJECTIVE_OUTPUT, SpecError
+from .engine import run
+from .estimate import evaluate
+from .layouts import best_layouts, check_layout_spec
+from .names import ESTIMATE_TABLE, LIFECYCLE_PHASES, output_units
+from .results import open_result
+from .search import json_default, optimize, unit_suffix
+from .spec import OBJECTIVE_OUTPUT, SpecError, load_estimate
+from .study import load_study
+from .validate import validation_rows
 
 EPILOG = textwrap.dedent(
     """\
@@ -35,10 +47,6 @@ EPILOG = textwrap.dedent(
 )
 
 
-class CliError(Exception):
-    """A usage error found after parsing (exit 2)."""
-
-
 def _fmt(value, unit=""):
     if value is None:
         return "n/a"
@@ -55,35 +63,6 @@ def _fmt(value, unit=""):
     return f"{s} {unit}".rstrip()
 
 
-ESTIMATE_GROUPS = [
-    ("Model", [("params", "parameters", ""), ("active_params", "active parameters", ""),
-               ("train_flops", "training FLOPs", "FLOP")]),
-    ("Run", [("hardware", "hardware", ""), ("devices", "devices", ""), ("tp", "tensor parallel", ""),
-             ("pp", "pipeline parallel", ""), ("dp", "data parallel", ""), ("ep", "expert parallel", ""),
-             ("microbatch", "micro-batch", ""), ("recompute", "recompute", ""),
-             ("interleave", "virtual stages per device", ""), ("sequence_parallel", "sequence parallel", ""),
-             ("shard_optimizer", "optimizer sharded (ZeRO-1)", ""),
-             ("mfu", "MFU", ""), ("step_time_s", "step time", "s"), ("memory_gb", "memory per device", "GB"),
-             ("train_days", "training time", "days"), ("device_hours", "device hours", "h")]),
-    ("Energy", [("it_energy_mwh", "IT energy", "MWh"), ("pue", "PUE", ""), ("energy_mwh", "facility energy", "MWh"),
-                ("water_m3", "on-site water", "m³")]),
-    ("Carbon", [("carbon_intensity_kg_per_kwh", "carbon intensity", "kg CO2e/kWh"),
-                ("operational_device_tco2e", "operational, accelerators", "t CO2e"),
-                ("operational_host_tco2e", "operational, hosts", "t CO2e"),
-                ("operational_tco2e", "operational", "t CO2e"),
-                ("embodied_device_tco2e", "embodied, accelerators", "t CO2e"),
-                ("embodied_host_tco2e", "embodied, hosts", "t CO2e"),
-                ("embodied_tco2e", "embodied", "t CO2e"), ("total_tco2e", "total", "t CO2e")]),
-    ("Materials", [("gpus_consumed", "device lifetimes consumed", ""), ("material_kg", "material mass", "kg")]),
-    ("Life cycle", [("inference_tco2e", "serving", "t CO2e"), ("inference_energy_mwh", "serving energy", "MWh"),
-                    ("experimentation_tco2e", "earlier experiments", "t CO2e"),
-                    ("storage_tco2e", "storage", "t CO2e"), ("lifecycle_tco2e", "life cycle, in all", "t CO2e"),
-                    ("breakeven_served_tokens", "serving equals training at", "tokens served")]),
-    ("Quality", [("loss", "predicted loss", "nats/token"), ("law", "scaling law", "")]),
-]
-LIFECYCLE_PHASES = ("inference_tco2e", "inference_energy_mwh", "experimentation_tco2e", "storage_tco2e")
-
-
 def _unused_phase(out: dict, key: str) -> bool:
     """A life-cycle row with nothing to say: a phase the spec does not have (serving, experiments or
     storage of zero), or the life-cycle total when there is no phase beside training."""
@@ -97,8 +76,6 @@ def _unused_phase(out: dict, key: str) -> bool:
 def print_estimate(out: dict, title: str) -> None:
     print(title)
     if out.get("reason"):  # first: the figures below are of a run that cannot happen as specified
-        from kernels.reasons import REASONS
-
         why = REASONS.get(out["reason"], out["reason"])
         if why == "missing_data":  # the run could happen: a figure it needs is not published
             print(f"\n  UNKNOWN: missing_data: not published for {out['hardware']} or its site: "
@@ -110,7 +87,7 @@ def print_estimate(out: dict, title: str) -> None:
         else:
             print(f"\n  INFEASIBLE: {why}: the figures below are the model's for the run as given, "
                   "which cannot run")
-    for group, rows in ESTIMATE_GROUPS:
+    for group, rows in ESTIMATE_TABLE:
         lines = []
         for key, label, unit in rows:
             if group == "Life cycle" and _unused_phase(out, key):
@@ -132,9 +109,6 @@ def print_estimate(out: dict, title: str) -> None:
 
 
 def cmd_estimate(args, db):
-    from .evaluate import evaluate
-    from .spec import load_estimate
-
     v = load_estimate(args.spec, db)
     out = evaluate(v, db, file=args.spec, objective=args.objective)
     if args.json:
@@ -144,8 +118,6 @@ def cmd_estimate(args, db):
 
 
 def cmd_validate(args, db):
-    from .validate import validation_rows
-
     rows = validation_rows(db)
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -198,28 +170,134 @@ def cmd_regions_list(args, db):
               f"{f(r['wue_l_per_kwh']):>9}  {r['name']}")
 
 
-def cmd_layout(args, db):
-    from .layouts import layout_command
+class CliError(Exception):
+    """A usage error found after parsing (exit 2)."""
 
-    layout_command(args, db)
+
+def cmd_layout(args, db):
+    if args.top < 1:
+        raise CliError("--top must be at least 1")
+    v = load_estimate(args.spec, db)
+    check_layout_spec(v, args.spec)
+    res = best_layouts(v, db, objective=args.objective, top=args.top)
+    if args.json:
+        doc = {k: res[k] for k in ("evaluated", "infeasible", "layouts")}
+        doc["feasible"] = res.get("feasible", 0)
+        doc["objective"] = res.get("objective")
+        print(json.dumps(doc, indent=2))
+        return
+    print(f"carbon-sweep layout: {args.spec}: {v['devices']:,} × {v['hardware']}, objective {args.objective}")
+    print(f"  {res['evaluated']:,} layouts evaluated, {res.get('feasible', 0):,} feasible, "
+          f"{res['evaluated'] - res.get('feasible', 0):,} infeasible in {res['elapsed_s']:.2f} s")
+    for reason, k in sorted(res["infeasible"].items(), key=lambda t: -t[1]):
+        print(f"    {reason}: {k:,}")
+    if not res["layouts"]:
+        if "missing_data" in res["infeasible"]:
+            print(f"  no feasible layout: {res['infeasible']['missing_data']:,} would be valid but a figure the layout "
+                  f"model needs is not published for {v['hardware']} (estimate names it); give it in your own "
+                  "hardware_db files (--db FOLDER; hardware_db/SCHEMA.md)")
+        else:
+            print("  no feasible layout: more devices, more memory per device, or full recompute may help")
+        return
+    head = (f"  {'#':>3} {'tp':>3} {'pp':>3} {'dp':>5} {'ep':>3} {'mb':>3} {'recompute':>9} {'il':>3} "
+            f"{'sp':>3} {'zero1':>5} {'MFU':>6} {'step s':>8} {'days':>7} {'mem GB':>7} {'t CO2e':>9}")
+    print(head)
+    yes = lambda flag: "yes" if flag else "no"  # noqa: E731
+    for i, r in enumerate(res["layouts"], 1):
+        print(f"  {i:>3} {r['tp']:>3} {r['pp']:>3} {r['dp']:>5} {r['ep']:>3} {r['microbatch']:>3} "
+              f"{r['recompute']:>9} {r['interleave']:>3} {yes(r['sequence_parallel']):>3} "
+              f"{yes(r['shard_optimizer']):>5} {r['mfu']:>6.3f} {r['step_time_s']:>8.2f} "
+              f"{r['train_days']:>7.1f} {r['memory_gb']:>7.1f} {r['total_tco2e']:>9.1f}")
+    print("  mb: micro-batch (sequences); il: virtual pipeline stages per device (interleaved 1F1B); "
+          "sp: sequence parallelism; zero1: optimizer states sharded over data parallel")
 
 
 def cmd_run(args, db):
-    from .engine import run_command
+    study = load_study(args.study, db)
+    if args.chunk_size is not None and args.chunk_size < 1:
+        raise SpecError(args.study, None, None, "--chunk-size must be at least 1")
+    result = run(study, args.out, resume=args.resume, chunk_size=args.chunk_size, scheduler=args.scheduler,
+                 quiet=args.quiet, db=db)
+    s = result.summary
+    if study.options["kind"] == "validation":
+        print(f"carbon-sweep run: {study.name}: {s['n_points']} reference rows; largest |error| by quantity:")
+        for q, e in s["max_abs_error_pct"].items():
+            print(f"  {q}: {e:.2f} %")
+        _figures_and_report(args, result.out_dir, db)
+        print(f"  results: {result.out_dir}")
+        return
+    print(f"carbon-sweep run: {study.name}: {s['n_points']:,} points in {s['n_chunks']} chunks, "
+          f"{s['n_feasible']:,} feasible, {s['elapsed_s']:.1f} s")
+    for reason, n in s.get("infeasible", {}).items():
+        print(f"  infeasible, {reason}: {n:,}")
+    for name, df in result.pareto.items():
+        print(f"  {name}: {len(df)} points")
+    _figures_and_report(args, result.out_dir, db)
+    print(f"  results: {result.out_dir}")
 
-    run_command(args, db)
+
+def _plot_folder(out_dir, db, svg=False):
+    """The figures and the report of a finished result folder, read back from it."""
+    from .plots import draw_figures  # (matplotlib: imported only by the commands that draw)
+    from .report import write_report
+
+    res = open_result(out_dir)
+    try:
+        files, index = draw_figures(res, out_dir / "figures", svg=svg)
+    finally:
+        if res.dataset is not None:
+            res.dataset.close()
+    write_report(out_dir, index, db=db)
+    return files
+
+
+def _figures_and_report(args, out_dir, db):
+    if args.no_plot:
+        return
+    files = _plot_folder(out_dir, db)
+    print(f"  figures: {len(files)} in {out_dir / 'figures'}")
+    print(f"  report: {out_dir / 'report.html'} (and report.md)")
+
+
+def _search_value(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
 
 
 def cmd_optimize(args, db):
-    from .search import optimize_command
-
-    optimize_command(args, db)
+    result = optimize(args.study, out=args.out, storage=args.storage, trials=args.trials, db=db,
+                      quiet=args.quiet or args.json, write=True)
+    if args.json:
+        print(json.dumps(result.summary(), indent=2, default=json_default))
+        return
+    opts = result.options
+    units = output_units()
+    print(f"carbon-sweep optimize: {result.study.study_name}: {result.n_trials:,} trials ({result.n_new:,} new), "
+          f"{result.n_feasible:,} feasible, sampler {opts.sampler}, {result.elapsed_s:.1f} s")
+    if opts.constraints:
+        print(f"  constraints: {', '.join(c.text for c in opts.constraints)}")
+    if result.best is None:
+        print("  no feasible trial yet")
+    else:
+        b = result.best
+        vals = ", ".join(f"{n} = {_search_value(v)}{unit_suffix(n, units)}" for n, v in b["values"].items())
+        first = f" by {next(iter(b['values']))}" if len(b["values"]) > 1 else ""  # several: best in the first
+        print(f"  best{first} (trial {b['trial']}): {vals}")
+        print("    " + ", ".join(f"{k} = {_search_value(v)}" for k, v in b["params"].items()))
+    if result.front is not None:
+        print(f"  Pareto front: {len(result.front)} designs")
+    print(f"  storage: {result.storage}  (optuna-dashboard {result.storage})")
+    print(f"  results: {result.out_dir}")
 
 
 def cmd_plot(args, db):
-    from .plots import plot_command
-
-    plot_command(args, db)
+    out = Path(args.result_dir)
+    files = _plot_folder(out, db, svg=getattr(args, "svg", False))
+    for f in files:
+        print(f)
+    print(out / "report.md")
+    print(out / "report.html")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -320,10 +398,26 @@ def _compilation_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
+class _Stderr(logging.Handler):
+    """The library's log messages (a figure that failed, no search figure) on stderr as they are,
+    the stream looked up at each message."""
+
+    def emit(self, record):
+        print(self.format(record), file=sys.stderr)
+
+
+def _log_to_stderr() -> None:
+    log = logging.getLogger("sweep")
+    if not any(isinstance(h, _Stderr) for h in log.handlers):
+        log.addHandler(_Stderr())
+    log.setLevel(logging.WARNING)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _compilation_cache()
+    _log_to_stderr()
     try:
         db = hardware_db.load(args.db)
         args.func(args, db)

@@ -3,8 +3,8 @@
 Data flow: study spec → validated Study → per chunk: each dimension's values on its own axis
 (hardware and region figures gathered by index) → the design terms on the design axes → when the
 layout is optimised, the search over the candidate layouts, once per value of the axes it depends
-on (design, devices, hardware; not site, lifespan or tokens: ``_layout_stage``) → the rest of
-``kernels.footprint`` on every point → outputs → per-chunk Pareto fronts, top-k and statistics
+on (design, devices, hardware; not site, lifespan or tokens: ``kernels.selection.best_layout_stage``)
+→ the rest of ``kernels.footprint`` on every point → outputs → per-chunk Pareto fronts, top-k and statistics
 (their candidates prefiltered inside the jitted call) written atomically to ``.chunks/`` (or kept
 in memory when there is no output folder) → merged into the final files. The next chunk's call is
 dispatched before the current one is reduced, so XLA and NumPy overlap.
@@ -13,6 +13,9 @@ Chunks are hyper-rectangles of the grid (a run of one axis times all later axes)
 contiguous range of flat indices and, for large grids, exactly one block of the Zarr store.
 A chunk counts as done only when its partial file has been renamed into place, so a run killed
 at any moment and resumed computes every chunk exactly once in the merge.
+
+Over 500 lines: the jitted grid path and the Evaluator that feeds it share invariants (the same bits
+on every path, one compiled shape per call) best read in one file.
 """
 
 from __future__ import annotations
@@ -33,24 +36,23 @@ import jax.numpy as jnp
 import numpy as np
 
 import hardware_db
-from kernels import scaling
-from kernels.footprint import DESIGN_KEYS, LAYOUT_STEP_INPUTS, OUTPUTS, design_terms, footprint, layout_step
-from kernels.reasons import CODE, REASONS
+from kernels.design import DERIVABLE, DESIGN_INPUTS, design_stage
+from kernels.footprint import DESIGN_KEYS, LAYOUT_STEP_INPUTS, OUTPUTS, footprint
+from kernels.selection import best_layout_stage
+from kernels.reasons import CODE
 
-from . import reduce as red
+from . import reductions as red
 from .calibration import calibration_for
-from .inputs import hardware_row, point_inputs, site_row
-from .spec import RECOMPUTE_CODE, SpecError
-from .study import Study, load_study, output_units
+from .inputs import point_inputs
+from . import dimensions, results
+from .names import LAYOUT_OUTPUTS as LAYOUT_VARS
+from .results import PARTIAL_DIR, SweepResult
+from .spec import SpecError
+from .study import Study, load_study
 
 SMALL_GRID = 2_000_000        # grids up to this many points are kept in memory and written as NetCDF
 DEFAULT_BUDGET = 1 << 20      # evaluations per chunk (points × layouts): bounds memory
-SPEC_TO_X = {"carbon_intensity": "carbon_intensity_kg_per_kwh", "wue": "wue_l_per_kwh"}
-LAYOUT_VARS = ("tp", "pp", "ep", "microbatch", "recompute", "interleave", "sequence_parallel", "shard_optimizer")
-DERIVABLE = ("head_dim", "kv_heads", "d_ff", "expert_d_ff")
-PARTIAL_DIR = ".chunks"
 # inputs of the design stage: what the architecture and the token budget alone fix
-DESIGN_INPUTS = frozenset(DESIGN_KEYS) | {"tokens", "flops"}
 # inputs of the layout stage (with the calibrated constants): the design's architecture, the
 # device count and the hardware; not the tokens, the site, the lifespan or the power figures
 LAYOUT_INPUTS = frozenset(DESIGN_KEYS) | frozenset(LAYOUT_STEP_INPUTS)
@@ -129,16 +131,7 @@ class Evaluator:
             self.mode = "mfu"
         else:
             self.mode = study.options["layout"]
-        self.tables: dict[str, dict[str, np.ndarray]] = {}
-        if "hardware" in study.dims:
-            ids = list(study.dims["hardware"])
-            rows = [hardware_row(db, h, v["precision"], v["embodied_method"], v.get("host")) for h in ids]
-            self.tables["hardware"] = {k: np.array([r[k] for r in rows], np.float64) for k in rows[0]}
-            cals = [calibration_for(db, h) for h in ids]
-            self.tables["cal"] = {k: np.array([c.get(k, np.nan) for c in cals]) for k in cals[0]}
-        if "region" in study.dims:
-            rows = [site_row(db, {**v, "region": r}) for r in study.dims["region"]]
-            self.tables["region"] = {k: np.array([r[k] for r in rows], np.float64) for k in rows[0]}
+        self.tables = dimensions.load_tables(study, db)  # the table dimensions' figures
         self.cal = {k: float(c) for k, c in calibration_for(db, v["hardware"]).items()}
         laws = db.docs.get("scaling_laws.toml", {})
         self.law_table = dict(laws.get(study.law, {}))
@@ -148,11 +141,9 @@ class Evaluator:
         self.outputs = self._output_names()
         # The kernel always prefilters the reductions' candidates. With no full grid kept it computes
         # just the outputs the reductions need; the few rows kept get every output at the end.
-        opts = study.options
-        self.fast = not opts["keep_full_grid"]
-        needed = {red.parse_objective(o)[0] for p in opts["pareto"] for o in p}
-        if opts["top"]:
-            needed.add(red.parse_objective(opts["top"]["by"])[0])
+        self.reductions = red.for_study(study, tuple(self.outputs))
+        self.fast = not study.options["keep_full_grid"]
+        needed = set().union(*(r.reads for r in self.reductions))
         self.reduce_outputs = sorted(needed - {"reason"}) + ["reason"]
 
     # -- what is kept ----------------------------------------------------------------------
@@ -163,11 +154,7 @@ class Evaluator:
             names += ["loss", "loss_in_range"]
             if self.mode == "best":
                 names += list(LAYOUT_VARS)
-        wanted = set(names)
-        for p in self.study.options["pareto"]:
-            wanted |= {red.parse_objective(o)[0] for o in p}
-        if self.study.options["top"]:
-            wanted.add(red.parse_objective(self.study.options["top"]["by"])[0])
+        wanted = set(names).union(*(r.reads for r in red.for_study(self.study, ())))  # what they reduce
         names += [n for n in sorted(wanted) if n not in names]
         if "reason" not in names:
             names.append("reason")
@@ -187,14 +174,14 @@ class Evaluator:
     def default_chunk_size(self) -> int:
         """Points per chunk within the memory budget: DEFAULT_BUDGET evaluations of the chain, and
         when optimising the layout, of the layout search, which runs on the chunk's layout axes only
-        (not the site's, the lifespan's or the tokens': ``_layout_stage``)."""
+        (not the site's, the lifespan's or the tokens': ``kernels.selection.best_layout_stage``)."""
         if self.layouts is None:
             return DEFAULT_BUDGET
-        tables, _ = self._grid_tables()
+        tables, _ = self.grid_tables()
 
         def searches(size):  # layout evaluations of the largest chunk of a plan
             plan = Plan.make(self.shape, size)
-            return math.prod(_searched_shape(plan.block, self.dims[plan.axis:], tables)) * self.n_layouts
+            return math.prod(searched_shape(plan.block, self.dims[plan.axis:], tables)) * self.n_layouts
 
         size = max(1, DEFAULT_BUDGET // self.n_layouts)
         while 2 * size <= DEFAULT_BUDGET and size < math.prod(self.shape) and \
@@ -234,7 +221,7 @@ class Evaluator:
     def searched_dims(self) -> tuple[str, ...]:
         """The dimensions the layout search depends on (design, devices, hardware: LAYOUT_INPUTS)."""
         if getattr(self, "_searched_dims", None) is None:
-            tables, _ = self._grid_tables()
+            tables, _ = self.grid_tables()
             self._searched_dims = tuple(d for d in self.dims if _searched(tables[d]))
         return self._searched_dims
 
@@ -244,7 +231,7 @@ class Evaluator:
         return math.prod(len(self.study.dims[d]) for d in self.searched_dims) if self.mode == "best" else 0
 
     def search(self, values: dict[str, np.ndarray]) -> dict:
-        """Each point's best layout (``_layout_stage``'s picks, as device arrays) at values of the
+        """Each point's best layout (``kernels.selection.best_layout_stage``'s picks, as device arrays) at values of the
         dimensions ({dimension: 1-D array}, equal lengths; only those the search depends on are
         read). Points that share them are searched once. Calls one compiled search on batches of
         ``search_rows`` points, every input a full-length array, so the picks do not depend on how
@@ -277,7 +264,7 @@ class Evaluator:
 
     def chunk_search(self, plan: "Plan", i: int) -> dict:
         """The layout search of chunk i: one pick per value of the chunk's searched axes (C order
-        over the block, 1 on the other axes: ``_searched_shape``), the split axis clipped as the grid
+        over the block, 1 on the other axes: ``searched_shape``), the split axis clipped as the grid
         path pads it."""
         region = plan.region(i)
         idx = {}
@@ -312,29 +299,7 @@ class Evaluator:
         dt = self.dtype
         x = {k: np.asarray(val, dt) for k, val in self.base.items()}
         cal = {k: np.asarray(val, dt) for k, val in self.cal.items()}
-        for d, vals in values.items():
-            vals = np.asarray(vals)
-            if d in ("hardware", "region"):
-                labels = np.asarray(self.study.dims[d])
-                sorter = np.argsort(labels)
-                ix = sorter[np.searchsorted(labels, vals, sorter=sorter)]
-            if d == "hardware":
-                for k, arr in self.tables["hardware"].items():
-                    x[k] = arr[ix].astype(dt)
-                for k, arr in self.tables["cal"].items():
-                    cal[k] = arr[ix].astype(dt)
-            elif d == "region":
-                for k, arr in self.tables["region"].items():
-                    if not (k == "carbon_intensity_kg_per_kwh" and "carbon_intensity" in self.study.fixed) and \
-                            not (k == "pue" and "pue" in self.study.fixed) and \
-                            not (k == "wue_l_per_kwh" and "wue" in self.study.fixed):
-                        x[k] = arr[ix].astype(dt)
-            elif d == "ffn":
-                x["ffn_matrices"] = np.where(vals == "swiglu", 3.0, 2.0).astype(dt)
-            elif d == "recompute":
-                x["recompute"] = np.vectorize(RECOMPUTE_CODE.get)(vals).astype(dt)
-            else:
-                x[SPEC_TO_X.get(d, d)] = vals.astype(dt)
+        dimensions.inputs_at(self.study, self.tables, values, x, cal, dt)
         return x, cal
 
     # -- the jitted function ---------------------------------------------------------------
@@ -347,7 +312,7 @@ class Evaluator:
     @property
     def fn(self):
         if getattr(self, "_fn", None) is None:
-            self._fn = _values_jit(tuple(self._core_kwargs().items()))
+            self._fn = _values_jit(tuple(self.core_kwargs().items()))
         return self._fn
 
     def evaluate(self, flat: np.ndarray, pad_to: int | None = None) -> dict[str, np.ndarray]:
@@ -358,48 +323,23 @@ class Evaluator:
         return {k: v[:n] for k, v in self.evaluate_values(self.values_at(flat)).items()}
 
     # -- the grid path: the kernel unravels flat indices and gathers coordinates itself ---------
-    def _grid_tables(self) -> tuple[dict, tuple]:
+    def grid_tables(self) -> tuple[dict, tuple]:
         """Coordinate tables (arrays, by dimension) and the static (dim, size) plan."""
-        dt = self.dtype
-        tables, plan = {}, []
-        for d, size in zip(self.dims, self.shape):
-            vals = self.study.dims[d]
-            if d == "hardware":
-                tables[d] = {**{k: a.astype(dt) for k, a in self.tables["hardware"].items()},
-                             **{f"cal__{k}": a.astype(dt) for k, a in self.tables["cal"].items()}}
-            elif d == "region":
-                fixed = {"carbon_intensity_kg_per_kwh": "carbon_intensity", "pue": "pue", "wue_l_per_kwh": "wue"}
-                tables[d] = {k: a.astype(dt) for k, a in self.tables["region"].items()
-                             if fixed.get(k) not in self.study.fixed}
-            elif d == "ffn":
-                tables[d] = {"ffn_matrices": np.where(vals == "swiglu", 3.0, 2.0).astype(dt)}
-            elif d == "recompute":
-                tables[d] = {"recompute": np.array([RECOMPUTE_CODE[v] for v in vals], dt)}
-            else:
-                tables[d] = {SPEC_TO_X.get(d, d): np.asarray(vals).astype(dt)}
-            plan.append((d, int(size)))
-        return tables, tuple(plan)
+        tables = dimensions.columns(self.study, self.tables, self.dtype)
+        return tables, tuple((d, int(size)) for d, size in zip(self.dims, self.shape))
 
     @property
     def grid_fn(self):
         if getattr(self, "_grid_fn", None) is None:
-            self._tables_dev, plan = self._grid_tables()
+            self._tables_dev, plan = self.grid_tables()
             outputs = self.reduce_outputs if self.fast else self.outputs
-            self._grid_fn = _grid_jit(plan, tuple(self._core_kwargs(outputs).items()), self._reduce_spec(),
-                                      self.fast)
+            self._grid_fn = _grid_jit(plan, tuple(self.core_kwargs(outputs).items()), self.reductions, self.fast)
         return self._grid_fn
 
-    def _core_kwargs(self, outputs=None) -> dict:
+    def core_kwargs(self, outputs=None) -> dict:
         return dict(mode=self.mode, derive=self.derive, law=self.law_table.get("form"),
                     law_table=tuple(sorted((k, v) for k, v in self.law_table.items() if not isinstance(v, (list, dict)))),
                     outputs=tuple(outputs or self.outputs))
-
-    def _reduce_spec(self):
-        """Static description of the in-kernel prefilters."""
-        opts = self.study.options
-        fronts = tuple(tuple(red.parse_objective(o) for o in p) for p in opts["pareto"])
-        top = (red.parse_objective(opts["top"]["by"]) + (opts["top"]["n"],)) if opts["top"] else None
-        return fronts, top
 
     def evaluate_chunk(self, plan: "Plan", i: int) -> dict[str, np.ndarray]:
         """Outputs of chunk i of a plan: one jitted call of the plan's fixed block shape."""
@@ -442,8 +382,8 @@ class Evaluator:
 
         def host(k, v):
             v = np.asarray(v)
-            if k.startswith("__stat"):
-                return v
+            if k.startswith("__"):  # a reduction's prefilter arrays: masks per point, the rest as they are
+                return v[:n] if k.endswith("mask") else v
             return v[:n] if v.shape == (points,) else _PerDesign(v, block)  # (given once per design)
         return {k: host(k, v) for k, v in out.items()}
 
@@ -498,7 +438,7 @@ class _PerDesign:
 @functools.lru_cache(maxsize=32)
 def _values_jit(core_items):
     """The chain on arbitrary points (search, completed rows), jitted once per configuration."""
-    return jax.jit(functools.partial(_evaluate, **dict(core_items)))
+    return jax.jit(functools.partial(evaluate_points, **dict(core_items)))
 
 
 @functools.lru_cache(maxsize=32)
@@ -548,13 +488,13 @@ def _evaluate_grid(lead, a, n_valid, xvec, cvec, mats, searched, *, block, axis,
     xd = {k: v for k, v in x.items() if k in DESIGN_INPUTS}
     xd.update({k: jnp.broadcast_to(v, dshape) for k, v in natural.items() if k in DESIGN_INPUTS})
     xd = jax.tree_util.tree_map(jax.lax.optimization_barrier, xd)
-    staged = _design_stage(xd, derive=core["derive"], law=core["law"], law_table=core["law_table"])
-    full = functools.partial(_spread, block=block)
+    staged = design_stage(xd, derive=core["derive"], law=core["law"], law_table=core["law_table"])
+    full = functools.partial(spread, block=block)
     # 2. when optimising the layout, the chunk's picks (``searched``: one per value of the axes the
     #    search depends on, in C order over the block: Evaluator.chunk_search) broadcast to the points;
     layout_staged = None
     if searched is not None:
-        lshape = _searched_shape(block, [d for d, _ in plan[axis:]], tables)
+        lshape = searched_shape(block, [d for d, _ in plan[axis:]], tables)
         layout_staged = {k: full(v.reshape(lshape)) for k, v in searched.items()}
     # 3. everything else on every point, the design (and layout) results broadcast to it.
     for k, v in natural.items():
@@ -563,7 +503,7 @@ def _evaluate_grid(lead, a, n_valid, xvec, cvec, mats, searched, *, block, axis,
         elif k not in DESIGN_INPUTS:
             x[k] = full(v)
     # each design term a buffer of its own (XLA would otherwise recompute it for every point it is broadcast to)
-    staged = jax.tree_util.tree_map(lambda v: v if jnp.ndim(v) == 0 else _buffer(v), staged)  # scalars stay scalars
+    staged = jax.tree_util.tree_map(lambda v: v if jnp.ndim(v) == 0 else red.as_buffer(v), staged)  # scalars stay scalars
     per_design = {k: v for k, v in staged[2].items() if jnp.ndim(v)}  # the loss: one value per design
     staged = jax.tree_util.tree_map(lambda v: v if jnp.ndim(v) == 0 else full(v), staged)
     # one barrier per array, so XLA still drops the ones this chunk's outputs do not need
@@ -571,28 +511,19 @@ def _evaluate_grid(lead, a, n_valid, xvec, cvec, mats, searched, *, block, axis,
     if layout_staged is not None:
         layout_staged = jax.tree_util.tree_map(jax.lax.optimization_barrier, layout_staged)
     x["_points"] = jnp.zeros(math.prod(block), jnp.int8)
-    out = _evaluate(x, cal, staged=staged, layout_staged=layout_staged, **core)
-    fronts, top = reduce
-    reduced = {n for objectives in fronts for n, _ in objectives} | ({top[0]} if top else set()) | {"reason"}
+    out = evaluate_points(x, cal, staged=staged, layout_staged=layout_staged, **core)
+    reduced = set().union(*(r.reads for r in reduce))
     low = {k: v for k, v in per_design.items() if k in reduced}
-    pf = _prefilter({k: out[k] for k in reduced if k not in low}, n_valid, fronts, top, low=low, expand=full)
+    pf = prefilter({k: out[k] for k in reduced if k not in low}, n_valid, reduce, low=low, expand=full)
     if compact:  # the loss once per design, not spread over the points: the host reads it at its few rows
         out = {**out, **{k: v for k, v in per_design.items() if k in out}}
     return {**out, **pf}
 
 
-def _prefilter(out, n_valid, fronts, top, bins=4096, stride=32, low=None, expand=None):
-    """In-kernel reductions of a chunk: exact candidate masks for its Pareto fronts and top-k, and
-    its statistics (reason counts, min/max of the reduced outputs over feasible points).
-
-    Two-objective fronts: points are binned by the first objective (a monotone map, so a point in a
-    lower bin has a strictly smaller first objective); a point is dominated when a lower bin holds a
-    second objective ≤ its own, or when it is dominated by its own bin's point of least second
-    objective. Only such points are dropped, so the mask keeps every member of the
-    chunk's front (and more); NumPy then computes the exact front of the few candidates.
-    Top-k: every feasible point in the key bins up to the one where the count reaches k (the k
-    smallest, ties and more); NumPy then picks the exact top-k. Bin minima and counts come from
-    every ``stride``-th point: a sample's bound is weaker, so the masks only keep more candidates.
+def prefilter(out, n_valid, reductions, bins=4096, stride=32, low=None, expand=None):
+    """In-kernel reductions of a chunk: each reduction's ``prefilter`` (sweep.reductions), e.g. exact
+    candidate masks for its Pareto fronts and top-k, and its statistics (reason counts, min/max of
+    the reduced outputs over feasible points), as ``__<reduction name>__<array>``.
 
     Most chunks have every point feasible with finite outputs: that is checked with plain
     reductions (a NaN or infinity shows in an output's min or max), and such a chunk takes a branch
@@ -621,69 +552,22 @@ def _prefilter(out, n_valid, fronts, top, bins=4096, stride=32, low=None, expand
         out, low = args
         return {**{k: expand(v) for k, v in low.items() if k not in out}, **out}
 
+    def reduce_all(chunk):
+        return {f"__{r.name}__{k}": v for r in reductions for k, v in r.prefilter(chunk).items()}
+
     def all_good(args):
         out = per_point(args)
-        res = {"__stat_reasons": jnp.zeros(len(REASONS), jnp.int32).at[0].set(n_valid.astype(jnp.int32))}
-        for k, (lo, hi) in lo_hi.items():
-            res[f"__stat_min__{k}"], res[f"__stat_max__{k}"] = lo, hi
-        return {**res, **_candidates(out, lambda names: valid, fronts, top, bins, stride, low, expand)}
+        return reduce_all(red.KernelChunk(out, lambda names: valid, valid, n_valid, True, low, expand, lo_hi, floats,
+                                          bins=bins, stride=stride))
 
     def general(args):
         out = per_point(args)
         ok = (out["reason"] == 0) & valid
-        res = {"__stat_reasons": jnp.bincount(out["reason"], weights=valid.astype(jnp.int32),
-                                              length=len(REASONS)).astype(jnp.int32)}
-        for k in floats:
-            good = ok & jnp.isfinite(out[k])
-            res[f"__stat_min__{k}"] = jnp.min(jnp.where(good, out[k], jnp.inf))
-            res[f"__stat_max__{k}"] = jnp.max(jnp.where(good, out[k], -jnp.inf))
         good = lambda names: ok & jnp.all(jnp.stack([jnp.isfinite(out[k]) for k in names]), axis=0)  # noqa: E731
-        return {**res, **_candidates(out, good, fronts, top, bins, stride, low, expand)}
+        return reduce_all(red.KernelChunk(out, good, valid, n_valid, False, low, expand, lo_hi, floats, ok=ok,
+                                          bins=bins, stride=stride))
 
     return jax.lax.cond(clean, all_good, general, (out, low))
-
-
-def _candidates(out, good_for, fronts, top, bins, stride, low, expand):
-    """The prefilter's candidate masks; ``good_for(names)``: the points feasible and finite in the
-    named outputs; ``low``, ``expand``: see ``_prefilter``."""
-    res = {}
-    sub = slice(None, None, stride)  # bounds from a strided sample: weaker, still exact as a prefilter
-    for j, objectives in enumerate(fronts):
-        f = [sign * out[name] for name, sign in objectives]
-        good = good_for([name for name, _ in objectives])
-        if len(f) == 2:
-            f0, f1 = f
-            lo, scale = _bin_scale(f0[sub], good[sub], bins)
-            b = _bin(f0, good, lo, scale, bins)
-            s0, s1, sb = f0[sub], jnp.where(good[sub], f1[sub], jnp.inf), b[sub]
-            bin_min = jax.ops.segment_min(s1, sb, num_segments=bins)
-            below = jnp.concatenate([jnp.full((1,), jnp.inf, bin_min.dtype), jax.lax.cummin(bin_min)[:-1]])
-            # within the bin: the sample point with the bin's least f1 (and, among those, least f0)
-            at_min = jax.ops.segment_min(jnp.where(s1 == bin_min[sb], s0, jnp.inf), sb, num_segments=bins)
-            below, bin_min, at_min = _buffer(below), _buffer(bin_min), _buffer(at_min)
-            name0, sign0 = objectives[0]
-            if name0 in low:  # what depends on f0 alone, once per design (a bad point's bin does not matter)
-                g0 = sign0 * low[name0]
-                bl = _bin(g0, True, lo, scale, bins)
-                m1, bound, a0 = expand(bin_min[bl]), expand(below[bl]), at_min[bl]
-                ge, gt = expand(g0 >= a0), expand(g0 > a0)
-            else:
-                m1, bound, a0 = bin_min[b], below[b], at_min[b]
-                ge, gt = f0 >= a0, f0 > a0
-            in_bin = (ge & (f1 > m1)) | (gt & (f1 >= m1))
-            good = good & (f1 < bound) & ~in_bin
-        res[f"__cand_p{j}"] = good
-    if top is not None:  # every point in the bins up to the one where the sample's count reaches k
-        name, sign, k = top
-        key = sign * out[name]
-        good = good_for([name])
-        lo, scale = _bin_scale(key[sub], good[sub], bins)
-        b = _bin(key, good, lo, scale, bins)
-        counts = jnp.bincount(b[sub], weights=good[sub].astype(jnp.int32), length=bins)
-        enough = jnp.sum(counts) >= k
-        last = jnp.where(enough, jnp.argmax(jnp.cumsum(counts) >= k), bins - 1)
-        res["__cand_top"] = good & (b <= last)
-    return res
 
 
 def _searched(keys) -> bool:
@@ -692,12 +576,12 @@ def _searched(keys) -> bool:
     return any(k in LAYOUT_INPUTS or k.startswith("cal__") for k in keys)
 
 
-def _searched_shape(block, dims, tables) -> list[int]:
+def searched_shape(block, dims, tables) -> list[int]:
     """The block's shape on the axes the layout search depends on (1 on the others)."""
     return [n if _searched(tables[d]) else 1 for n, d in zip(block, dims)]
 
 
-def _spread(v, block):
+def spread(v, block):
     """``v`` broadcast to the block's shape and flattened (C order), with adjacent axes merged where
     ``v`` varies or is constant alike: the same values, but XLA's copy loop then computes a 2-3-axis
     index per element, not a 5-axis one (a design term spread over 10^6 points: 1.9 -> 0.4 ms)."""
@@ -714,67 +598,7 @@ def _spread(v, block):
     return jnp.broadcast_to(jnp.reshape(v, vs), bs).reshape(-1)
 
 
-def _buffer(v):
-    """A small array made a buffer of its own (a scatter ends XLA's fusion; an optimisation barrier
-    does not): XLA would otherwise fuse the ops that compute it into every per-point use of it, e.g.
-    a running minimum into every lookup of a prefilter table (3-4x slower), or a design's FLOPs into
-    every point of the design."""
-    flat = v.reshape(-1)
-    return jnp.zeros_like(flat).at[jnp.arange(flat.shape[0])].set(flat).reshape(v.shape)
-
-
-def _bin_scale(v, good, bins):
-    """(lo, scale) mapping [min, max] of the good values onto [0, bins)."""
-    lo = jnp.min(jnp.where(good, v, jnp.inf))
-    hi = jnp.max(jnp.where(good, v, -jnp.inf))
-    lo = jnp.where(jnp.isfinite(lo), lo, 0.0)
-    return lo, jnp.where(hi > lo, bins / (hi - lo), 0.0)
-
-
-def _bin(v, good, lo, scale, bins):
-    """Bin index: monotone non-decreasing in v (clipped at both ends), so lower bins hold smaller v."""
-    return jnp.clip(jnp.floor((jnp.where(good, v, lo) - lo) * scale), 0, bins - 1).astype(jnp.int32)
-
-
-def _design_stage(x, *, derive, law, law_table):
-    """What the design alone fixes, on the shapes of the design inputs: derived defaults (head_dim,
-    kv_heads, d_ff, expert_d_ff), the design's own reasons, parameters and FLOPs
-    (``kernels.footprint.design_terms``) and the predicted loss.
-
-    Returns (design inputs with the derived ones, design terms, loss outputs, reason).
-    """
-    x = {k: v for k, v in x.items() if k in DESIGN_INPUTS}
-    reason = jnp.int32(0)
-    if "head_dim" in derive:
-        uneven = jnp.isfinite(x["d_model"]) & (jnp.mod(x["d_model"], x["heads"]) != 0)
-        reason = jnp.where(uneven, CODE["heads_not_dividing_d_model"], reason)
-        x["head_dim"] = x["d_model"] / x["heads"]
-    if "kv_heads" in derive:
-        x["kv_heads"] = x["heads"]
-    else:
-        reason = jnp.where((reason == 0) & jnp.isfinite(x["heads"]) & (jnp.mod(x["heads"], x["kv_heads"]) != 0),
-                           CODE["kv_heads_not_dividing_heads"], reason)
-    if "d_ff" in derive:
-        x["d_ff"] = 4.0 * x["d_model"]
-    if "expert_d_ff" in derive:
-        x["expert_d_ff"] = x["d_ff"]
-    design = design_terms(x)
-    loss = {}
-    if law is not None:
-        consts = dict(law_table)
-        params, active = design["params"], design["active_params"]
-        emb = x["vocab"] * x["d_model"] * jnp.where(x["tied_embeddings"] > 0, 1.0, 2.0)
-        non_emb = jnp.where(jnp.isfinite(emb), params - emb, params)
-        kw = dict(params=params, active_params=active, tokens=x["tokens"])
-        loss["loss"] = scaling.predict_loss(law, consts, non_embedding_params=non_emb, experts=x["experts"],
-                                            top_k=x["top_k"], **kw)
-        rng = scaling.in_fitted_range(consts, non_embedding_params=non_emb, total_params=params,
-                                      experts=x["experts"], top_k=x["top_k"], **kw)
-        loss["loss_in_range"] = jnp.asarray(rng).astype(jnp.float32)
-    return x, design, loss, reason.astype(jnp.int32)
-
-
-def _evaluate(x, cal, *, mode, derive, law, law_table, outputs, staged=None, layout_staged=None):
+def evaluate_points(x, cal, *, mode, derive, law, law_table, outputs, staged=None, layout_staged=None):
     """One chunk: the design stage, the layout stage (when optimising the layout), then the
     footprint, loss, reasons.
 
@@ -783,14 +607,15 @@ def _evaluate(x, cal, *, mode, derive, law, law_table, outputs, staged=None, lay
     axes only (``staged``: its results, already broadcast to the points). When optimising the
     layout, ``layout_staged`` holds each point's pick (``Evaluator.search``, broadcast to the
     points). The study's ``objective`` is not an argument: it picks the same layout
-    (``_layout_stage``), so studies that differ only in it share their compiled functions.
+    (``kernels.selection.best_layout_stage``), so studies that differ only in it share their compiled
+    functions.
     """
     x = dict(x)
     points = jnp.shape(x.pop("_points"))
     bc = lambda v: jnp.broadcast_to(v, points)  # noqa: E731
     if staged is None:
         staged = jax.tree_util.tree_map(jax.lax.optimization_barrier,
-                                        _design_stage(x, derive=derive, law=law, law_table=law_table))
+                                        design_stage(x, derive=derive, law=law, law_table=law_table))
     xd, design, loss, reason = staged
     x.update(xd)
     if mode == "best":
@@ -812,57 +637,20 @@ def _evaluate(x, cal, *, mode, derive, law, law_table, outputs, staged=None, lay
     return {k: out[k] for k in outputs if k in out}
 
 
-def _layout_stage(x, cal, design, lay):
-    """The best layout of each point: the layout model (``kernels.footprint.layout_step``) on every
-    candidate in ``lay`` (points × layouts), the feasible one of least step time picked.
-
-    At a fixed point every objective grows with the step time: hours = FLOPs/(devices·peak·MFU)
-    with MFU = tokens/s·FLOPs per token/(devices·peak) and tokens/s = batch·seq_len/step, and
-    energy, operational and embodied carbon are hours times factors no layout changes (the device
-    count is the point's own). Each step of that chain is monotone in floating point too, so the
-    fastest layout has the least total_tco2e, train_days and energy_mwh alike, bit for bit, and
-    among layouts of equal objective the fastest is taken. So the search needs neither the site,
-    the lifespan nor the token budget, and a chunk runs it once for all their values.
-
-    Returns the picked layout's step outputs (as ``layout_step``), its LAYOUT_VARS (NaN when no
-    layout works) and a reason:
-    0, or when no layout works, missing_data if a structurally valid one lacks a figure (the key
-    fact), else the highest code met (the deepest rule broken).
-    """
-    col = lambda a: a[:, None] if jnp.ndim(a) == 1 else a  # noqa: E731
-    xx = {k: col(v) for k, v in x.items() if k in LAYOUT_INPUTS}
-    xx.update({k: v[None, :] for k, v in lay.items()})
-    step = layout_step(xx, col(design["params"]), col(design["active_params"]), {k: col(v) for k, v in cal.items()})
-    reason = jnp.where((step["reason"] == 0) & ~jnp.isfinite(step["step_time_s"]), CODE["missing_data"],
-                       step["reason"])
-    ok = reason == 0
-    score = jnp.where(ok, step["step_time_s"], jnp.inf)
-    j = jnp.argmin(score, axis=-1)
-    pick = lambda a: jnp.take_along_axis(jnp.broadcast_to(a, score.shape), j[..., None], axis=-1)[..., 0]  # noqa
-    out = {k: pick(v) for k, v in step.items()}
-    any_missing = (reason == CODE["missing_data"]).any(axis=-1)
-    worst = jnp.where(any_missing, CODE["missing_data"], jnp.max(reason, axis=-1))
-    found = ok.any(axis=-1)
-    out["reason"] = jnp.where(found, 0, worst).astype(jnp.int32)
-    for k in LAYOUT_VARS:  # no layout where none works (argmin's index 0 would read as a choice)
-        out[k] = jnp.where(found, pick(lay[k][None, :]), jnp.nan)
-    return out
-
-
 @functools.lru_cache(maxsize=32)
 def _search_jit(derive):
     """The best-layout search of a batch of points (each input a 1-D array of the batch's length):
-    the design stage for the parameter counts, then ``_layout_stage``. Always called on batches
+    the design stage for the parameter counts, then ``kernels.selection.best_layout_stage``. Always
+    called on batches
     of one length (``Evaluator.search``), so every point's layout comes from the same machine code
     whatever the chunk or the path: XLA fuses, and so rounds, differently for different shapes."""
     def search(x, cal, lay):
-        xd, design, _, _ = _design_stage({k: v for k, v in x.items() if k in DESIGN_INPUTS}, derive=derive,
-                                         law=None, law_table=())
-        return _layout_stage({**x, **xd}, cal, design, lay)
+        xd, design, _, _ = design_stage(x, derive=derive)
+        return best_layout_stage({**x, **xd}, cal, design, lay, inputs=LAYOUT_INPUTS)
     return jax.jit(search)
 
 
-_LAYOUT_KEYS = ("ep", "interleave", "microbatch", "pp", "recompute", "sequence_parallel", "shard_optimizer", "tp")
+_LAYOUT_KEYS = tuple(sorted(LAYOUT_VARS))  # (the candidate rows sort by these columns in this order)
 
 
 @functools.lru_cache(maxsize=32)
@@ -894,85 +682,21 @@ def _layout_rows(devices, layers, heads, kv_heads, experts, global_batch, device
 # one chunk: evaluate, reduce, save atomically
 
 
-def _atomic_savez(path: Path, arrays: dict) -> None:
-    """Write to ``<name>.part`` then rename: a reader sees the whole file or none of it."""
-    tmp = path.with_name(path.name + ".part")
-    with open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
-    os.replace(tmp, path)
-
-
-def finished_chunks(part_dir: Path) -> set[int]:
-    """Chunks whose partial file is complete (renamed into place); torn writes do not count."""
-    done = set()
-    for p in part_dir.iterdir() if part_dir.exists() else []:
-        m = re.fullmatch(r"chunk_(\d{8})\.npz", p.name)
-        if m:
-            done.add(int(m.group(1)))
-    return done
-
-
 def chunk_partial(ev: Evaluator, plan: Plan, i: int, keep_full: bool, handle=None):
     """Outputs of chunk i and its partial results (reductions, plus the full outputs when kept);
     ``handle``: chunk i already dispatched (``Evaluator.dispatch_chunk``)."""
     start, _ = plan.bounds(i)
     out = ev.collect_chunk(handle if handle is not None else ev.dispatch_chunk(plan, i))
-    res = _partial(ev, out, start)
-    if not ev.fast:  # min/max of the outputs the kernel did not reduce
-        feasible = out["reason"] == 0
-        every = int(res["stats__reasons"][0]) == len(feasible)
-        for k in ev.outputs:
-            if k == "reason" or f"stats__min__{k}" in res:
-                continue
-            v = out[k]
-            lo, hi = v.min(), v.max()  # a NaN shows in both
-            if not (every and np.isfinite(lo) and np.isfinite(hi)):  # (every output but the reason is a float)
-                ok = feasible & np.isfinite(v)
-                found = ok.any()
-                lo = np.min(v, where=ok, initial=np.inf) if found else np.nan  # where=: no copy of the column
-                hi = np.max(v, where=ok, initial=-np.inf) if found else np.nan
-            res[f"stats__min__{k}"], res[f"stats__max__{k}"] = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+    cols = [k for k in out if not k.startswith("__")]
+    res = {}
+    for r in ev.reductions:  # each reduction's partial result, from its prefilter's arrays
+        mine = f"__{r.name}__"
+        kernel = {k[len(mine):]: v for k, v in out.items() if k.startswith(mine)}
+        part = r.host_reduce(red.HostChunk(out, kernel, start, cols, tuple(ev.outputs), not ev.fast))
+        res.update({f"{r.name}__{k}": v for k, v in part.items()})
     if keep_full:
         res.update({f"full__{k}": out[k] for k in ev.grid_outputs})
     return res, out
-
-
-def _reduce_rows(ev: Evaluator, out: dict, start: int, fronts: list, top) -> dict[str, np.ndarray]:
-    """A chunk's Pareto fronts and top-k from candidate rows (ascending positions in the chunk, one
-    array per front, and one for the top-k or None): the objectives are read at the candidates, every
-    output only at the rows kept. ``start`` is the chunk's first flat index."""
-    res = {}
-    cols = [k for k in out if not k.startswith("__")]
-    for j, (objectives, c) in enumerate(zip(ev.study.options["pareto"], fronts)):
-        names = {red.parse_objective(o)[0] for o in objectives}
-        keep = c[red.pareto_mask(red.objective_matrix({n: out[n][c] for n in names}, objectives))]
-        res.update({f"pareto{j}__{k}": out[k][keep] for k in cols})
-        res[f"pareto{j}__index"] = keep + np.int64(start)
-    if top is not None:
-        by, n = ev.study.options["top"]["by"], ev.study.options["top"]["n"]
-        name = red.parse_objective(by)[0]
-        best = red.top_k({name: out[name][top], "index": top + np.int64(start)}, by, n)
-        keep = best["index"] - np.int64(start)
-        res.update({f"top__{k}": out[k][keep] for k in cols})
-        res["top__index"] = best["index"]
-    return res
-
-
-def _partial(ev: Evaluator, out: dict, start: int) -> dict[str, np.ndarray]:
-    """A chunk's partial results from the kernel's prefilter masks and statistics; ``start`` is the
-    chunk's first flat index. (With the full grid kept, the kernel reduces only the reductions'
-    outputs: see ``chunk_partial``.)"""
-    cols = [k for k in out if not k.startswith("__")]
-    res = {"stats__reasons": out["__stat_reasons"].astype(np.int64)}
-    for k in cols:
-        if f"__stat_min__{k}" in out:
-            lo, hi = float(out[f"__stat_min__{k}"]), float(out[f"__stat_max__{k}"])
-            res[f"stats__min__{k}"] = np.asarray(lo if math.isfinite(lo) else np.nan)
-            res[f"stats__max__{k}"] = np.asarray(hi if math.isfinite(hi) else np.nan)
-    fronts = [np.flatnonzero(out[f"__cand_p{j}"]) for j in range(len(ev.study.options["pareto"]))]
-    top = np.flatnonzero(out["__cand_top"]) if ev.study.options["top"] else None
-    res.update(_reduce_rows(ev, out, start, fronts, top))
-    return res
 
 
 def run_chunk(ev: Evaluator, plan: Plan, i: int, out_dir: str, keep_full: bool, zarr_path: str | None,
@@ -980,8 +704,8 @@ def run_chunk(ev: Evaluator, plan: Plan, i: int, out_dir: str, keep_full: bool, 
     """Evaluate chunk i and write its partial file (and Zarr block); returns i. Idempotent."""
     res, out = chunk_partial(ev, plan, i, keep_full and zarr_path is None, handle)
     if zarr_path is not None:
-        _write_zarr_block(ev, plan, i, zarr_path, out)
-    _atomic_savez(Path(out_dir) / PARTIAL_DIR / f"chunk_{i:08d}.npz", res)
+        results.write_zarr_block(ev.dims, plan.region(i), ev.grid_outputs, zarr_path, out)
+    results.write_partial(out_dir, i, res)
     return i
 
 
@@ -989,65 +713,8 @@ def run_chunk(ev: Evaluator, plan: Plan, i: int, out_dir: str, keep_full: bool, 
 # Zarr for large grids
 
 
-def _var_attrs(name):
-    units = output_units()
-    unit, desc = units.get(name, ("1", name))
-    attrs = {"units": unit, "long_name": desc}
-    if name == "reason":
-        attrs["flag_values"] = list(REASONS)
-        attrs["flag_meanings"] = " ".join(REASONS.values())
-    return attrs
-
-
-def _coords(study: Study) -> dict:
-    from .spec import KEYS
-
-    coords = {}
-    for d, vals in study.dims.items():
-        unit = KEYS[d].unit if d in KEYS else "1"
-        coords[d] = (d, vals, {"units": unit, "long_name": KEYS[d].help if d in KEYS else d})
-    return coords
-
-
-def _zarr_template(ev: Evaluator, plan: Plan, path: str):
-    import dask.array as da
-    import xarray as xr
-
-    chunks = tuple(1 for _ in range(plan.axis)) + plan.block
-    sample = ev.evaluate(np.zeros(1, np.int64))
-    data = {}
-    for k in ev.grid_outputs:
-        dt = sample[k].dtype
-        fill = 0 if dt.kind in "iub" else np.nan
-        data[k] = (ev.dims, da.full(plan.shape, fill, dtype=dt, chunks=chunks), _var_attrs(k))
-    ds = xr.Dataset(data, coords=_coords(ev.study))
-    ds.to_zarr(path, mode="w", compute=False, zarr_format=2)
-
-
-def _write_zarr_block(ev: Evaluator, plan: Plan, i: int, path: str, out: dict):
-    import xarray as xr
-
-    region = plan.region(i)
-    shape = tuple(s.stop - s.start for s in region)
-    ds = xr.Dataset({k: (ev.dims, out[k].reshape(shape)) for k in ev.grid_outputs})
-    ds.to_zarr(path, region={d: s for d, s in zip(ev.dims, region)})
-
-
 # ---------------------------------------------------------------------------------------------
 # run
-
-
-@dataclass
-class SweepResult:
-    out_dir: Path | None
-    dataset: object | None               # xarray.Dataset of the full grid (None if not kept)
-    pareto: dict = field(default_factory=dict)   # name → pandas.DataFrame
-    top: object | None = None             # pandas.DataFrame
-    summary: dict = field(default_factory=dict)
-
-
-def _front_name(objectives) -> str:
-    return "pareto_" + "__".join(o.replace(":", "_") for o in objectives)
 
 
 def _table(ev: Evaluator, cols: dict[str, np.ndarray]):
@@ -1067,39 +734,21 @@ def _table(ev: Evaluator, cols: dict[str, np.ndarray]):
     return pd.DataFrame(data)
 
 
-def _versions() -> dict:
-    import importlib.metadata as md
-
-    out = {}
-    for pkg in ("carbon-sweep", "jax", "numpy", "xarray", "optuna"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
-OWNED = ("grid.nc", "grid.zarr", "top.csv", "top.nc", "study.json", PARTIAL_DIR, "figures", "report.md",
-         "report.html")
-
-
-def _clean(out_dir: Path):
-    for name in os.listdir(out_dir) if out_dir.exists() else []:
-        if name in OWNED or name.startswith("pareto_"):
-            p = out_dir / name
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
-
-
 def run(spec, out=None, *, resume=False, chunk_size=None, scheduler=None, quiet=True, db=None,
         write=True) -> SweepResult:
     """Sweep a study. ``spec``: a path, a dict shaped like the TOML, or a Study.
 
     Returns a SweepResult with ``.dataset`` (the full grid, if kept), ``.pareto`` (name →
     DataFrame), ``.top`` and ``.summary``. With ``write=False`` nothing is written (in memory).
+
+    Long (about 100 lines): the run's steps (plan, resume checks, scheduler, the chunk loop, merge,
+    files) in the order they must happen, each guarded; split, the order would be hidden.
     """
     db = db or hardware_db.load()
     study = spec if isinstance(spec, Study) else load_study(spec, db)
     if study.options["kind"] == "validation":
+        from .validate import run_validation
+
         return run_validation(study, out, db=db, write=write)
     if not study.dims:
         raise SpecError(study.file, "grid", None, "is empty: give at least one dimension (or use carbon-sweep estimate)")
@@ -1114,9 +763,8 @@ def run(spec, out=None, *, resume=False, chunk_size=None, scheduler=None, quiet=
     # nothing to resume without an output folder: partial results then stay in memory, and a
     # scratch folder is made only for what needs files (dask workers, a Zarr grid)
     memory_only = not write and not scheduler and not (keep_full and large)
-    if write and out_dir.exists() and not out_dir.is_dir():
-        raise SpecError(study.file, None, None, f"--out {out_dir}: is a file, not a folder; name a folder for "
-                        "the results")
+    if write:
+        results.check_out_dir(out_dir, study.file)
     tmp = None
     if not write and not memory_only:
         import tempfile
@@ -1132,12 +780,10 @@ def run(spec, out=None, *, resume=False, chunk_size=None, scheduler=None, quiet=
     prior_elapsed = 0.0
     resuming = False
     if not memory_only and resume:  # (a run kept in memory has no files at all)
-        if (out_dir / "study.json").exists():
-            done = json.loads((out_dir / "study.json").read_text())
-            if done.get("spec_hash") == study.spec_hash():
-                return load_result(out_dir)
-        if plan_file.exists():
-            old = json.loads(plan_file.read_text())
+        if results.finished_spec_hash(out_dir) == study.spec_hash():
+            return results.load_result(out_dir)
+        old = results.read_plan(plan_file)
+        if old is not None:
             if old.get("spec_hash") != study.spec_hash():
                 raise SpecError(study.file, None, None, f"--resume: {out_dir} holds a run of a different spec; "
                                 "use another --out or run without --resume")
@@ -1147,23 +793,25 @@ def run(spec, out=None, *, resume=False, chunk_size=None, scheduler=None, quiet=
             resuming = True
     client = _connect(scheduler, study.file)  # before anything is written: an unreachable one leaves nothing
     if not memory_only and not resuming:
-        _clean(out_dir)
+        results.clean(out_dir)
         part_dir.mkdir(parents=True, exist_ok=True)
-        plan_file.write_text(json.dumps(plan_doc))
+        results.write_plan(plan_file, plan_doc)
     zarr_path = str(out_dir / "grid.zarr") if (keep_full and large) else None
     if zarr_path and not Path(zarr_path).exists():
-        _zarr_template(ev, plan, zarr_path)
+        chunks = tuple(1 for _ in range(plan.axis)) + plan.block
+        results.zarr_template(ev.dims, plan.shape, chunks, ev.evaluate(np.zeros(1, np.int64)), ev.grid_outputs,
+                              study, zarr_path)
 
-    done = set() if memory_only else finished_chunks(part_dir)
+    done = set() if memory_only else results.finished_chunks(part_dir)
     todo = [i for i in range(plan.n_chunks) if i not in done]
-    progress = _progress(plan.n_chunks, len(done), quiet)
+    progress = progress_bar(plan.n_chunks, len(done), quiet)
     # in memory, each chunk is merged while the next one's call runs
     merger = _Merger(ev, keep_full) if memory_only else None
     try:
         if client is not None:
             _run_dask(ev, plan, todo, str(out_dir), keep_full, zarr_path, client, progress)
         else:
-            for i, handle in _pipelined(ev, plan, todo):
+            for i, handle in pipelined(ev, plan, todo):
                 if merger is not None:
                     merger.add(chunk_partial(ev, plan, i, keep_full, handle)[0], plan.bounds(i))
                 else:
@@ -1174,16 +822,17 @@ def run(spec, out=None, *, resume=False, chunk_size=None, scheduler=None, quiet=
         if client is not None and client is not scheduler:
             client.close()
         elapsed_now = time.perf_counter() - t0
-        if not memory_only and plan_file.exists():
-            doc = json.loads(plan_file.read_text())
+        doc = None if memory_only else results.read_plan(plan_file)
+        if doc is not None:
             doc["elapsed_s"] = prior_elapsed + elapsed_now
-            plan_file.write_text(json.dumps(doc))
+            results.write_plan(plan_file, doc)
     result = (merger.result(plan, out_dir, zarr_path) if merger is not None
               else _merge(ev, plan, out_dir, keep_full, zarr_path))
     elapsed = prior_elapsed + (time.perf_counter() - t0)
     result.summary["elapsed_s"] = elapsed
+    result.summary = results.study_doc(study, result.summary, layout=ev.mode, outputs=ev.outputs)
     if write:
-        _write_outputs(ev, plan, out_dir, result, study, elapsed)
+        results.write_result(result, out_dir)
         shutil.rmtree(part_dir, ignore_errors=True)
     else:
         if result.dataset is not None:
@@ -1194,7 +843,7 @@ def run(spec, out=None, *, resume=False, chunk_size=None, scheduler=None, quiet=
     return result
 
 
-def _pipelined(ev: Evaluator, plan: Plan, todo: list[int]):
+def pipelined(ev: Evaluator, plan: Plan, todo: list[int]):
     """(chunk, dispatched call) in order, the next chunk's call started before this one is reduced
     (at most two chunks' outputs in memory)."""
     nxt = ev.dispatch_chunk(plan, todo[0]) if todo else None
@@ -1204,7 +853,8 @@ def _pipelined(ev: Evaluator, plan: Plan, todo: list[int]):
         yield i, handle
 
 
-def _progress(total, initial, quiet):
+def progress_bar(total, initial, quiet):
+    """A tqdm progress bar on stderr (off when quiet or stderr is not a terminal)."""
     from tqdm.auto import tqdm
 
     disable = quiet or not sys.stderr.isatty()
@@ -1265,25 +915,15 @@ class _Merger:
     top-k, reason counts, min/max and (if kept in memory) the full grid, in chunk order."""
 
     def __init__(self, ev: Evaluator, keep_arrays: bool):
-        self.ev, self.opts = ev, ev.study.options
-        self.fronts = [red.StreamingFront(objectives) for objectives in self.opts["pareto"]]
-        self.top = None
-        self.reasons = np.zeros(len(REASONS), np.int64)
-        self.mins, self.maxs = {}, {}
+        self.ev = ev
+        self.states = [r.start() for r in ev.reductions]
         self.keep_arrays, self.full = keep_arrays, {}
 
     def add(self, parts: dict[str, np.ndarray], span: tuple[int, int]) -> None:
         """Fold in one chunk's partial results; ``span``: its flat index range [start, stop)."""
-        for j, front in enumerate(self.fronts):
-            front.add({k.split("__", 1)[1]: v for k, v in parts.items() if k.startswith(f"pareto{j}__")})
-        if self.opts["top"]:
-            cand = {k.split("__", 1)[1]: v for k, v in parts.items() if k.startswith("top__")}
-            self.top = red.merge_top(self.top, cand, self.opts["top"]["by"], self.opts["top"]["n"])
-        self.reasons += parts["stats__reasons"]
-        for k in self.ev.outputs:
-            if f"stats__min__{k}" in parts:
-                self.mins[k] = np.fmin(self.mins.get(k, np.nan), parts[f"stats__min__{k}"])
-                self.maxs[k] = np.fmax(self.maxs.get(k, np.nan), parts[f"stats__max__{k}"])
+        for j, r in enumerate(self.ev.reductions):
+            mine = f"{r.name}__"
+            self.states[j] = r.merge(self.states[j], {k[len(mine):]: v for k, v in parts.items() if k.startswith(mine)})
         if self.keep_arrays:  # copied into the grid's arrays as they come: one copy, overlapped
             for k in self.ev.grid_outputs:
                 v = parts[f"full__{k}"]
@@ -1294,174 +934,36 @@ class _Merger:
     def result(self, plan: Plan, out_dir: Path, zarr_path) -> SweepResult:
         import xarray as xr
 
-        ev, opts, reasons = self.ev, self.opts, self.reasons
-        fronts = [f.result() for f in self.fronts]
-        top = self.top
+        ev = self.ev
         dataset = None
         if self.keep_arrays:
-            data = {k: (ev.dims, self.full[k].reshape(plan.shape), _var_attrs(k)) for k in ev.grid_outputs}
-            dataset = xr.Dataset(data, coords=_coords(ev.study))
+            data = {k: (ev.dims, self.full[k].reshape(plan.shape), results.var_attrs(k)) for k in ev.grid_outputs}
+            dataset = xr.Dataset(data, coords=results.coords(ev.study))
         elif zarr_path is not None:
             dataset = xr.open_zarr(zarr_path)
         n_points = ev.study.n_points
-        summary = {
-            "n_points": n_points,
-            "n_feasible": int(reasons[0]),
-            "n_chunks": plan.n_chunks,
-            "n_layouts": ev.n_layouts,
-            "n_layout_searches": ev.n_layout_searches,
-            "infeasible": {REASONS[c]: int(n) for c, n in enumerate(reasons) if c and n},
-            "min": {k: _num(v) for k, v in self.mins.items()},
-            "max": {k: _num(v) for k, v in self.maxs.items()},
-        }
+        rows = [r.finalize(s) for r, s in zip(ev.reductions, self.states)]
         if ev.fast:  # every kept row completed in one evaluation
-            done = iter(ev.complete_many([f for f in fronts if f is not None] + ([top] if top is not None else [])))
-            fronts = [next(done) if f is not None else None for f in fronts]
-            top = next(done) if top is not None else None
-        pareto = {_front_name(o): _table(ev, f) for o, f in zip(opts["pareto"], fronts) if f is not None}
-        top_df = _table(ev, top) if top is not None else None
+            done = iter(ev.complete_many([cols for part in rows for cols in part]))
+            rows = [[next(done) for _ in part] for part in rows]
+        # the summary's keys in their order; the statistics fill in theirs
+        summary = {"n_points": n_points, "n_feasible": None, "n_chunks": plan.n_chunks, "n_layouts": ev.n_layouts,
+                   "n_layout_searches": ev.n_layout_searches, "infeasible": None, "min": None, "max": None}
+        out = red.Published(table=functools.partial(_table, ev), summary=summary)
+        for r, state, part in zip(ev.reductions, self.states, rows):
+            r.publish(state, part, out)
         if dataset is not None:
             dataset.attrs.update({"title": f"carbon-sweep study {ev.study.name}", "n_points": n_points,
-                                  "n_feasible": int(reasons[0]), "layout": ev.mode,
+                                  "n_feasible": summary["n_feasible"], "layout": ev.mode,
                                   "law": ev.study.law or "", "law_name": ev.law_table.get("name", "")})
-        return SweepResult(out_dir, dataset, pareto, top_df, summary)
+        return SweepResult(out_dir, dataset, out.pareto, out.top, out.summary, tables=out.tables)
 
 
 def _merge(ev: Evaluator, plan: Plan, out_dir: Path, keep_full: bool, zarr_path) -> SweepResult:
     """Merge every chunk's partial file."""
     merger = _Merger(ev, keep_full and zarr_path is None)
     for i in range(plan.n_chunks):
-        with np.load(out_dir / PARTIAL_DIR / f"chunk_{i:08d}.npz") as z:
-            merger.add({k: z[k] for k in z.files}, plan.bounds(i))
+        merger.add(results.read_partial(out_dir, i), plan.bounds(i))
     return merger.result(plan, out_dir, zarr_path)
 
 
-def _num(v):
-    v = float(v)
-    return v if math.isfinite(v) else None
-
-
-def _df_to_files(df, path_stem: Path, ev: Evaluator):
-    import xarray as xr
-
-    df.to_csv(path_stem.with_suffix(".csv"), index=False)
-    ds = xr.Dataset.from_dataframe(df.reset_index(drop=True).rename_axis("point"))
-    for k in ds.data_vars:
-        if k in output_units():
-            ds[k].attrs.update(_var_attrs(k))
-    tmp = path_stem.with_name(path_stem.name + ".tmp.nc")
-    ds.to_netcdf(tmp, engine="h5netcdf")
-    os.replace(tmp, path_stem.with_suffix(".nc"))
-
-
-def _write_outputs(ev, plan, out_dir: Path, result: SweepResult, study: Study, elapsed: float):
-    if result.dataset is not None and not (out_dir / "grid.zarr").exists():
-        tmp = out_dir / "grid.tmp.nc"
-        result.dataset.to_netcdf(tmp, engine="h5netcdf")
-        os.replace(tmp, out_dir / "grid.nc")
-    for name, df in result.pareto.items():
-        _df_to_files(df, out_dir / name, ev)
-    if result.top is not None:
-        _df_to_files(result.top, out_dir / "top", ev)
-    doc = {
-        "name": study.name,
-        "spec": study.doc,
-        "spec_file": study.file,
-        "spec_hash": study.spec_hash(),
-        "versions": _versions(),
-        "dims": {d: [v.item() if hasattr(v, "item") else v for v in vals] for d, vals in study.dims.items()},
-        "outputs": {k: {"units": output_units().get(k, ("1", ""))[0], "description": output_units().get(k, ("", k))[1]}
-                    for k in ev.outputs},
-        "layout": ev.mode,
-        "law": study.law,
-        **result.summary,
-        "elapsed_s": elapsed,
-        "files": sorted(p.name for p in out_dir.iterdir() if not p.name.startswith(".")),
-    }
-    tmp = out_dir / "study.json.tmp"
-    tmp.write_text(json.dumps(doc, indent=2, default=str))
-    os.replace(tmp, out_dir / "study.json")  # written last: its presence marks a finished run
-
-
-def load_result(out_dir) -> SweepResult:
-    """Open a finished run's folder."""
-    import pandas as pd
-    import xarray as xr
-
-    out_dir = Path(out_dir)
-    doc = json.loads((out_dir / "study.json").read_text())
-    ds = None
-    if (out_dir / "grid.nc").exists():
-        ds = xr.open_dataset(out_dir / "grid.nc", engine="h5netcdf")
-    elif (out_dir / "grid.zarr").exists():
-        ds = xr.open_zarr(out_dir / "grid.zarr")
-    pareto = {p.stem: pd.read_csv(p) for p in sorted(out_dir.glob("pareto_*.csv"))}
-    top = pd.read_csv(out_dir / "top.csv") if (out_dir / "top.csv").exists() else None
-    return SweepResult(out_dir, ds, pareto, top, doc)
-
-
-def run_validation(study: Study, out=None, *, db=None, write=True) -> SweepResult:
-    """A validation study: every reference row, predicted beside published, as a table over `case`."""
-    import pandas as pd
-    import xarray as xr
-
-    from .validate import validation_rows
-
-    t0 = time.perf_counter()
-    rows = validation_rows(db)
-    df = pd.DataFrame(rows)
-    ds = xr.Dataset.from_dataframe(df.set_index("case"))
-    for k, unit in (("predicted", "as in unit"), ("published", "as in unit"), ("error_pct", "%")):
-        ds[k].attrs.update({"units": unit, "long_name": k.replace("_", " ")})
-    summary = {"n_points": len(df), "n_feasible": len(df), "n_chunks": 1,
-               "max_abs_error_pct": {q: float(g["error_pct"].abs().max()) for q, g in df.groupby("quantity")}}
-    result = SweepResult(None, ds, {}, df, summary)
-    if not write:
-        return result
-    out_dir = Path(out) if out is not None else Path("results") / study.name
-    _clean(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out_dir / "validation.csv", index=False)
-    (out_dir / "validation.json").write_text(json.dumps(rows, indent=2))
-    ds.to_netcdf(out_dir / "validation.nc", engine="h5netcdf")
-    doc = {"name": study.name, "kind": "validation", "spec": study.doc, "spec_hash": study.spec_hash(),
-           "versions": _versions(), **summary, "elapsed_s": time.perf_counter() - t0,
-           "files": ["validation.csv", "validation.json", "validation.nc"]}
-    (out_dir / "study.json").write_text(json.dumps(doc, indent=2, default=str))
-    result.out_dir = out_dir
-    result.summary["elapsed_s"] = doc["elapsed_s"]
-    return result
-
-
-def run_command(args, db):
-    study = load_study(args.study, db)
-    if args.chunk_size is not None and args.chunk_size < 1:
-        raise SpecError(args.study, None, None, "--chunk-size must be at least 1")
-    result = run(study, args.out, resume=args.resume, chunk_size=args.chunk_size, scheduler=args.scheduler,
-                 quiet=args.quiet, db=db)
-    s = result.summary
-    if study.options["kind"] == "validation":
-        print(f"carbon-sweep run: {study.name}: {s['n_points']} reference rows; largest |error| by quantity:")
-        for q, e in s["max_abs_error_pct"].items():
-            print(f"  {q}: {e:.2f} %")
-        _maybe_plot(args, result, db)
-        print(f"  results: {result.out_dir}")
-        return
-    print(f"carbon-sweep run: {study.name}: {s['n_points']:,} points in {s['n_chunks']} chunks, "
-          f"{s['n_feasible']:,} feasible, {s['elapsed_s']:.1f} s")
-    for reason, n in s.get("infeasible", {}).items():
-        print(f"  infeasible, {reason}: {n:,}")
-    for name, df in result.pareto.items():
-        print(f"  {name}: {len(df)} points")
-    _maybe_plot(args, result, db)
-    print(f"  results: {result.out_dir}")
-
-
-def _maybe_plot(args, result, db=None):
-    if args.no_plot:
-        return
-    from .plots import plot_result
-
-    paths = plot_result(result.out_dir, quiet=True, db=db)
-    print(f"  figures: {len(paths)} in {result.out_dir / 'figures'}")
-    print(f"  report: {result.out_dir / 'report.html'} (and report.md)")

@@ -16,6 +16,9 @@ Infeasible points (``reason != 0``) are masked, never plotted. Dimensions the fi
 are reduced over the feasible points (``min`` by default; ``"best"`` takes the value at the design
 with the lowest total CO2e) and the title says so. Large (Zarr) grids are reduced lazily or
 subsampled with xarray before anything reaches matplotlib.
+
+Over 500 lines: a catalogue, one function per kind of figure (Pareto, surface, line, heatmap,
+breakdown, layout map, validation) with their shared labels.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import logging
 import math
 import sys
 import warnings
@@ -38,6 +42,14 @@ from matplotlib import ticker  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
+
+from . import reductions as red  # noqa: E402
+from .names import SHORT, output_units  # noqa: E402
+from .reductions import no_tradeoff  # noqa: E402
+from .results import front_objectives, open_result  # noqa: E402
+from .spec import KEYS  # noqa: E402
+
+log = logging.getLogger(__name__)
 
 DPI = 150
 STYLE = {
@@ -69,62 +81,6 @@ COMPONENTS = (
 )
 GROUP_COLORS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666")
 
-SHORT = {
-    "total_tco2e": "total CO₂e",
-    "operational_tco2e": "operational CO₂e",
-    "embodied_tco2e": "embodied CO₂e",
-    "operational_device_tco2e": "operational CO₂e, accelerators",
-    "operational_host_tco2e": "operational CO₂e, hosts",
-    "embodied_device_tco2e": "embodied CO₂e, accelerators",
-    "embodied_host_tco2e": "embodied CO₂e, hosts",
-    "embodied_share": "embodied share of total CO₂e",
-    "loss": "predicted loss",
-    "loss_in_range": "inside the law's fitted range",
-    "train_days": "training time",
-    "energy_mwh": "facility energy",
-    "it_energy_mwh": "IT energy",
-    "mfu": "MFU",
-    "hfu": "HFU",
-    "step_time_s": "step time",
-    "compute_s": "compute time per step",
-    "comm_exposed_s": "exposed communication per step",
-    "bubble_s": "pipeline bubble per step",
-    "tokens_per_s": "throughput",
-    "memory_gb": "memory per device",
-    "params": "parameters",
-    "active_params": "active parameters",
-    "train_flops": "training compute",
-    "device_hours": "device hours",
-    "gpus_consumed": "GPUs consumed (device lifetimes)",
-    "material_kg": "material mass of devices consumed",
-    "water_m3": "on-site water",
-    "dp": "data-parallel degree",
-    "tp": "tensor-parallel degree",
-    "pp": "pipeline-parallel degree",
-    "ep": "expert-parallel degree",
-    "microbatch": "micro-batch",
-    "interleave": "virtual stages per device",
-    "sequence_parallel": "sequence parallelism",
-    "shard_optimizer": "optimizer sharding (ZeRO-1)",
-    "layers": "layers",
-    "d_model": "d_model (hidden size)",
-    "heads": "attention heads",
-    "devices": "devices",
-    "lifespan_years": "hardware lifespan",
-    "carbon_intensity": "grid carbon intensity",
-    "tokens": "training tokens",
-    "experts": "experts",
-    "top_k": "top-k",
-    "global_batch": "global batch (sequences)",
-    "seq_len": "sequence length",
-    "pue": "PUE",
-    "wue": "WUE",
-    "hardware": "hardware",
-    "region": "region",
-    "ffn": "FFN kind",
-    "recompute": "recomputation",
-    "power_util": "power utilisation",
-}
 UNIT_PRETTY = {"1": "", "t CO2e": "t CO₂e", "m3": "m³", "year": "years", "d": "days", "token": "tokens",
                "kg/kWh": "kg CO₂e/kWh", "L/kWh": "L/kWh", "%": "%"}
 SHARE = "embodied_share"
@@ -154,9 +110,6 @@ def _units_of(name, ds=None) -> str:
                 return str(ds[name].attrs["units"])
         except (AttributeError, TypeError):
             pass
-    from .spec import KEYS
-    from .study import output_units
-
     units = output_units()
     if name in units:
         return units[name][0]
@@ -440,7 +393,7 @@ def _design_label(row, dims, sep=" · "):
 # Pareto fronts
 
 
-def _cloud_frame(cloud, columns, max_points=MAX_CLOUD):
+def cloud_frame(cloud, columns, max_points=MAX_CLOUD):
     """Feasible points as a DataFrame with ``columns``; at most ``max_points`` (a fixed-seed sample).
 
     ``df.attrs["n_feasible"]`` holds how many feasible points there were before sampling (of the
@@ -504,9 +457,10 @@ def pareto_figure(ds_or_cloud, front_df, x, y, group=None, *, title=None, color=
     ``ds_or_cloud``: the grid Dataset, a DataFrame of points, or None (front only). ``x``, ``y``:
     output names (a ``max:`` prefix is dropped). ``group``: a column to colour by (``experts``
     splits dense vs MoE). ``color``: an optional third output to colour the front markers by.
-    """
-    from . import reduce as red
 
+    Long: one figure drawn step by step (cloud, front, groups, labels, legend); split, the pieces
+    would only pass the axes around.
+    """
     (x, sx), (y, sy) = red.parse_objective(x), red.parse_objective(y)
     for v in (x, y):
         if v not in front_df:
@@ -515,7 +469,7 @@ def pareto_figure(ds_or_cloud, front_df, x, y, group=None, *, title=None, color=
     if front.empty:
         raise FigureSkipped("the front is empty")
     extra = [c for c in ([group] if group else []) if c not in (x, y)]
-    cloud = _cloud_frame(ds_or_cloud, [x, y, *extra])
+    cloud = cloud_frame(ds_or_cloud, [x, y, *extra])
     if group is not None and group not in front:
         group = None
     if cloud is not None and group is not None and group not in cloud:
@@ -685,6 +639,9 @@ def line_figure(ds, x_dim, var, hue=None, reduce="min", *, by="total_tco2e", mar
 
     Other dims are reduced (``min``, or ``best``: at the lowest-``by`` design). With tp/pp in the
     data and no hue, the best layout is written at each point of the first panel.
+
+    Long: one figure drawn step by step (panels, lines, marks, labels); split, the pieces would only
+    pass the axes around.
     """
     variables = [var] if isinstance(var, str) else list(var)
     hue = hue if hue in getattr(ds, "dims", {}) and hue != x_dim else None
@@ -957,6 +914,9 @@ def layout_map(ds, x_dim, y_dim=None, *, by="total_tco2e", title=None):
 
     Two dims: an annotated heatmap, cells 'tp·pp' coloured by tp×pp (devices per model replica).
     One dim: tp, pp, dp (and ep when used) against the dim, log₂ axis.
+
+    Long: one figure drawn step by step (cells, their layouts or reasons, labels); split, the pieces
+    would only pass the axes around.
     """
     if not all(c in ds.variables for c in ("tp", "pp")):
         raise FigureSkipped("no layout variables (tp, pp) in the result")
@@ -1093,30 +1053,8 @@ def _dims_of(res):
     return {d: np.asarray(v) for d, v in (res.summary.get("dims") or {}).items()}
 
 
-def _front_objectives(res) -> dict[str, list[str]]:
-    from .engine import _front_name
-
-    spec_p = ((res.summary.get("spec") or {}).get("study") or {}).get("pareto") or []
-    out = {_front_name(o): list(o) for o in spec_p}
-    for name in res.pareto:
-        if name not in out:
-            out[name] = name[len("pareto_"):].split("__")
-    return out
-
-
-def no_tradeoff(df, objectives) -> bool:
-    """Whether every design on a front has the same value of every objective: one point, nothing to
-    trade (as over MFU × lifespan, where the highest and longest win on time, GPUs and CO2e alike)."""
-    from . import reduce as red
-
-    names = [red.parse_objective(o)[0] for o in objectives]
-    return len(df) > 0 and all(n in df and df[n].nunique(dropna=False) == 1 for n in names)
-
-
 def _xy(objectives):
     """(x, y, colour) from a front's objectives: CO2e / cost on x, quality on y."""
-    from . import reduce as red
-
     names = [red.parse_objective(o)[0] for o in objectives]
     costly = [n for n in names if n.endswith("tco2e") or n in ("energy_mwh", "train_days", "water_m3")]
     if len(names) >= 2 and costly and costly[0] != names[0]:
@@ -1135,7 +1073,10 @@ def _has(ds, var):
 
 
 def plan_figures(res) -> list[dict]:
-    """The figures worth drawing for a result: [{kind, name, caption, make}] (make() → Figure)."""
+    """The figures worth drawing for a result: [{kind, name, caption, make}] (make() → Figure).
+
+    Long: one decision list, which figure suits which result, read top to bottom.
+    """
     ds = res.dataset
     dims = _dims_of(res)
     cat = [d for d, v in dims.items() if _is_categorical(v) and len(v) >= 2]
@@ -1176,7 +1117,7 @@ def plan_figures(res) -> list[dict]:
     # Pareto fronts
     group = "experts" if "experts" in dims and len(dims["experts"]) > 1 else (
         next((d for d in cat if len(dims[d]) <= 8), None))
-    for fname, objectives in _front_objectives(res).items():
+    for fname, objectives in front_objectives(res).items():
         df = res.pareto.get(fname)
         if df is None or len(objectives) < 2 or no_tradeoff(df, objectives):  # (the report says so)
             continue
@@ -1288,22 +1229,6 @@ def plan_figures(res) -> list[dict]:
     return plans
 
 
-def _load(out_dir):
-    from .engine import load_result
-    from .spec import SpecError
-
-    out_dir = Path(out_dir)
-    if not (out_dir / "study.json").is_file():
-        if (out_dir / "search.json").is_file():
-            raise SpecError(out_dir, None, None, "is an optimize result: carbon-sweep optimize draws its figures "
-                            "(figures/ in it) and optuna-dashboard opens its storage; plot takes a run's folder")
-        raise SpecError(out_dir, None, None, "is not a carbon-sweep result folder (no study.json)")
-    try:
-        return load_result(out_dir)
-    except (OSError, ValueError, json.JSONDecodeError) as exc:
-        raise SpecError(out_dir, None, None, f"cannot be read as a carbon-sweep result ({exc})") from None
-
-
 def save_figure(fig, path: Path, svg=False) -> list[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -1315,57 +1240,46 @@ def save_figure(fig, path: Path, svg=False) -> list[Path]:
     return out
 
 
-def plot_result(out_dir, *, svg=False, quiet=True, db=None, strict=False, report=True) -> list[Path]:
-    """Draw the figures for a result folder into ``<out_dir>/figures/`` and write the report.
+def draw_figures(res, fig_dir, *, svg=False, strict=False) -> tuple[list[Path], list[dict]]:
+    """Draw the figures worth drawing for a result (in memory or opened from a folder) into
+    ``fig_dir`` (earlier figures there removed), with ``index.json`` listing them.
 
-    Returns the figure files (PNG, and SVG with ``svg=True``). A figure that cannot be drawn is
-    skipped with a note on stderr (``strict=True`` raises instead).
+    Returns (figure files, index entries {file, kind, caption}). A figure that cannot be drawn is
+    skipped with a log message (``strict=True`` raises instead).
     """
-    out_dir = Path(out_dir)
-    res = _load(out_dir)
-    fig_dir = out_dir / "figures"
+    fig_dir = Path(fig_dir)
     fig_dir.mkdir(parents=True, exist_ok=True)
     for old in list(fig_dir.glob("*.png")) + list(fig_dir.glob("*.svg")):
         old.unlink()
     files, index = [], []
+    for k, plan in enumerate(plan_figures(res), start=1):
+        name = f"{k:02d}_{plan['name']}"
+        try:
+            fig = plan["make"]()
+        except FigureSkipped as exc:
+            if strict:
+                raise
+            log.info("  figure %s skipped: %s", plan["name"], exc)
+            continue
+        except Exception as exc:  # noqa: BLE001  (one bad figure must not lose the others)
+            if strict:
+                raise
+            log.warning("carbon-sweep plot: warning: figure %s failed: %s: %s", plan["name"], type(exc).__name__, exc)
+            continue
+        paths = save_figure(fig, fig_dir / name, svg)
+        files += paths
+        index.append({"file": paths[0].name, "kind": plan["kind"], "caption": plan["caption"]})
+    (fig_dir / "index.json").write_text(json.dumps(index, indent=2))
+    return files, index
+
+
+def plot_result(out_dir, *, svg=False, strict=False) -> list[Path]:
+    """Draw the figures of a result folder into ``<out_dir>/figures/`` (``draw_figures``); returns
+    the figure files (PNG, and SVG with ``svg=True``). The report is ``sweep.report.write_report``."""
+    out_dir = Path(out_dir)
+    res = open_result(out_dir)
     try:
-        for k, plan in enumerate(plan_figures(res), start=1):
-            name = f"{k:02d}_{plan['name']}"
-            try:
-                fig = plan["make"]()
-            except FigureSkipped as exc:
-                if strict:
-                    raise
-                if not quiet:
-                    print(f"  figure {plan['name']} skipped: {exc}", file=sys.stderr)
-                continue
-            except Exception as exc:  # noqa: BLE001  (one bad figure must not lose the others)
-                if strict:
-                    raise
-                print(f"carbon-sweep plot: warning: figure {plan['name']} failed: {type(exc).__name__}: {exc}",
-                      file=sys.stderr)
-                continue
-            paths = save_figure(fig, fig_dir / name, svg)
-            files += paths
-            index.append({"file": paths[0].name, "kind": plan["kind"], "caption": plan["caption"]})
+        return draw_figures(res, out_dir / "figures", svg=svg, strict=strict)[0]
     finally:
         if res.dataset is not None:
             res.dataset.close()
-    (fig_dir / "index.json").write_text(json.dumps(index, indent=2))
-    if report:
-        from .report import write_report
-
-        md, html = write_report(out_dir, index, db=db)
-        if not quiet:
-            print(f"  figures: {len(index)} in {fig_dir}")
-            print(f"  report: {md}, {html}")
-    return files
-
-
-def plot_command(args, db):
-    files = plot_result(args.result_dir, svg=getattr(args, "svg", False), quiet=True, db=db)
-    for f in files:
-        print(f)
-    out = Path(args.result_dir)
-    print(out / "report.md")
-    print(out / "report.html")

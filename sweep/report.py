@@ -4,7 +4,9 @@ Both are rendered from one list of blocks (headings, paragraphs, lists, tables, 
 they say the same thing: the study and its spec, the key numbers (points, feasibility, the best
 design, ranges, Pareto fronts), the figures, and the assumptions with the source of every figure
 the study used (scaling law, embodied method, each hardware id, host and region, global defaults).
-Standard library only.
+Standard library only, beside the project's own modules.
+
+Over 500 lines: a long document's content, rendered from one list of blocks.
 """
 
 from __future__ import annotations
@@ -17,13 +19,16 @@ import math
 import re
 from pathlib import Path
 
-MAIN_OUTPUTS = ("total_tco2e", "operational_tco2e", "embodied_tco2e", "energy_mwh", "train_days", "device_hours",
-                "params", "active_params", "loss", "mfu", "step_time_s", "memory_gb", "gpus_consumed", "material_kg",
-                "water_m3")
-BEST_OUTPUTS = ("total_tco2e", "operational_tco2e", "embodied_tco2e", "operational_device_tco2e",
-                "operational_host_tco2e", "embodied_device_tco2e", "embodied_host_tco2e", "energy_mwh", "train_days",
-                "device_hours", "params", "active_params", "train_flops", "loss", "mfu", "step_time_s", "memory_gb",
-                "tp", "pp", "dp", "ep", "microbatch", "gpus_consumed", "material_kg", "water_m3")
+import hardware_db
+
+from .inputs import device_embodied_kgco2e, host_embodied_kgco2e
+from .names import REPORT_BEST as BEST_OUTPUTS
+from .names import REPORT_RANGES as MAIN_OUTPUTS
+from .names import output_units
+from .reductions import no_tradeoff, parse_objective
+from .results import front_objectives, open_result
+from .spec import KEYS
+
 EMBODIED_METHODS = {
     "act": "ACT (Gupta et al., ISCA 2022): logic dies by process-node carbon per area and yield, plus HBM by "
            "kg CO2e per GB; hosts: CPUs, DRAM, SSD and the rest.",
@@ -243,14 +248,10 @@ HTML_TEMPLATE = """<!DOCTYPE html>
 
 
 def _units():
-    from .study import output_units
-
     return output_units()
 
 
 def _dim_unit(d):
-    from .spec import KEYS
-
     return KEYS[d].unit if d in KEYS and KEYS[d].unit != "1" else ""
 
 
@@ -319,14 +320,13 @@ def _region_ids(doc, dims):
     return [r] if r else []
 
 
-def build_doc(out_dir, figures=None, db=None) -> Doc:
-    import hardware_db
-
-    from .plots import _load
-
+def build_doc(out_dir, figures=None, db=None, result=None) -> Doc:
+    """The report of a result: ``result`` in memory, else the finished folder ``out_dir``."""
     out_dir = Path(out_dir)
-    res = _load(out_dir)
     db = db or hardware_db.load()
+    if result is not None:
+        return _build(out_dir, result, figures, db)
+    res = open_result(out_dir)
     try:
         return _build(out_dir, res, figures, db)
     finally:
@@ -335,8 +335,13 @@ def build_doc(out_dir, figures=None, db=None) -> Doc:
 
 
 def _build(out_dir, res, figures, db) -> Doc:
-    from .spec import KEYS
 
+
+    """The report's blocks for a result.
+
+    Long: the report's sections in the order they are written, each a few blocks; split, the
+    order would be hidden.
+    """
     s = res.summary
     spec = s.get("spec") or {}
     study_opts = spec.get("study") or {}
@@ -412,10 +417,7 @@ def _build(out_dir, res, figures, db) -> Doc:
             d.p("The same for every feasible design: " + ", ".join(constant) + ".")
     if res.pareto:
         d.h(3, "Pareto fronts")
-        from .plots import _front_objectives, no_tradeoff
-        from .reduce import parse_objective
-
-        objs = _front_objectives(res)
+        objs = front_objectives(res)
         d.table(["front", "objectives", "designs", "file"],
                 [[k, ", ".join(objs.get(k, [])), len(v), f"{k}.csv"] for k, v in res.pareto.items()],
                 ["l", "l", "r", "l"])
@@ -429,9 +431,7 @@ def _build(out_dir, res, figures, db) -> Doc:
     if res.top is not None and len(res.top):
         top = study_opts.get("top") or {}
         by = top.get("by", "total_tco2e")
-        from . import reduce as red
-
-        by_name = red.parse_objective(by)[0]
+        by_name = parse_objective(by)[0]
         d.h(3, f"Top designs by {by}")
         cols = [c for c in dims if c in res.top and len(dims[c]) > 1] or [c for c in dims if c in res.top]
         outs = [c for c in dict.fromkeys([by_name, "total_tco2e", "loss", "train_days"]) if c in res.top]
@@ -485,8 +485,6 @@ def _build(out_dir, res, figures, db) -> Doc:
 
     hws = [h for h in _hardware_ids(spec, dims) if h in db.accelerators]
     if hws:
-        from .inputs import device_embodied_kgco2e, host_embodied_kgco2e
-
         d.h(3, "Hardware")
         rows, hosts = [], []
         for h in hws:
@@ -610,14 +608,14 @@ def _caption_from_name(stem):
     return stem.replace("__", " vs ").replace("_", " ")
 
 
-def write_report(out_dir, figures=None, db=None) -> tuple[Path, Path]:
+def write_report(out_dir, figures=None, db=None, result=None) -> tuple[Path, Path]:
     """Write ``report.md`` and ``report.html`` into the result folder; returns their paths.
 
     ``figures``: plot_result's index ([{file, caption}]) or figure paths; default: what
     ``figures/`` holds.
     """
     out_dir = Path(out_dir)
-    doc = build_doc(out_dir, figures, db)
+    doc = build_doc(out_dir, figures, db, result)
     md = out_dir / "report.md"
     html = out_dir / "report.html"
     title = next((b[2] for b in doc.blocks if b[0] == "h"), "carbon-sweep report")

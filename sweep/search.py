@@ -54,6 +54,9 @@ Design (the choices a user can rely on):
 * Results: ``best`` is the feasible trial with the best first objective; with several objectives
   ``front`` is the Pareto front of the feasible trials (one trial per distinct grid point, the
   engine's definition of dominance, duplicates of equal values kept).
+
+Over 500 lines: the search space, sampler, storage and resume, the batched loop and its files are
+one command's.
 """
 
 from __future__ import annotations
@@ -62,9 +65,9 @@ import dataclasses
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import re
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -77,9 +80,10 @@ import hardware_db
 from hardware_db import closest
 from kernels.reasons import REASONS
 
-from . import reduce as red
+from . import reductions as red
 from .spec import OBJECTIVE_OUTPUT, SpecError
-from .study import Study, load_study, output_units
+from .names import output_units
+from .study import Study, load_study
 
 SEARCH_KEYS = ("objectives", "constraints", "sampler", "trials", "batch", "seed", "storage")
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
@@ -88,6 +92,7 @@ FEASIBLE_KEY = "feasible"
 N_BEST = 10                      # rows of best.csv
 ATTR = "carbon_sweep"            # optuna study user attribute holding what the search is of
 ELAPSED_ATTR = "carbon_sweep_elapsed_s"
+log = logging.getLogger(__name__)
 _CONSTRAINT_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|<|>)\s*"
                             r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
 
@@ -403,6 +408,9 @@ def optimize(spec, *, out=None, storage=None, trials=None, db=None, quiet=True, 
     defaults to results/<study name>-search), or in memory with ``write=False``. ``trials``
     overrides [search] trials (a target total); ``batch``, ``seed``, ``sampler`` override theirs.
     With ``write=False`` nothing is written (unless ``storage`` names a file).
+
+    Long: checks, storage, the optuna study and the batched loop in the order they must run, with
+    the errors each step can raise.
     """
     import optuna
 
@@ -520,7 +528,7 @@ def _loop(ostudy, ev, space, dists, opts: SearchOptions, quiet: bool) -> int:
     """Ask ``batch`` trials, evaluate them in one jitted call, tell them; until the target total."""
     import optuna
 
-    from .engine import _progress
+    from .engine import progress_bar
 
     complete = (optuna.trial.TrialState.COMPLETE,)
     done = len(ostudy.get_trials(deepcopy=False, states=complete))
@@ -531,7 +539,7 @@ def _loop(ostudy, ev, space, dists, opts: SearchOptions, quiet: bool) -> int:
     for t in ostudy.get_trials(deepcopy=False, states=complete):
         if t.values is not None and t.constraints.get(FEASIBLE_KEY, 0.0) <= 0:
             worst = np.fmax(worst, signs * np.asarray(t.values, np.float64))
-    progress = _progress(max(opts.trials, done), done, quiet)
+    progress = progress_bar(max(opts.trials, done), done, quiet)
     progress.unit, progress.desc = "trial", "search"
     n_new = 0
     pending = []
@@ -634,7 +642,7 @@ def _table(ev, cols, batch):
 
 
 def _write(result: SearchResult, ev, study: Study, opts: SearchOptions, out_dir: Path):
-    from .engine import _df_to_files, _versions
+    from .results import df_to_files, versions
 
     for name in ("best", "front"):
         for suffix in (".csv", ".nc"):
@@ -642,14 +650,14 @@ def _write(result: SearchResult, ev, study: Study, opts: SearchOptions, out_dir:
             if p.exists():
                 p.unlink()
     for name, df in result.tables.items():
-        _df_to_files(df, out_dir / name, ev)
+        df_to_files(df, out_dir / name)
     figure = _figure(result, opts, out_dir)
     doc = {
         "name": study.name,
         "spec_file": study.file,
         "spec": study.doc,
         "spec_hash": result.study.user_attrs.get(ATTR, {}).get("spec_hash"),
-        "versions": _versions(),
+        "versions": versions(),
         "storage": result.storage,
         "study_name": result.study.study_name,
         "sampler": opts.sampler,
@@ -668,7 +676,7 @@ def _write(result: SearchResult, ev, study: Study, opts: SearchOptions, out_dir:
     }
     doc["files"] = sorted(p.name for p in out_dir.iterdir() if not p.name.startswith("."))
     tmp = out_dir / "search.json.tmp"
-    tmp.write_text(json.dumps(doc, indent=2, default=_json_default))
+    tmp.write_text(json.dumps(doc, indent=2, default=json_default))
     os.replace(tmp, out_dir / "search.json")
 
 
@@ -676,7 +684,7 @@ def _space_of(study):
     return search_space(study)
 
 
-def _json_default(o):
+def json_default(o):
     if isinstance(o, (np.integer, np.floating, np.bool_)):
         return o.item()
     return str(o)
@@ -711,7 +719,7 @@ def _figure(result: SearchResult, opts: SearchOptions, out_dir: Path) -> str | N
                 if vals and min(vals) > 0 and max(vals) > 100 * min(vals):
                     ax.set_yscale("log")
         except (ValueError, optuna.exceptions.OptunaError) as exc:  # e.g. no feasible trial to draw
-            print(f"carbon-sweep optimize: no figure: {exc}", file=sys.stderr)
+            log.warning("carbon-sweep optimize: no figure: %s", exc)
             return None
         fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
         fig.set_size_inches(7, 5)
@@ -726,7 +734,7 @@ def _figure(result: SearchResult, opts: SearchOptions, out_dir: Path) -> str | N
 # the command
 
 
-def _unit(name: str, units: dict, fmt: str = " {}") -> str:
+def unit_suffix(name: str, units: dict, fmt: str = " {}") -> str:
     """An output's unit written with ``fmt``, or nothing for a pure number (unit '1')."""
     unit = units.get(name, ("1",))[0]
     return "" if unit == "1" else fmt.format(unit)
@@ -734,39 +742,9 @@ def _unit(name: str, units: dict, fmt: str = " {}") -> str:
 
 def objective_label(objective: str, units: dict) -> str:
     """An axis label for an objective: 'total_tco2e [t CO2e]', 'mfu (maximised)'."""
-    from . import reduce as red
+    from . import reductions as red
 
     name, sign = red.parse_objective(objective)
-    return name + _unit(name, units, " [{}]") + (" (maximised)" if sign < 0 else "")
+    return name + unit_suffix(name, units, " [{}]") + (" (maximised)" if sign < 0 else "")
 
 
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.6g}"
-    return str(v)
-
-
-def optimize_command(args, db):
-    result = optimize(args.study, out=args.out, storage=args.storage, trials=args.trials, db=db,
-                      quiet=args.quiet or args.json, write=True)
-    if args.json:
-        print(json.dumps(result.summary(), indent=2, default=_json_default))
-        return
-    opts = result.options
-    units = output_units()
-    print(f"carbon-sweep optimize: {result.study.study_name}: {result.n_trials:,} trials ({result.n_new:,} new), "
-          f"{result.n_feasible:,} feasible, sampler {opts.sampler}, {result.elapsed_s:.1f} s")
-    if opts.constraints:
-        print(f"  constraints: {', '.join(c.text for c in opts.constraints)}")
-    if result.best is None:
-        print("  no feasible trial yet")
-    else:
-        b = result.best
-        vals = ", ".join(f"{n} = {_fmt(v)}{_unit(n, units)}" for n, v in b["values"].items())
-        first = f" by {next(iter(b['values']))}" if len(b["values"]) > 1 else ""  # several: best in the first
-        print(f"  best{first} (trial {b['trial']}): {vals}")
-        print("    " + ", ".join(f"{k} = {_fmt(v)}" for k, v in b["params"].items()))
-    if result.front is not None:
-        print(f"  Pareto front: {len(result.front)} designs")
-    print(f"  storage: {result.storage}  (optuna-dashboard {result.storage})")
-    print(f"  results: {result.out_dir}")

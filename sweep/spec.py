@@ -15,6 +15,7 @@ from typing import Any
 
 import hardware_db
 from hardware_db import closest
+from kernels.design import default_d_ff
 
 
 class SpecError(ValueError):
@@ -251,7 +252,7 @@ def resolve(file, flat: dict[str, Any], db, *, where: dict[str, str] | None = No
         if v["heads"] % v["kv_heads"] and not grid_keys & {"heads", "kv_heads"}:
             raise err("kv_heads", f"({v['kv_heads']}) must divide heads ({v['heads']})")
     if v["d_ff"] is None and v["d_model"] is not None:
-        v["d_ff"] = 4 * v["d_model"]
+        v["d_ff"] = default_d_ff(v["d_model"])
     if v["expert_d_ff"] is None:
         v["expert_d_ff"] = v["d_ff"]
     if v["top_k"] > v["experts"] and not grid_keys & {"top_k", "experts"}:

@@ -22,8 +22,8 @@ import numpy as np
 
 import hardware_db
 from hardware_db import closest
-from kernels.footprint import OUTPUTS
 
+from .names import output_units
 from .spec import BOOL, INT, KEYS, NUM, SpecError, check_sections, check_value, flat_values, read_toml
 from .spec import LAYOUT_KEYS, OBJECTIVE_OUTPUT, resolve
 
@@ -33,24 +33,6 @@ GRID_DIMS = NUMERIC_DIMS + CATEGORICAL_DIMS
 STUDY_KEYS = ("name", "outputs", "layout", "objective", "pareto", "top", "keep_full_grid", "chunk_size", "dtype",
               "description", "marks", "kind")
 LAYOUT_MODES = ("best", "fixed")
-EXTRA_OUTPUTS = {
-    "loss": ("nats/token", "predicted pre-training loss under the study's scaling law"),
-    "loss_in_range": ("1", "1 where the design lies inside the law's fitted ranges"),
-    "tp": ("1", "tensor-parallel degree of the layout"),
-    "pp": ("1", "pipeline-parallel degree of the layout"),
-    "ep": ("1", "expert-parallel degree of the layout"),
-    "microbatch": ("1", "sequences per micro-batch"),
-    "recompute": ("1", "activation recomputation: 0 none, 1 selective, 2 full"),
-    "interleave": ("1", "virtual pipeline stages per device"),
-    "sequence_parallel": ("1", "1 when the layout uses sequence parallelism alongside tensor parallelism"),
-    "shard_optimizer": ("1", "1 when the layout shards optimizer states over data parallel (ZeRO-1)"),
-}
-
-
-def output_units() -> dict[str, tuple[str, str]]:
-    return {**OUTPUTS, **EXTRA_OUTPUTS}
-
-
 @dataclass
 class Study:
     file: str

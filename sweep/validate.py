@@ -18,7 +18,7 @@ import numpy as np
 import hardware_db
 from kernels import embodied, materials
 
-from . import evaluate as est
+from .estimate import evaluate
 from .inputs import host_embodied_kgco2e, device_embodied_kgco2e
 
 
@@ -56,12 +56,12 @@ def operational_rows(db) -> list[dict]:
     runs = db.docs["reference_runs.toml"]["operational"]
     rows = []
     for run in runs.values():
-        lc = est.evaluate(_operational_values(run, own=False), db)
+        lc = evaluate(_operational_values(run, own=False), db)
         rows.append(_row(f"{run['case']} (LLMCarbon mode)", "operational_tco2e", "t CO2e",
                          lc["operational_tco2e"], run["llmcarbon_predicted_tco2e"],
                          "LLMCarbon's prediction recomputed from its code (Faiz et al. 2024)"))
     for run in runs.values():
-        own = est.evaluate(_operational_values(run, own=True), db)
+        own = evaluate(_operational_values(run, own=True), db)
         rows.append(_row(f"{run['case']} (carbon-sweep mode)", "operational_tco2e", "t CO2e",
                          own["operational_tco2e"], run["published_tco2e"], run["source"]))
     return rows
@@ -101,3 +101,31 @@ def layout_rows(db) -> list[dict]:
 def validation_rows(db=None) -> list[dict]:
     db = db or hardware_db.load()
     return operational_rows(db) + embodied_rows(db) + gpu_rows(db) + layout_rows(db)
+
+
+def run_validation(study, out=None, *, db=None, write=True):
+    """A validation study: every reference row, predicted beside published, as a table over `case`."""
+    import time
+    from pathlib import Path
+
+    import pandas as pd
+    import xarray as xr
+
+    from .results import SweepResult, versions, write_validation
+
+    t0 = time.perf_counter()
+    rows = validation_rows(db)
+    df = pd.DataFrame(rows)
+    ds = xr.Dataset.from_dataframe(df.set_index("case"))
+    for k, unit in (("predicted", "as in unit"), ("published", "as in unit"), ("error_pct", "%")):
+        ds[k].attrs.update({"units": unit, "long_name": k.replace("_", " ")})
+    summary = {"n_points": len(df), "n_feasible": len(df), "n_chunks": 1,
+               "max_abs_error_pct": {q: float(g["error_pct"].abs().max()) for q, g in df.groupby("quantity")}}
+    doc = {"name": study.name, "kind": "validation", "spec": study.doc, "spec_hash": study.spec_hash(),
+           "versions": versions(), **summary, "elapsed_s": time.perf_counter() - t0,
+           "files": ["validation.csv", "validation.json", "validation.nc"]}
+    result = SweepResult(None, ds, {}, df, doc)
+    if write:
+        result.out_dir = Path(out) if out is not None else Path("results") / study.name
+        write_validation(result, rows, result.out_dir)
+    return result

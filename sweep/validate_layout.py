@@ -119,6 +119,7 @@ def _layout_grid(lay: dict) -> dict[str, np.ndarray]:
 def evaluate_run(run: dict, defaults: dict, db, cal_override: dict | None = None) -> dict:
     """Predicted value of one published run: a validation row plus the chosen layout."""
     from kernels.layout import step
+    from kernels.selection import choose
 
     hw_id = run.get("hardware", defaults.get("hardware"))
     precision = run.get("precision", defaults.get("precision", "bf16"))
@@ -136,8 +137,7 @@ def evaluate_run(run: dict, defaults: dict, db, cal_override: dict | None = None
     grid = _layout_grid(lay)
     res = step(design, hw, grid, cal)
     ok = np.asarray(res["reason"]) == 0
-    t = np.where(ok, np.asarray(res["step_time_s"]), np.inf)
-    i = int(np.argmin(t))
+    i = int(choose(np.asarray(res["reason"]), np.asarray(res["step_time_s"]))[0])  # the fastest feasible
     if run["quantity"] == "iteration_time_s":
         predicted = float(res["step_time_s"][i])
     else:

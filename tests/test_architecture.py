@@ -4,13 +4,14 @@ import numpy as np
 import pytest
 
 from kernels.architecture import llmcarbon_dense_params, moe_layer_count, param_counts
+from kernels.design import default_d_ff
 
 
 def count(layers, d_model, heads, vocab, *, kv_heads=None, head_dim=None, d_ff=None, ffn_matrices=2,
           tied=False, experts=1, top_k=1, moe_every=1, first_dense=0, shared=0, expert_d_ff=None, bias=False):
     kv_heads = kv_heads or heads
     head_dim = head_dim or d_model // heads
-    d_ff = d_ff or 4 * d_model
+    d_ff = d_ff or default_d_ff(d_model)
     expert_d_ff = expert_d_ff or d_ff
     p, a = param_counts(layers, d_model, heads, kv_heads, head_dim, d_ff, ffn_matrices, vocab, tied,
                         experts, top_k, moe_every, first_dense, shared, expert_d_ff, bias)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import hardware_db
 from sweep import engine
 from sweep.engine import Plan, run
-from sweep.reduce import objective_matrix, pareto_mask
+from sweep.reductions import ParetoFront, Statistics, TopK, objective_matrix, pareto_mask
 from sweep.spec import SpecError
 from sweep.study import load_study
 
@@ -83,7 +83,7 @@ def test_spreading_a_value_over_a_block_equals_numpy_broadcasting(axes, drop):
     block = tuple(n for n, _ in axes)
     shape = tuple(n if varies else 1 for n, varies in axes)[min(drop, len(axes)):]  # leading axes may be absent
     v = np.arange(int(np.prod(shape)), dtype=np.float64).reshape(shape)
-    np.testing.assert_array_equal(np.asarray(engine._spread(jnp.asarray(v), block)),
+    np.testing.assert_array_equal(np.asarray(engine.spread(jnp.asarray(v), block)),
                                   np.broadcast_to(v, block).reshape(-1))
 
 # -- results ---------------------------------------------------------------------------------
@@ -323,7 +323,7 @@ def test_a_default_full_grid_too_large_for_the_disk_is_a_spec_error_before_anyth
 
 
 def test_a_best_layout_grid_records_the_whole_layout_estimate_picks_for_each_point():
-    from sweep.evaluate import evaluate
+    from sweep.estimate import evaluate
 
     s = {"model": {"layers": 24, "heads": 16, "vocab": 32000, "seq_len": 2048, "ffn": "swiglu"},
          "training": {"tokens": 1e11, "global_batch": 512}, "cluster": {"hardware": "h100-sxm5-80gb"},
@@ -460,8 +460,8 @@ def _prefilter_jit():
     """One compiled prefilter for the property test's fixed shapes (a front and a top-10)."""
     import jax
 
-    fronts = ((("loss", 1.0), ("total_tco2e", 1.0)),)
-    return jax.jit(lambda o, m: engine._prefilter(o, m, fronts, ("total_tco2e", 1.0, 10)))
+    reductions = (Statistics(), ParetoFront(("loss", "total_tco2e")), TopK("total_tco2e", 10))
+    return jax.jit(lambda o, m: engine.prefilter(o, m, reductions))
 
 
 @settings(max_examples=40, deadline=None)
@@ -484,17 +484,17 @@ def test_prefilter_masks_keep_every_front_member_and_the_top_k(seed, n_valid, le
     ok = np.flatnonzero((out["reason"][:n_valid] == 0) & np.isfinite(out["total_tco2e"][:n_valid]))
     f = np.stack([out["loss"][ok], out["total_tco2e"][ok]], 1).astype(float)
     members = ok[pareto_mask(f)]
-    assert res["__cand_p0"][members].all()
-    assert not res["__cand_p0"][n_valid:].any()
-    assert np.isfinite(out["total_tco2e"][res["__cand_p0"]]).all()
+    assert res["__pareto0__mask"][members].all()
+    assert not res["__pareto0__mask"][n_valid:].any()
+    assert np.isfinite(out["total_tco2e"][res["__pareto0__mask"]]).all()
     order = ok[np.lexsort((ok, out["total_tco2e"][ok]))][:10]
-    assert res["__cand_top"][order].all()
-    assert not res["__cand_top"][n_valid:].any()
+    assert res["__top__mask"][order].all()
+    assert not res["__top__mask"][n_valid:].any()
     feasible = np.flatnonzero(out["reason"][:n_valid] == 0)
-    np.testing.assert_array_equal(res["__stat_reasons"][[0, 3]], [len(feasible), n_valid - len(feasible)])
-    assert res["__stat_min__total_tco2e"] == out["total_tco2e"][ok].min(initial=np.inf)  # ±inf: none
-    assert res["__stat_max__total_tco2e"] == out["total_tco2e"][ok].max(initial=-np.inf)
-    assert res["__stat_max__loss"] == out["loss"][feasible].max(initial=-np.inf)
+    np.testing.assert_array_equal(res["__stats__reasons"][[0, 3]], [len(feasible), n_valid - len(feasible)])
+    assert res["__stats__min__total_tco2e"] == out["total_tco2e"][ok].min(initial=np.inf)  # ±inf: none
+    assert res["__stats__max__total_tco2e"] == out["total_tco2e"][ok].max(initial=-np.inf)
+    assert res["__stats__max__loss"] == out["loss"][feasible].max(initial=-np.inf)
 
 
 @pytest.mark.parametrize("size", [7, 10_000])
@@ -523,8 +523,8 @@ def _prefilter_per_design_jit(designs, per):
     import jax
 
     expand = lambda v: jnp.broadcast_to(v.reshape(designs, 1), (designs, per)).reshape(-1)  # noqa: E731
-    fronts, top = ((("loss", 1.0), ("total_tco2e", 1.0)),), ("total_tco2e", 1.0, 10)
-    return jax.jit(lambda o, m, low: engine._prefilter(o, m, fronts, top, low=low, expand=expand)), expand
+    reductions = (Statistics(), ParetoFront(("loss", "total_tco2e")), TopK("total_tco2e", 10))
+    return jax.jit(lambda o, m, low: engine.prefilter(o, m, reductions, low=low, expand=expand)), expand
 
 
 @settings(max_examples=25, deadline=None)
@@ -595,7 +595,7 @@ def test_a_point_evaluated_alone_equals_the_grid_to_the_bit(mode):
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.integers(0, 40), min_size=1, max_size=12), st.integers(1, 60), st.integers(0, 2**31))
 def test_streaming_front_in_batches_equals_the_front_of_everything(sizes, batch, seed):
-    from sweep.reduce import StreamingFront
+    from sweep.reductions import StreamingFront
 
     rng = np.random.default_rng(seed)
     sets, start = [], 0
@@ -675,6 +675,6 @@ def test_best_layout_chunks_bound_the_layout_evaluations_not_points_times_layout
     assert n == 9600 and engine.DEFAULT_BUDGET // ev.n_layouts < n / 20
     plan = Plan.make(ev.shape, ev.default_chunk_size())
     assert plan.n_chunks == 1
-    tables, _ = ev._grid_tables()
-    assert math.prod(engine._searched_shape(plan.block, ev.dims[plan.axis:], tables)) * ev.n_layouts <= \
+    tables, _ = ev.grid_tables()
+    assert math.prod(engine.searched_shape(plan.block, ev.dims[plan.axis:], tables)) * ev.n_layouts <= \
         engine.DEFAULT_BUDGET

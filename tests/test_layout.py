@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 import kernels  # noqa: F401  (enables float64)
 from kernels.architecture import moe_layer_count, param_counts
-from kernels.layout import best_layout, enumerate_layouts, step
+from kernels.layout import enumerate_layouts, step
+from kernels.selection import best_layout
 from kernels.reasons import CODE
 from sweep.validate_layout import A100_80GB_FALLBACK, calibration, gpt_design, hardware, layout_validation_rows
 

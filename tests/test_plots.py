@@ -8,7 +8,8 @@ import pytest
 
 from sweep import plots
 from sweep.cli import main
-from sweep.engine import load_result, run
+from sweep.engine import run
+from sweep.results import load_result
 from sweep.report import write_report
 
 MODEL = {"heads": 8, "vocab": 32000, "seq_len": 2048, "ffn": "swiglu"}
@@ -51,7 +52,9 @@ def grid_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def grid_files(grid_dir):
-    return plots.plot_result(grid_dir, strict=True)
+    files = plots.plot_result(grid_dir, strict=True)
+    write_report(grid_dir)  # (as `carbon-sweep plot` does: figures, then the report)
+    return files
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +105,7 @@ def test_a_front_with_nothing_to_trade_gets_words_not_a_figure(tmp_path):
     kinds = {p["kind"] for p in plots.plan_figures(load_result(out))}
     assert "pareto" not in kinds and "surface" in kinds
     plots.plot_result(out, strict=True)
+    write_report(out)
     text = (out / "report.md").read_text()
     assert "No trade-off on pareto_gpus_consumed__train_days" in text and "gpus_consumed = " in text
 
@@ -158,7 +162,7 @@ def test_infeasible_points_are_masked(grid_dir):
     ds = res.dataset
     n_feasible = int((ds["reason"] == 0).sum())
     assert 0 < n_feasible < ds["reason"].size
-    cloud = plots._cloud_frame(ds, ["total_tco2e", "loss", "experts"])
+    cloud = plots.cloud_frame(ds, ["total_tco2e", "loss", "experts"])
     assert len(cloud) == n_feasible
     masked = plots.field(ds, "total_tco2e")
     assert np.isnan(masked.where(ds["reason"] != 0)).all()

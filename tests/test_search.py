@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import hardware_db
 import sweep  # noqa: F401
-from sweep import reduce as red
+from sweep import reductions as red
 from sweep.cli import main
 from sweep.engine import run
 from sweep.search import optimize, search_space

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-import functools
+import csv
 import math
+from pathlib import Path
 
-import jax
 import numpy as np
 
 import hardware_db
-from kernels.footprint import OUTPUTS, footprint
+from kernels.design import loss_terms
+from kernels.footprint import OUTPUTS
+from kernels.materials import material_kg
 
+from .calibration import calibration_for
+from .compiled import design_terms_fn, footprint_fn
 from .inputs import as_arrays, point_inputs
-from .spec import LAYOUT_DEFAULTS, resolve
+from .layouts import best_layouts
+from .results import to_python
+from .spec import LAYOUT_DEFAULTS, load_estimate, resolve
 
 # published figures the total needs (hardware_db rows): a missing one makes total_tco2e unknown (missing_data);
 # material mass, water and SSD figures feed other outputs only; the link bandwidths only the layout model
@@ -31,22 +37,11 @@ FIGURE_SOURCE = {
 LAYOUT_OUT = ("tp", "pp", "dp", "ep", "microbatch", "recompute", "interleave", "sequence_parallel", "shard_optimizer")
 
 
-@functools.cache
-def jitted_footprint():
-    return jax.jit(footprint)
-
-
-def to_python(out: dict) -> dict:
-    """Arrays → floats/ints; NaN → None (JSON null)."""
-    res = {}
-    for k, val in out.items():
-        a = np.asarray(val)
-        f = float(a)
-        if k in ("reason",) or (k in ("gpus_consumed",) and math.isfinite(f)):
-            res[k] = int(f)
-        else:
-            res[k] = f if math.isfinite(f) else None
-    return res
+def estimate(spec, db=None):
+    """Footprint of one run from a spec path or a {key: value} dict (``sweep.estimate``)."""
+    if isinstance(spec, dict):
+        return evaluate(spec, db)
+    return evaluate(load_estimate(spec, db), db, file=spec)
 
 
 def evaluate(values: dict, db=None, *, file="<spec>", objective="co2e") -> dict:
@@ -60,21 +55,19 @@ def evaluate(values: dict, db=None, *, file="<spec>", objective="co2e") -> dict:
     x = point_inputs(v, db)
     layout = {}
     if v.get("mfu") is not None:
-        out = to_python(jitted_footprint()(as_arrays(x), None))
+        out = to_python(footprint_fn()(as_arrays(x), None))
     elif v.get("layout_given"):
         cal = db_calibration(db, v["hardware"])
-        out = to_python(jitted_footprint()(as_arrays(x), cal))
+        out = to_python(footprint_fn()(as_arrays(x), cal))
         layout = {k: (v[k] if v.get(k) is not None else LAYOUT_DEFAULTS[k]) for k in LAYOUT_DEFAULTS}
     else:
-        from .layouts import best_layouts
-
         result = best_layouts(v, db, objective=objective, top=1)
         if result["layouts"]:
             out, layout = result["best_outputs"], result["layouts"][0]
         else:  # no layout fits: report the design with its most informative reason
             out = {k: None for k in OUTPUTS}
             out.update(design_only(x))  # what the design alone fixes holds whatever the layout
-            out["reason"] = no_layout_reason(result["infeasible"])
+            out["reason"] = result["reason"]  # (kernels.selection.no_layout_reason, as the sweep's)
     for k in LAYOUT_OUT:
         if k == "dp":
             out["dp"] = int(out["dp"]) if out.get("dp") is not None else None
@@ -99,64 +92,33 @@ def evaluate(values: dict, db=None, *, file="<spec>", objective="co2e") -> dict:
     return out
 
 
-def no_layout_reason(infeasible: dict) -> int:
-    """The reason of a run no layout of which works, by the sweep engine's rule (``_layout_stage``):
-    missing_data when a structurally valid layout lacks a published figure (the key fact: with it
-    the layout might run), else the highest code met (the deepest rule broken)."""
-    from kernels.reasons import CODE
-
-    if "missing_data" in infeasible:
-        return CODE["missing_data"]
-    return max((CODE[r] for r in infeasible), default=0)
-
-
-@functools.cache
-def jitted_design_terms():
-    from kernels.footprint import design_terms
-
-    return jax.jit(design_terms)
-
-
 def design_only(x: dict) -> dict:
     """Parameters and training FLOPs (``kernels.footprint.design_terms``): the design's, known even
     when no layout of it can run."""
-    d = to_python(jitted_design_terms()(as_arrays(x)))
+    d = to_python(design_terms_fn()(as_arrays(x)))
     return {k: d[k] for k in ("params", "active_params", "train_flops")}
 
 
 def db_calibration(db, hw_id: str) -> dict:
     """Calibrated layout-model constants for a device, as arrays (kernels.layout's ``cal``)."""
-    from .calibration import calibration_for
-
     return {k: np.asarray(val) for k, val in calibration_for(db, hw_id).items()}
 
 
-
 def quality(v: dict, x: dict, out: dict, db) -> dict:
-    """Predicted loss under the spec's scaling law, the law's id, and whether it extrapolates."""
-    from kernels import scaling
-
+    """Predicted loss under the spec's scaling law (``kernels.design.loss_terms``, as the sweep's
+    design stage), the law's id, and whether it extrapolates."""
     law = v.get("law") or "chinchilla"
     table = db.docs["scaling_laws.toml"][law]
     params, active = out.get("params"), out.get("active_params")
     if params is None:
         return {"loss": None, "law": law, "loss_in_range": None}
-    emb = x["vocab"] * x["d_model"] * (1.0 if x["tied_embeddings"] else 2.0)
-    non_emb = params - emb if math.isfinite(emb) else params
-    kw = dict(params=params, active_params=active, tokens=x["tokens"], non_embedding_params=non_emb,
-              experts=x["experts"], top_k=x["top_k"])
-    loss = float(scaling.predict_loss(law, table, **kw))
-    in_range = bool(scaling.in_fitted_range(table, total_params=params, **{k: kw[k] for k in kw if k != "params"},
-                                            params=params))
-    return {"loss": loss if math.isfinite(loss) else None, "law": law, "loss_in_range": in_range}
+    loss, in_range = loss_terms(law, table, x, params, active)
+    loss = float(loss)
+    return {"loss": loss if math.isfinite(loss) else None, "law": law, "loss_in_range": bool(in_range)}
 
 
 def materials_breakdown(db, hw_id: str, gpus) -> list[dict] | None:
     """Masses of the devices consumed by class (and by element when a per-element table is supplied)."""
-    from pathlib import Path
-
-    from kernels.materials import material_kg
-
     comp = db.compositions.get(hw_id)
     if not comp or gpus is None:
         return None
@@ -164,8 +126,6 @@ def materials_breakdown(db, hw_id: str, gpus) -> list[dict] | None:
              "derived": bool(c.get("derived", False))} for c in comp.get("class", [])]
     table = comp.get("device", {}).get("elements_csv")
     if table:
-        import csv
-
         for folder in reversed(db.folders):
             path = Path(folder) / "compositions" / table
             if path.exists():

@@ -1,0 +1,172 @@
+"""Names: one registry of everything a result, a table or a figure calls by name.
+
+Each output has one entry (``NAMES``): its unit and description (the kernels' ``OUTPUTS`` contract,
+plus what the sweep adds: the loss and the chosen layout), its short label on figures, and, for
+the `estimate` table, its group, row label and printed unit. Dimensions that are not outputs
+(``layers``, ``region``, ...) have entries for their figure labels only. The layouts of the tables
+that list names (estimate's groups, the report's tables) are here too, so a new output is added
+in this file and nowhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from kernels.footprint import OUTPUTS as KERNEL_OUTPUTS
+from kernels.selection import LAYOUT_FIELDS
+
+
+@dataclass(frozen=True)
+class Name:
+    unit: str = "1"
+    description: str = ""
+    short: str | None = None      # figure label ("total CO₂e")
+    label: str | None = None      # estimate's row label ("total")
+    table_unit: str = ""          # estimate's printed unit ("t CO2e"; "" for a count)
+    output: bool = True           # a variable of the grid (False: a dimension or an estimate field only)
+
+
+# what the sweep adds to the kernel's outputs (the study's scaling law, the layout it chose)
+SWEEP_OUTPUTS = {
+    "loss": ("nats/token", "predicted pre-training loss under the study's scaling law"),
+    "loss_in_range": ("1", "1 where the design lies inside the law's fitted ranges"),
+    "tp": ("1", "tensor-parallel degree of the layout"),
+    "pp": ("1", "pipeline-parallel degree of the layout"),
+    "ep": ("1", "expert-parallel degree of the layout"),
+    "microbatch": ("1", "sequences per micro-batch"),
+    "recompute": ("1", "activation recomputation: 0 none, 1 selective, 2 full"),
+    "interleave": ("1", "virtual pipeline stages per device"),
+    "sequence_parallel": ("1", "1 when the layout uses sequence parallelism alongside tensor parallelism"),
+    "shard_optimizer": ("1", "1 when the layout shards optimizer states over data parallel (ZeRO-1)"),
+}
+
+SHORT = {
+    "total_tco2e": "total CO₂e",
+    "operational_tco2e": "operational CO₂e",
+    "embodied_tco2e": "embodied CO₂e",
+    "operational_device_tco2e": "operational CO₂e, accelerators",
+    "operational_host_tco2e": "operational CO₂e, hosts",
+    "embodied_device_tco2e": "embodied CO₂e, accelerators",
+    "embodied_host_tco2e": "embodied CO₂e, hosts",
+    "embodied_share": "embodied share of total CO₂e",
+    "loss": "predicted loss",
+    "loss_in_range": "inside the law's fitted range",
+    "train_days": "training time",
+    "energy_mwh": "facility energy",
+    "it_energy_mwh": "IT energy",
+    "mfu": "MFU",
+    "hfu": "HFU",
+    "step_time_s": "step time",
+    "compute_s": "compute time per step",
+    "comm_exposed_s": "exposed communication per step",
+    "bubble_s": "pipeline bubble per step",
+    "tokens_per_s": "throughput",
+    "memory_gb": "memory per device",
+    "params": "parameters",
+    "active_params": "active parameters",
+    "train_flops": "training compute",
+    "device_hours": "device hours",
+    "gpus_consumed": "GPUs consumed (device lifetimes)",
+    "material_kg": "material mass of devices consumed",
+    "water_m3": "on-site water",
+    "dp": "data-parallel degree",
+    "tp": "tensor-parallel degree",
+    "pp": "pipeline-parallel degree",
+    "ep": "expert-parallel degree",
+    "microbatch": "micro-batch",
+    "interleave": "virtual stages per device",
+    "sequence_parallel": "sequence parallelism",
+    "shard_optimizer": "optimizer sharding (ZeRO-1)",
+    # dimensions
+    "layers": "layers",
+    "d_model": "d_model (hidden size)",
+    "heads": "attention heads",
+    "devices": "devices",
+    "lifespan_years": "hardware lifespan",
+    "carbon_intensity": "grid carbon intensity",
+    "tokens": "training tokens",
+    "experts": "experts",
+    "top_k": "top-k",
+    "global_batch": "global batch (sequences)",
+    "seq_len": "sequence length",
+    "pue": "PUE",
+    "wue": "WUE",
+    "hardware": "hardware",
+    "region": "region",
+    "ffn": "FFN kind",
+    "recompute": "recomputation",
+    "power_util": "power utilisation",
+}
+
+# estimate's table: groups of (name, row label, printed unit), in the order printed
+ESTIMATE_TABLE = [
+    ("Model", [("params", "parameters", ""), ("active_params", "active parameters", ""),
+               ("train_flops", "training FLOPs", "FLOP")]),
+    ("Run", [("hardware", "hardware", ""), ("devices", "devices", ""), ("tp", "tensor parallel", ""),
+             ("pp", "pipeline parallel", ""), ("dp", "data parallel", ""), ("ep", "expert parallel", ""),
+             ("microbatch", "micro-batch", ""), ("recompute", "recompute", ""),
+             ("interleave", "virtual stages per device", ""), ("sequence_parallel", "sequence parallel", ""),
+             ("shard_optimizer", "optimizer sharded (ZeRO-1)", ""),
+             ("mfu", "MFU", ""), ("step_time_s", "step time", "s"), ("memory_gb", "memory per device", "GB"),
+             ("train_days", "training time", "days"), ("device_hours", "device hours", "h")]),
+    ("Energy", [("it_energy_mwh", "IT energy", "MWh"), ("pue", "PUE", ""), ("energy_mwh", "facility energy", "MWh"),
+                ("water_m3", "on-site water", "m³")]),
+    ("Carbon", [("carbon_intensity_kg_per_kwh", "carbon intensity", "kg CO2e/kWh"),
+                ("operational_device_tco2e", "operational, accelerators", "t CO2e"),
+                ("operational_host_tco2e", "operational, hosts", "t CO2e"),
+                ("operational_tco2e", "operational", "t CO2e"),
+                ("embodied_device_tco2e", "embodied, accelerators", "t CO2e"),
+                ("embodied_host_tco2e", "embodied, hosts", "t CO2e"),
+                ("embodied_tco2e", "embodied", "t CO2e"), ("total_tco2e", "total", "t CO2e")]),
+    ("Materials", [("gpus_consumed", "device lifetimes consumed", ""), ("material_kg", "material mass", "kg")]),
+    ("Life cycle", [("inference_tco2e", "serving", "t CO2e"), ("inference_energy_mwh", "serving energy", "MWh"),
+                    ("experimentation_tco2e", "earlier experiments", "t CO2e"),
+                    ("storage_tco2e", "storage", "t CO2e"), ("lifecycle_tco2e", "life cycle, in all", "t CO2e"),
+                    ("breakeven_served_tokens", "serving equals training at", "tokens served")]),
+    ("Quality", [("loss", "predicted loss", "nats/token"), ("law", "scaling law", "")]),
+]
+LIFECYCLE_PHASES = ("inference_tco2e", "inference_energy_mwh", "experimentation_tco2e", "storage_tco2e")
+
+# the report's tables: the ranges over the feasible designs, and the lowest-CO2e design
+REPORT_RANGES = ("total_tco2e", "operational_tco2e", "embodied_tco2e", "energy_mwh", "train_days", "device_hours",
+                 "params", "active_params", "loss", "mfu", "step_time_s", "memory_gb", "gpus_consumed",
+                 "material_kg", "water_m3")
+REPORT_BEST = ("total_tco2e", "operational_tco2e", "embodied_tco2e", "operational_device_tco2e",
+               "operational_host_tco2e", "embodied_device_tco2e", "embodied_host_tco2e", "energy_mwh", "train_days",
+               "device_hours", "params", "active_params", "train_flops", "loss", "mfu", "step_time_s", "memory_gb",
+               "tp", "pp", "dp", "ep", "microbatch", "gpus_consumed", "material_kg", "water_m3")
+
+# the layout a best-layout grid records per point (the outputs named like the layout's spec keys)
+LAYOUT_OUTPUTS = LAYOUT_FIELDS
+
+
+def _registry() -> dict[str, Name]:
+    names = {k: Name(unit, desc) for k, (unit, desc) in {**KERNEL_OUTPUTS, **SWEEP_OUTPUTS}.items()}
+    for k, short in SHORT.items():
+        names[k] = replace(names[k], short=short) if k in names else Name(short=short, output=False)
+    for _, rows in ESTIMATE_TABLE:
+        for k, label, unit in rows:
+            names[k] = replace(names.get(k, Name(output=False)), label=label, table_unit=unit)
+    return names
+
+
+NAMES: dict[str, Name] = _registry()
+
+
+def output_units() -> dict[str, tuple[str, str]]:
+    """Every output a grid can hold: name → (unit, description), in the grid's order."""
+    return {k: (n.unit, n.description) for k, n in NAMES.items() if n.output}
+
+
+def attrs_of(name: str) -> dict:
+    """A variable's ``units`` and ``long_name`` (the name itself for one not registered)."""
+    n = NAMES.get(name)
+    if n is None or not n.output:
+        return {"units": "1", "long_name": name}
+    return {"units": n.unit, "long_name": n.description}
+
+
+def short_label(name: str) -> str | None:
+    """The figure label of a name (None when it has none)."""
+    n = NAMES.get(name)
+    return n.short if n is not None else None
