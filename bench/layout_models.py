@@ -58,7 +58,7 @@ LAYOUT_INPUTS = ("devices", "tp", "pp", "ep", "microbatch", "recompute", "interl
                  "sequence_parallel")
 # optional layout inputs (kernels.layout.layout_fields gives their defaults)
 OPTIONAL_LAYOUT_INPUTS = ("cp", "etp", "zero_stage", "overlap", "ep_overlap", "moe_imbalance", "grad_bytes",
-                          "offload_layers", "ep_dedup")
+                          "offload_layers", "ep_dedup", "flash_attention")
 STEP_OUTPUTS = ("step_time_s", "compute_s", "comm_exposed_s", "bubble_s", "tokens_per_s", "mfu", "hfu",
                 "memory_bytes", "dp", "micro_batches", "reason")
 # reason codes (kernels.reasons), spelled out here so the reference does not import the kernels
@@ -115,18 +115,23 @@ def step_python(p: dict, lay: dict, cal: dict) -> dict:
     peak16 = p.get("peak_bf16_flops", peak)
     intra, inter, node = p["intra_bw_bytes_s"], p["inter_bw_bytes_s"], p["devices_per_node"]
     devices, tp, pp, ep = lay["devices"], lay["tp"], lay["pp"], lay["ep"]
-    cp, etp = lay.get("cp", 1.0), lay.get("etp", tp)
-    zero = lay.get("zero_stage", lay["shard_optimizer"])
-    overlap = lay.get("overlap", 0.0) > 0
+
+    def opt(key, default):  # an optional layout input: absent or NaN = not given
+        value = lay.get(key, math.nan)
+        return value if math.isfinite(value) else default
+
+    cp, etp = opt("cp", 1.0), opt("etp", tp)
+    zero = opt("zero_stage", lay["shard_optimizer"])
+    overlap = opt("overlap", cal.get("overlap", 0.0)) > 0
     b, rc, v = lay["microbatch"], lay["recompute"], lay["interleave"]
     sp = tp > 1 and lay["sequence_parallel"] != 0
-    flash = lay.get("flash_attention", 0.0) > 0
+    flash = opt("flash_attention", cal.get("flash_attention", 0.0)) > 0
     full = rc >= 2
     geff, heff, leff, lat = cal["gemm_eff_max"], cal["hbm_eff"], cal["link_eff"], cal["collective_latency_s"]
     wave = cal["gemm_wave_elements"]
     gb = lay.get("grad_bytes", math.nan)
     gb = gb if math.isfinite(gb) else cal["grad_bytes"]
-    offload = lay.get("offload_layers", 0.0)
+    offload = opt("offload_layers", 0.0)
     no_dropout = p.get("dropout", 1.0) <= 0
     imb = lay.get("moe_imbalance", math.nan)
     imb = imb if math.isfinite(imb) else cal["moe_imbalance"]
@@ -241,7 +246,7 @@ def step_python(p: dict, lay: dict, cal: dict) -> dict:
         g_ep = min(max(node / max(etp, 1.0), 1.0), n_ep)
         a2a_bytes = T * imb * h * bpv / tp
         nodes = n_ep / g_ep
-        if lay.get("ep_dedup", 0.0) > 0:
+        if opt("ep_dedup", 0.0) > 0:
             remote = (nodes - 1.0) * (1.0 - (1.0 - 1.0 / nodes) ** k) if nodes > 1.0 else 0.0
         else:
             remote = k * (n_ep - g_ep) / n_ep
@@ -267,7 +272,7 @@ def step_python(p: dict, lay: dict, cal: dict) -> dict:
     comp_l = (1.0 - frac) * comp_dense + frac * comp_moe
     tp_l = (1.0 - frac) * comm_dense + frac * comm_moe
     a2a_layer = 2.0 * a2a * (3.0 if full else 2.0)
-    if lay.get("ep_overlap", 0.0) > 0:
+    if opt("ep_overlap", 0.0) > 0:
         a2a_layer = max(a2a_layer - cal.get("overlap_eff", 1.0) * comp_moe, 0.0)
     a2a_l = frac * a2a_layer
     head = 3.0 * gemm(T, V / tp, h) + stream(6.0 * T * V / tp, 4.0)
@@ -444,19 +449,24 @@ def step_numpy(p: dict, lay: dict, cal: dict) -> dict:
     peak16 = a.get("peak_bf16_flops", peak)
     intra, inter, node = a["intra_bw_bytes_s"], a["inter_bw_bytes_s"], a["devices_per_node"]
     devices, tp, pp, ep = w["devices"], w["tp"], w["pp"], w["ep"]
-    cp = w.get("cp", np.ones_like(tp))
-    etp = w.get("etp", tp)
-    zero = w.get("zero_stage", w["shard_optimizer"])
-    overlap = w.get("overlap", np.zeros_like(tp)) > 0
+    def opt(key, default):  # an optional layout input: absent or NaN = not given
+        value = w.get(key)
+        return np.broadcast_to(np.asarray(default, dt), np.shape(tp)) if value is None else \
+            np.where(np.isfinite(value), value, default)
+
+    cp = opt("cp", one)
+    etp = opt("etp", tp)
+    zero = opt("zero_stage", w["shard_optimizer"])
+    overlap = opt("overlap", c.get("overlap", zero_)) > 0
     b, rc, v = w["microbatch"], w["recompute"], w["interleave"]
     sp = (tp > 1) & (w["sequence_parallel"] != 0)
-    flash = np.asarray(lay.get("flash_attention", 0.0)) > 0
+    flash = opt("flash_attention", c.get("flash_attention", zero_)) > 0
     full = rc >= 2
     geff, heff, leff, lat = c["gemm_eff_max"], c["hbm_eff"], c["link_eff"], c["collective_latency_s"]
     wave = c["gemm_wave_elements"]
     gb_given = w.get("grad_bytes")
     gb = c["grad_bytes"] if gb_given is None else np.where(np.isfinite(gb_given), gb_given, c["grad_bytes"])
-    offload = w.get("offload_layers", np.zeros_like(tp))
+    offload = opt("offload_layers", zero_)
     no_dropout = np.asarray(a.get("dropout", one)) <= 0
     imb_given = w.get("moe_imbalance")
     imb = c["moe_imbalance"] if imb_given is None else np.where(np.isfinite(imb_given), imb_given, c["moe_imbalance"])
@@ -550,7 +560,7 @@ def step_numpy(p: dict, lay: dict, cal: dict) -> dict:
         a2a_bytes = T * imb * h * bpv / tp
         nodes = n_ep / g_ep
         distinct = np.where(nodes > 1, (nodes - 1.0) * (1.0 - (1.0 - 1.0 / np.maximum(nodes, one)) ** k), zero_)
-        remote = np.where(w.get("ep_dedup", np.zeros_like(tp)) > 0, distinct, k * (n_ep - g_ep) / n_ep)
+        remote = np.where(opt("ep_dedup", zero_) > 0, distinct, k * (n_ep - g_ep) / n_ep)
         a2a = np.where(n_ep > 1, a2a_bytes * (k * (g_ep - 1.0) / n_ep / intra + remote / inter) / leff
                        + lat * np.log2(n_ep), zero_)
         cp_link = np.where(tp * cp <= node, intra, inter)
@@ -570,7 +580,7 @@ def step_numpy(p: dict, lay: dict, cal: dict) -> dict:
         comp_l = (1.0 - frac) * comp_dense + frac * comp_moe
         tp_l = (1.0 - frac) * comm_dense + frac * comm_moe
         a2a_layer = 2.0 * a2a * np.where(full, dt.type(3.0), dt.type(2.0))
-        ep_ov = w.get("ep_overlap", np.zeros_like(tp)) > 0
+        ep_ov = opt("ep_overlap", zero_) > 0
         a2a_layer = np.where(ep_ov, np.maximum(a2a_layer - c.get("overlap_eff", one) * comp_moe, zero_), a2a_layer)
         a2a_l = frac * a2a_layer
         head = 3.0 * gemm(T, V / tp, h) + stream(6.0 * T * V / tp, dt.type(4.0))

@@ -26,14 +26,14 @@ The equations, in the order they are evaluated:
     params      = (layers − moe_layers)·dense + moe_layers·moe_total + outside   (or given)
     per token   = 6·(active − vocab·d_model·[untied]) + 12·layers·seq_len·d_attn, or 6·active if params given
     train_flops = per_token·tokens (or given)
-    seconds     = train_flops / (devices·peak_flops·mfu),  hours = seconds/3600
+    seconds     = train_flops / (devices·peak_flops·mfu) / goodput,  hours = seconds/3600  (goodput default 1)
     device W    = devices·avg_power_w                 if avg_power_w given
                   devices·(idle_w + (tdp_w − idle_w)·power_util)   otherwise
     host W      = 0                                   if avg_power_w given
                   ceil(devices/devices_per_node)·host_power_w·power_util   otherwise
     kWh         = W·hours/1000;   operational t = kWh·pue·carbon_intensity/1000
     embodied t  = count·kgco2e·hours/(lifespan_years·8760)/1000   (devices; nodes for hosts)
-    gpus        = ceil(train_flops/(peak_flops·mfu)/(lifespan_years·31 536 000))   in float64
+    gpus        = ceil(train_flops/(peak_flops·mfu·goodput)/(lifespan_years·31 536 000))   in float64
     material_kg = gpus·material_kg_per_device;  water_m3 = it_kWh·wue/1000
     embodied_share = embodied t / total t
     reason      = 1 (top_k_exceeds_experts) if top_k > experts, else 14 (missing_data) if the total is
@@ -121,7 +121,8 @@ def footprint_python(p: dict) -> dict:
 
     # time
     devices, peak, mfu = p["devices"], p["peak_flops"], p["mfu"]
-    seconds = train_flops / (devices * peak * mfu)
+    goodput = p.get("goodput", 1.0)
+    seconds = train_flops / (devices * peak * mfu) / goodput
     hours = seconds / SECONDS_PER_HOUR
 
     # power and energy
@@ -146,7 +147,7 @@ def footprint_python(p: dict) -> dict:
     emb_host = nodes * p["host_embodied_kgco2e"] * hours / (life * HOURS_PER_YEAR) / 1000.0
 
     # GPUs consumed (Falk et al. 2025), float64
-    gpus = float(math.ceil(train_flops / (peak * mfu) / (life * SECONDS_PER_YEAR)))
+    gpus = float(math.ceil(train_flops / (peak * mfu * goodput) / (life * SECONDS_PER_YEAR)))
 
     nan = math.nan
     total = op_dev + op_host + emb_dev + emb_host
@@ -232,7 +233,8 @@ def footprint_numpy(x: dict) -> dict:
         train_flops = np.where(np.isfinite(a["flops"]), a["flops"], per_token * a["tokens"])
 
         devices, peak, mfu = a["devices"], a["peak_flops"], a["mfu"]
-        seconds = train_flops / (devices * peak * mfu)
+        goodput = a["goodput"] if "goodput" in a else 1.0
+        seconds = train_flops / (devices * peak * mfu) / goodput
         hours = seconds / SECONDS_PER_HOUR
 
         pu = a["power_util"]
@@ -253,7 +255,7 @@ def footprint_numpy(x: dict) -> dict:
         emb_host = nodes * a["host_embodied_kgco2e"] * hours / (life * HOURS_PER_YEAR) / 1000.0
 
         f64 = np.float64
-        gpus = np.ceil(train_flops.astype(f64) / (peak.astype(f64) * mfu.astype(f64))
+        gpus = np.ceil(train_flops.astype(f64) / (peak.astype(f64) * (mfu * goodput).astype(f64))
                        / (life.astype(f64) * SECONDS_PER_YEAR))
 
         total = op_dev + op_host + emb_dev + emb_host

@@ -133,6 +133,16 @@ class Database:
     compositions: dict[str, dict] = field(default_factory=dict)
     folders: list[Path] = field(default_factory=list)
 
+    def with_calibration(self, path) -> "Database":
+        """This database with a calibration file's tables merged into calibration.toml (entry by
+        entry, as a --db folder's are): what ``[cluster] calibration = "file"`` runs with."""
+        import copy
+
+        docs = dict(self.docs)
+        docs["calibration.toml"] = copy.deepcopy(self.docs.get("calibration.toml", {}))
+        _deep_update(docs["calibration.toml"], _read_toml(Path(path)))
+        return Database(tables=self.tables, docs=docs, compositions=self.compositions, folders=list(self.folders))
+
     # -- lookups ---------------------------------------------------------------------------
     @property
     def accelerators(self) -> dict[str, dict]:

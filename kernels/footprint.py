@@ -151,7 +151,10 @@ def footprint(x, cal=None, design=None, step=None):
         hfu = jnp.where(mfu_given, jnp.nan, step["hfu"])
         reason = jnp.where(reason != 0, reason, jnp.where(mfu_given, 0, step["reason"])).astype(jnp.int32)
 
-    seconds = train_flops / (devices * x["peak_flops"] * mfu)
+    # booked wall-clock: the productive time over the goodput (failures, restarts, checkpointing and
+    # evaluation lost; Dubey et al. 2024 §3.3.4), every booked hour drawing training power
+    goodput = x.get("goodput", 1.0)
+    seconds = train_flops / (devices * x["peak_flops"] * mfu) / goodput
     hours = seconds / energy.SECONDS_PER_HOUR
     measured = _given(x["avg_power_w"])
     dev_w = energy.device_power_w(x["idle_w"], x["tdp_w"], x["power_util"])
@@ -166,7 +169,7 @@ def footprint(x, cal=None, design=None, step=None):
     op_host = energy.operational_tco2e(it_host_kwh * pue, ci)
     emb_device = embodied.amortised_tco2e(devices * x["device_embodied_kgco2e"], hours, x["lifespan_years"])
     emb_host = embodied.amortised_tco2e(nodes * x["host_embodied_kgco2e"], hours, x["lifespan_years"])
-    gpus = materials.gpus_consumed(train_flops, x["peak_flops"], mfu, x["lifespan_years"])
+    gpus = materials.gpus_consumed(train_flops, x["peak_flops"], mfu * goodput, x["lifespan_years"])
     total = op_device + op_host + emb_device + emb_host
     # a feasible design whose total is unknown lacks a published figure (a TDP, a die area, ...)
     reason = jnp.where((reason == 0) & ~jnp.isfinite(total), CODE["missing_data"], reason).astype(jnp.int32)
@@ -243,19 +246,22 @@ _STEP_HARDWARE = ("peak_flops", "hbm_bytes", "hbm_bw_bytes_s", "intra_bw_bytes_s
                   "devices_per_node")
 _STEP_LAYOUT = ("devices", "tp", "pp", "ep", "microbatch", "recompute", "interleave", "shard_optimizer",
                 "sequence_parallel")
-LAYOUT_STEP_INPUTS = _STEP_DESIGN + ("moe_every", "first_dense_layers") + _STEP_HARDWARE + _STEP_LAYOUT + (
-    "flash_attention",)
+# optional inputs, passed on when present (NaN = not given: kernels.layout.layout_fields's default)
+STEP_OPTIONAL = {"design": ("dropout",), "hardware": ("peak_bf16_flops",),
+                 "layout": ("flash_attention", "cp", "etp", "zero_stage", "overlap", "ep_overlap", "ep_dedup",
+                            "moe_imbalance", "offload_layers")}
+LAYOUT_STEP_INPUTS = (_STEP_DESIGN + ("moe_every", "first_dense_layers") + _STEP_HARDWARE + _STEP_LAYOUT
+                      + tuple(k for keys in STEP_OPTIONAL.values() for k in keys))
 
 
 def layout_step(x, params, active, cal):
     """Step time, MFU and memory of the layout (kernels.layout), fed from the chain's inputs
-    (``LAYOUT_STEP_INPUTS``; flash_attention optional, default 0)."""
+    (``LAYOUT_STEP_INPUTS``; those of ``STEP_OPTIONAL`` only when present)."""
     from . import layout
 
     moe_layers = architecture.moe_layer_count(x["layers"], x["experts"], x["moe_every"], x["first_dense_layers"])
-    design = {k: x[k] for k in _STEP_DESIGN}
+    design = {k: x[k] for k in _STEP_DESIGN + STEP_OPTIONAL["design"] if k in x}
     design.update(moe_layers=moe_layers, params=params, active_params=active)
-    hw = {k: x[k] for k in _STEP_HARDWARE}
-    lay = {k: x[k] for k in _STEP_LAYOUT}
-    lay["flash_attention"] = x.get("flash_attention", 0.0)
+    hw = {k: x[k] for k in _STEP_HARDWARE + STEP_OPTIONAL["hardware"] if k in x}
+    lay = {k: x[k] for k in _STEP_LAYOUT + STEP_OPTIONAL["layout"] if k in x}
     return layout.step(design, hw, lay, cal)

@@ -300,27 +300,35 @@ def activation_bytes_per_layer(s, b, h, heads, d_attn, kv_dim, mlp_rows_ff, tp, 
 # --------------------------------------------------------------------------------------------
 # The step
 # --------------------------------------------------------------------------------------------
-def layout_fields(layout: Mapping) -> dict:
-    """The layout with the optional keys filled in: cp 1, etp = tp (experts tensor-split like the
-    dense FFN, Megatron-core's default), zero_stage = shard_optimizer (ZeRO-1 or none), overlap 0
-    (no communication hidden: Megatron-LM 2021-22; 1 = data-parallel gradient reduce-scatter and
-    parameter all-gather under the backward/forward, TP collectives under the GEMMs, as
-    Megatron-core's overlap_grad_reduce / overlap_param_gather / tp_comm_overlap and FSDP
-    prefetching do), ep_overlap 0 (1 = expert all-to-all under another micro-batch's compute),
-    ep_dedup 0 (1 = tokens cross the network once per remote node, ``alltoall_time``),
-    flash_attention 0, offload_layers 0 (layers of a stage whose activations wait in host memory,
-    Megatron-core cpu_offloading_num_layers; the copies are taken as hidden), moe_imbalance and
-    grad_bytes NaN (= the calibrated defaults)."""
+def layout_fields(layout: Mapping, cal: Mapping | None = None) -> dict:
+    """The layout with the optional keys filled in (absent or NaN = not given): cp 1, etp = tp
+    (experts tensor-split like the dense FFN, Megatron-core's default), zero_stage =
+    shard_optimizer (ZeRO-1 or none), overlap and flash_attention the accelerator class's
+    (calibration.toml: 0 for the A100 class, calibrated on Megatron-LM 2021-22, which hid no
+    communication and ran unfused attention; 1 for today's classes, calibrated on Megatron-core runs
+    with overlap_grad_reduce / overlap_param_gather / tp_comm_overlap and flash attention), ep_overlap
+    0 (1 = expert all-to-all under another micro-batch's compute), ep_dedup 0 (1 = tokens cross the
+    network once per remote node, ``alltoall_time``), offload_layers 0 (layers of a stage whose
+    activations wait in host memory, Megatron-core cpu_offloading_num_layers; the copies are taken as
+    hidden), moe_imbalance and grad_bytes NaN (= the calibrated defaults)."""
+    cal = {} if cal is None else cal
     f = lambda x: jnp.asarray(x) * 1.0  # noqa: E731  keep float32 inputs float32
     lay = {key: f(val) for key, val in layout.items()}
-    lay.setdefault("cp", jnp.ones_like(lay["tp"]))
-    lay.setdefault("etp", lay["tp"])
-    lay.setdefault("zero_stage", lay["shard_optimizer"])
-    lay.setdefault("overlap", jnp.zeros_like(lay["tp"]))
-    lay.setdefault("ep_overlap", jnp.zeros_like(lay["tp"]))
-    lay.setdefault("offload_layers", jnp.zeros_like(lay["tp"]))
-    lay.setdefault("ep_dedup", jnp.zeros_like(lay["tp"]))
-    lay.setdefault("flash_attention", jnp.zeros_like(lay["tp"]))
+    tp = lay["tp"]
+
+    def fill(key, default):
+        value = lay.get(key)
+        lay[key] = jnp.broadcast_to(f(default), jnp.shape(tp)) * 1.0 if value is None else \
+            jnp.where(jnp.isfinite(value), value, default)
+
+    fill("cp", 1.0)
+    fill("etp", tp)
+    fill("zero_stage", lay["shard_optimizer"])
+    fill("overlap", cal.get("overlap", 0.0))
+    fill("flash_attention", cal.get("flash_attention", 0.0))
+    fill("ep_overlap", 0.0)
+    fill("ep_dedup", 0.0)
+    fill("offload_layers", 0.0)
     return lay
 
 
@@ -505,7 +513,7 @@ def step(design: Mapping, hw: Mapping, layout: Mapping, cal: Mapping) -> dict:
     f = lambda x: jnp.asarray(x) * 1.0  # noqa: E731  keep float32 inputs float32
     d = {key: f(val) for key, val in design.items()}
     w = {key: f(val) for key, val in hw.items()}
-    lay = layout_fields(layout)
+    lay = layout_fields(layout, cal)
 
     L, h, V, s = d["layers"], d["d_model"], d["vocab"], d["seq_len"]
     heads, hd = d["heads"], d["head_dim"]
@@ -733,48 +741,67 @@ def enumerate_layouts(
     shard_optimizer=(0, 1),
     sequence_parallel=(0, 1),
     max_ep=None,
+    seq_len=None,
+    context_parallel=(1,),
+    zero_stages=None,
+    expert_tp=False,
 ) -> dict[str, np.ndarray]:
     """Every candidate layout for one design and device count, as equal-length 1-D int arrays.
 
     tp: divisors of heads up to max_tp (default 2·devices_per_node, i.e. at most two nodes);
-    pp: divisors of layers and powers of two up to them (uneven stages); only (tp, pp) with tp·pp dividing devices are kept (others have no
-    integral dp: skipped, not counted). ep: divisors of experts up to dp (ep ∤ dp kept, flagged by
-    ``step``); 1 for dense models. microbatch: the given sizes dividing global_batch/dp; when dp
-    does not divide the batch (or it is below dp) one micro-batch-1 entry is kept so ``step`` flags
-    it. interleave: 1, and v > 1 only when pp > 1 and pp·v divides layers (or pp is a power of two
-    and pp·v ≤ layers). sequence_parallel only
-    with tp > 1 (0 otherwise). tp ∤ kv_heads and out-of-memory points are kept (flagged by ``step``).
+    pp: divisors of layers and powers of two up to them (uneven stages); cp: the given degrees
+    dividing seq_len (1 only by default); only (tp, cp, pp) with tp·cp·pp dividing devices are kept
+    (others have no integral dp: skipped, not counted). ep: divisors of experts up to dp (ep ∤ dp
+    kept, flagged by ``step``); 1 for dense models; with ``expert_tp`` the experts may also be left
+    unsplit (etp 1, ep then up to tp·cp·dp, Megatron-core's folding) besides etp = tp. microbatch:
+    the given sizes dividing global_batch/dp; when dp does not divide the batch (or it is below dp)
+    one micro-batch-1 entry is kept so ``step`` flags it. interleave: 1, and v > 1 only when pp > 1
+    and pp·v divides layers (or pp is a power of two and pp·v ≤ layers + 2). sequence_parallel only
+    with tp > 1 (0 otherwise). ``zero_stages`` (e.g. (0, 1, 2, 3)) replaces shard_optimizer by the
+    ZeRO stage (shard_optimizer = stage ≥ 1). tp ∤ kv_heads and out-of-memory points are kept
+    (flagged by ``step``). The keys cp, etp and zero_stage appear only when asked for (the sweep's
+    best-layout grid enumerates the classic eight).
     """
     devices, layers, heads = int(devices), int(layers), int(heads)
     experts = max(int(experts), 1)
     global_batch, node = int(global_batch), int(devices_per_node)
     max_tp = 2 * node if max_tp is None else int(max_tp)
+    extended = seq_len is not None or zero_stages is not None or expert_tp or tuple(context_parallel) != (1,)
+    cps = [c for c in context_parallel if seq_len is None or int(seq_len) % c == 0]
+    zeros = [(so, so) for so in shard_optimizer] if zero_stages is None else [(int(z >= 1), z) for z in zero_stages]
     rows = []
     for tp in _divisors(heads):
         if tp > max_tp or devices % tp:
             continue
-        for pp in _pipeline_degrees(layers):
-            if (devices // tp) % pp:
+        for cp in cps:
+            if (devices // tp) % cp:
                 continue
-            dp = devices // (tp * pp)
-            eps = [e for e in _divisors(experts) if e <= dp and (max_ep is None or e <= max_ep)] or [1]
-            if global_batch % dp == 0:
-                mbs = [mb for mb in microbatches if (global_batch // dp) % mb == 0]
-            else:
-                mbs = [1]
-            uneven = pp & (pp - 1) == 0  # a power of two may split the layers unevenly
-            vs = [v for v in interleaves
-                  if v == 1 or (pp > 1 and (layers % (pp * v) == 0 or (uneven and pp * v <= layers + 2)))]
-            sps = sorted({x if tp > 1 else 0 for x in sequence_parallel})
-            for ep in eps:
-                for mb in mbs:
-                    for v in vs:
-                        for rc in recompute_modes:
-                            for so in shard_optimizer:
-                                for sp in sps:
-                                    rows.append((tp, pp, ep, mb, rc, v, so, sp))
-    arr = np.array(rows, dtype=np.int64).reshape(-1, 8)
-    names = ("tp", "pp", "ep", "microbatch", "recompute", "interleave", "shard_optimizer", "sequence_parallel")
-    out = {name: arr[:, i].copy() for i, name in enumerate(names)}
+            for pp in _pipeline_degrees(layers):
+                if (devices // (tp * cp)) % pp:
+                    continue
+                dp = devices // (tp * cp * pp)
+                etps = [tp, 1] if (expert_tp and experts > 1 and tp > 1) else [tp]
+                if global_batch % dp == 0:
+                    mbs = [mb for mb in microbatches if (global_batch // dp) % mb == 0]
+                else:
+                    mbs = [1]
+                uneven = pp & (pp - 1) == 0  # a power of two may split the layers unevenly
+                vs = [v for v in interleaves
+                      if v == 1 or (pp > 1 and (layers % (pp * v) == 0 or (uneven and pp * v <= layers + 2)))]
+                sps = sorted({x if tp > 1 else 0 for x in sequence_parallel})
+                for etp in etps:
+                    room = dp if etp == tp else tp * cp * dp  # expert ranks fold over the stage's devices
+                    eps = [e for e in _divisors(experts) if e <= room and (max_ep is None or e <= max_ep)] or [1]
+                    for ep in eps:
+                        for mb in mbs:
+                            for v in vs:
+                                for rc in recompute_modes:
+                                    for so, z in zeros:
+                                        for sp in sps:
+                                            rows.append((tp, pp, ep, mb, rc, v, so, sp, cp, etp, z))
+    arr = np.array(rows, dtype=np.int64).reshape(-1, 11)
+    names = ("tp", "pp", "ep", "microbatch", "recompute", "interleave", "shard_optimizer", "sequence_parallel",
+             "cp", "etp", "zero_stage")
+    out = {name: arr[:, i].copy() for i, name in enumerate(names if extended else names[:8])}
     out["devices"] = np.full(len(arr), devices, dtype=np.int64)
     return out

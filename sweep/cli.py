@@ -20,13 +20,14 @@ import hardware_db
 from hardware_db import DatabaseError
 from kernels.reasons import REASONS
 
+from .calibrate import DEFAULT_FIT, DEFAULT_SHARED, FITTABLE, calibration_toml, fit, load_runs
 from .engine import run
 from .estimate import evaluate
 from .layouts import best_layouts, check_layout_spec
 from .names import ESTIMATE_TABLE, LIFECYCLE_PHASES, output_units
 from .results import open_result
 from .search import json_default, optimize, unit_suffix
-from .spec import OBJECTIVE_OUTPUT, SpecError, load_estimate
+from .spec import OBJECTIVE_OUTPUT, SpecError, load_estimate, read_toml
 from .study import load_study
 from .validate import validation_rows
 
@@ -129,6 +130,53 @@ def cmd_validate(args, db):
               f"{r['error_pct']:>+7.2f}%  {r['unit']}")
 
 
+def cmd_calibrate(args, db):
+    constants = tuple(c.strip() for c in args.fit.split(",")) if args.fit else DEFAULT_FIT
+    for c in constants:
+        if c not in FITTABLE:
+            raise CliError(f"--fit: unknown constant '{c}' (allowed: {', '.join(FITTABLE)})")
+    shared = tuple(c for c in DEFAULT_SHARED if c in constants)
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise CliError(f"--out {out}: exists (use --force to replace it)")
+    if not out.parent.is_dir():
+        raise CliError(f"--out {out}: folder {out.parent} does not exist")
+    runs, skipped = load_runs(read_toml(args.runs), db, args.runs)
+    if len(runs) < 2:
+        raise SpecError(args.runs, "run", None, f"needs at least 2 runs with known hardware to fit ({len(runs)} usable)")
+    if not args.quiet and not args.json:
+        print(f"carbon-sweep calibrate: {args.runs}: {len(runs)} runs, fitting {', '.join(constants)}"
+              f"{' with leave-one-out refits' if not args.no_loo else ''} ...", file=sys.stderr)
+    res = fit(db, runs, constants=constants, shared=shared, leave_one_out=not args.no_loo)
+    text = calibration_toml(res, db, str(args.runs))
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(out)
+    res["skipped"], res["written"] = skipped, str(out)
+    if args.json:
+        print(json.dumps(res, indent=2, default=float))
+        return
+    w = max(len(r["id"]) for r in res["rows"])
+    print(f"{'run':<{w}} {'kind':<5} {'class':<8} {'quantity':<24} {'published':>10} {'fitted':>10} {'error':>8} "
+          f"{'LOO':>8}")
+    for r in res["rows"]:
+        loo = f"{r['loo_error_pct']:+7.1f}%" if math.isfinite(r["loo_error_pct"]) else "       -"
+        err = f"{r['error_pct']:+7.1f}%" if math.isfinite(r["error_pct"]) else "infeasible"
+        print(f"{r['id']:<{w}} {r['kind']:<5} {r['class']:<8} {r['quantity']:<24} {r['published']:>10.4g} "
+              f"{r['predicted']:>10.4g} {err:>8} {loo:>8}")
+    print()
+    for group, g in res["summary"].items():
+        print(f"{group:>5}: {g['n']} runs, mean |error| {g['error']['mean']:.1f} % (max {g['error']['max']:.1f} %), "
+              f"leave-one-out {g['loo_error']['mean']:.1f} % (max {g['loo_error']['max']:.1f} %); "
+              f"before the fit {g['error_start']['mean']:.1f} %")
+    print("fitted constants:")
+    for cls, values in res["constants"].items():
+        print(f"  {cls}: " + ", ".join(f"{k} = {v:.4g}" for k, v in values.items()))
+    for s_ in skipped:
+        print(f"skipped {s_['id']}: {s_['reason']}")
+    print(f"written: {out} (use it with --db FOLDER as FOLDER/calibration.toml, or [cluster] calibration = \"{out}\")")
+
+
 def cmd_hardware_list(args, db):
     rows = []
     for hw_id, r in db.accelerators.items():
@@ -199,17 +247,18 @@ def cmd_layout(args, db):
         else:
             print("  no feasible layout: more devices, more memory per device, or full recompute may help")
         return
-    head = (f"  {'#':>3} {'tp':>3} {'pp':>3} {'dp':>5} {'ep':>3} {'mb':>3} {'recompute':>9} {'il':>3} "
-            f"{'sp':>3} {'zero1':>5} {'MFU':>6} {'step s':>8} {'days':>7} {'mem GB':>7} {'t CO2e':>9}")
+    head = (f"  {'#':>3} {'tp':>3} {'pp':>3} {'cp':>3} {'dp':>5} {'ep':>3} {'etp':>3} {'mb':>3} {'recompute':>9} "
+            f"{'il':>3} {'sp':>3} {'zero':>4} {'MFU':>6} {'step s':>8} {'days':>7} {'mem GB':>7} {'t CO2e':>9}")
     print(head)
     yes = lambda flag: "yes" if flag else "no"  # noqa: E731
     for i, r in enumerate(res["layouts"], 1):
-        print(f"  {i:>3} {r['tp']:>3} {r['pp']:>3} {r['dp']:>5} {r['ep']:>3} {r['microbatch']:>3} "
-              f"{r['recompute']:>9} {r['interleave']:>3} {yes(r['sequence_parallel']):>3} "
-              f"{yes(r['shard_optimizer']):>5} {r['mfu']:>6.3f} {r['step_time_s']:>8.2f} "
+        print(f"  {i:>3} {r['tp']:>3} {r['pp']:>3} {r['cp']:>3} {r['dp']:>5} {r['ep']:>3} {r['etp']:>3} "
+              f"{r['microbatch']:>3} {r['recompute']:>9} {r['interleave']:>3} {yes(r['sequence_parallel']):>3} "
+              f"{r['zero_stage']:>4} {r['mfu']:>6.3f} {r['step_time_s']:>8.2f} "
               f"{r['train_days']:>7.1f} {r['memory_gb']:>7.1f} {r['total_tco2e']:>9.1f}")
-    print("  mb: micro-batch (sequences); il: virtual pipeline stages per device (interleaved 1F1B); "
-          "sp: sequence parallelism; zero1: optimizer states sharded over data parallel")
+    print("  cp: context parallel; mb: micro-batch (sequences); etp: expert tensor parallel; il: virtual pipeline "
+          "stages per device (interleaved 1F1B); sp: sequence parallelism; zero: ZeRO stage (1: optimizer states "
+          "sharded over data parallel, 2: and gradients, 3: and weights, FSDP)")
 
 
 def cmd_run(args, db):
@@ -335,6 +384,24 @@ def build_parser() -> argparse.ArgumentParser:
     lay.add_argument("--top", type=int, default=10, help="how many layouts to show (default 10)")
     lay.add_argument("--json", action="store_true", help="print one JSON object")
     lay.set_defaults(func=cmd_layout)
+
+    c = sub.add_parser("calibrate", help="fit the layout model's constants to your own measured runs",
+                       description="Fit the layout model's constants to measured runs (tokens/s per device, step "
+                                   "time, MFU or GPU-hours, each with its layout) by least squares on log "
+                                   "throughput through the JAX model (optax L-BFGS), print the fit, the residuals "
+                                   "and the leave-one-out errors, and write a calibration file. The runs file's "
+                                   "format: hardware_db/SCHEMA.md (throughput_runs_modern.toml is one).")
+    c.add_argument("runs", help="runs TOML file ([[run]] tables)")
+    c.add_argument("--fit", metavar="NAMES", help="comma-separated constants to fit (default: "
+                   "attention_eff, gemm_eff_fp8 per accelerator class; grouped_gemm_eff, overlap_eff, "
+                   "layer_latency_s, moe_layer_latency_s shared)")
+    c.add_argument("--out", metavar="FILE", default="calibration.toml",
+                   help="calibration file to write (default calibration.toml)")
+    c.add_argument("--force", action="store_true", help="replace --out if it exists")
+    c.add_argument("--no-loo", action="store_true", help="skip the leave-one-out refits (faster)")
+    c.add_argument("--json", action="store_true", help="print one JSON object (constants, rows, summary)")
+    c.add_argument("--quiet", action="store_true", help="no progress line on stderr")
+    c.set_defaults(func=cmd_calibrate)
 
     r = sub.add_parser("run", help="sweep a study's grid",
                        description="Evaluate a study's [grid] in chunks; write the grid, Pareto fronts, top-k, "

@@ -746,6 +746,8 @@ def run(spec, out=None, *, resume=False, chunk_size=None, scheduler=None, quiet=
     """
     db = db or hardware_db.load()
     study = spec if isinstance(spec, Study) else load_study(spec, db)
+    if study.base.get("calibration"):
+        db = db.with_calibration(study.base["calibration"])
     if study.options["kind"] == "validation":
         from .validate import run_validation
 

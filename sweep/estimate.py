@@ -34,7 +34,8 @@ FIGURE_SOURCE = {
     "pue": "regions.csv or [site]", "hbm_bytes": "accelerators.csv hbm_gb", "hbm_bw_bytes_s": "accelerators.csv hbm_bw_gbs",
     "intra_bw_bytes_s": "accelerators.csv intra_node_bw_gbs", "inter_bw_bytes_s": "accelerators.csv inter_node_bw_gbs",
 }
-LAYOUT_OUT = ("tp", "pp", "dp", "ep", "microbatch", "recompute", "interleave", "sequence_parallel", "shard_optimizer")
+LAYOUT_OUT = ("tp", "pp", "dp", "ep", "microbatch", "recompute", "interleave", "sequence_parallel", "shard_optimizer",
+              "cp", "etp", "zero_stage")
 
 
 def estimate(spec, db=None):
@@ -48,18 +49,25 @@ def evaluate(values: dict, db=None, *, file="<spec>", objective="co2e") -> dict:
     """Footprint of one run. ``values``: spec key → value (resolved or not). Returns JSON-ready outputs.
 
     ``mfu`` given: time from it, no layout model. Otherwise the layout model: with the spec's layout
-    if one is given, else the best layout for ``objective`` found by the layout optimiser.
+    when every layout key is given, else the best layout for ``objective`` among those that keep the
+    keys the spec gives (a partial layout: ``tp = 8, pp = 16`` fixes those two, the optimiser picks
+    the rest).
     """
     db = db or hardware_db.load()
     v = values if "layout_given" in values else resolve(file, values, db)
+    if v.get("calibration"):
+        db = db.with_calibration(v["calibration"])
     x = point_inputs(v, db)
     layout = {}
     if v.get("mfu") is not None:
         out = to_python(footprint_fn()(as_arrays(x), None))
-    elif v.get("layout_given"):
+    elif v.get("layout_complete"):
         cal = db_calibration(db, v["hardware"])
         out = to_python(footprint_fn()(as_arrays(x), cal))
         layout = {k: (v[k] if v.get(k) is not None else LAYOUT_DEFAULTS[k]) for k in LAYOUT_DEFAULTS}
+        layout["shard_optimizer"] = bool(x["shard_optimizer"])
+        layout["etp"] = layout["etp"] or layout["tp"]
+        layout["zero_stage"] = layout["zero_stage"] if layout["zero_stage"] is not None else int(x["shard_optimizer"])
     else:
         result = best_layouts(v, db, objective=objective, top=1)
         if result["layouts"]:
@@ -85,6 +93,7 @@ def evaluate(values: dict, db=None, *, file="<spec>", objective="co2e") -> dict:
     out["precision"] = v["precision"]
     out["embodied_method"] = v["embodied_method"]
     out["lifespan_years"] = v["lifespan_years"]
+    out["goodput"] = x["goodput"] if v.get("mfu") is None or v.get("goodput") is not None else 1.0
     out["carbon_intensity_kg_per_kwh"] = x["carbon_intensity_kg_per_kwh"]
     out["pue"] = x["pue"]
     needed = TOTAL_FIGURES + (LAYOUT_FIGURES if v.get("mfu") is None else ())

@@ -88,6 +88,7 @@ def hardware_row(db, hw_id: str, precision: str, method: str, host: str | None =
         "host_embodied_kgco2e": host_embodied_kgco2e(db, host_id, method),
         "material_kg_per_device": material_kg_per_device(db, hw_id),
         "bytes_per_value": float(hardware_db.BYTES_PER_VALUE[precision]),
+        "peak_bf16_flops": db.peak_tflops(hw_id, "bf16") * 1e12,  # the 16-bit work of an FP8 run
         "ssd_kgco2e_per_gb": _zero_if_nan(db.memory_kg_per_gb("ssd", "act" if method == "vendor_pcf" else method)),
     }
 
@@ -110,12 +111,19 @@ def site_row(db, v: dict) -> dict[str, float]:
     }
 
 
+def _flag(value) -> float:
+    """A spec value the kernels read as a number, NaN when not given (the kernel's default then)."""
+    return math.nan if value is None else float(value)
+
+
 def design_row(v: dict) -> dict[str, float]:
     """Model, training, cluster and lifecycle inputs from resolved spec values (NaN = not given)."""
     from .spec import LAYOUT_DEFAULTS, RECOMPUTE_CODE
 
     g = lambda k: _num(v.get(k))  # noqa: E731
     lay = {k: (v[k] if v.get(k) is not None else LAYOUT_DEFAULTS[k]) for k in LAYOUT_DEFAULTS}
+    if v.get("shard_optimizer") is None and v.get("zero_stage") is not None:
+        lay["shard_optimizer"] = v["zero_stage"] >= 1
     return {
         "layers": g("layers"), "d_model": g("d_model"), "heads": g("heads"), "kv_heads": g("kv_heads"),
         "head_dim": g("head_dim"), "d_ff": g("d_ff"),
@@ -131,7 +139,11 @@ def design_row(v: dict) -> dict[str, float]:
         "microbatch": float(lay["microbatch"]), "recompute": float(RECOMPUTE_CODE[lay["recompute"]]),
         "interleave": float(lay["interleave"]), "shard_optimizer": float(lay["shard_optimizer"]),
         "sequence_parallel": float(lay["sequence_parallel"]),
-        "flash_attention": float(bool(v.get("flash_attention"))),
+        "cp": float(lay["cp"]),
+        **{k: _flag(v.get(k)) for k in ("etp", "zero_stage", "overlap", "flash_attention", "moe_imbalance")},
+        "ep_overlap": float(bool(v.get("ep_overlap"))),
+        "dropout": float(v.get("dropout", True) is not False),
+        "goodput": float(v["goodput"]) if v.get("goodput") is not None else 1.0,
         "lifespan_years": g("lifespan_years"),
         "served_tokens_per_day": g("served_tokens_per_day"), "serving_days": g("serving_days"),
         "serve_batch": g("serve_batch"), "experiment_factor": g("experiment_factor"), "storage_tb": g("storage_tb"),

@@ -25,10 +25,19 @@ RECOMPUTE_NAME = {v: k for k, v in RECOMPUTE_CODE.items()}
 FIGURES = ("mfu", "hfu", "step_time_s", "train_days", "memory_gb", "energy_mwh", "total_tco2e")
 
 
+CONTEXT_PARALLEL = (1, 2, 4, 8, 16)
+LONG_SEQUENCE = 16384  # context parallelism is offered from this sequence length on (or when cp is given)
+
+
 def candidates(v: dict, x: dict) -> dict[str, np.ndarray]:
-    """Enumerated layouts for the design, restricted to the layout keys the spec gives."""
+    """Enumerated layouts for the design (context parallelism for long sequences, ZeRO stages 0-3,
+    experts tensor-split or not), restricted to the layout keys the spec gives: any key given fixes
+    that key, the optimiser picks the rest."""
+    cps = CONTEXT_PARALLEL if (v["seq_len"] >= LONG_SEQUENCE or v.get("cp") is not None) else (1,)
     cand = enumerate_layouts(int(v["devices"]), int(v["layers"]), int(v["heads"]), int(v["kv_heads"]),
-                             int(v["experts"]), int(v["global_batch"]), int(x["devices_per_node"]))
+                             int(v["experts"]), int(v["global_batch"]), int(x["devices_per_node"]),
+                             seq_len=int(v["seq_len"]), context_parallel=cps, zero_stages=(0, 1, 2, 3),
+                             expert_tp=True)
     cand.pop("devices", None)
     keep = np.ones(len(cand["tp"]), bool)
     for k in LAYOUT_KEYS:
@@ -40,6 +49,8 @@ def candidates(v: dict, x: dict) -> dict[str, np.ndarray]:
 
 def evaluate_layouts(v: dict, db) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(layouts, outputs): the chain over every candidate layout, as 1-D arrays."""
+    if v.get("calibration"):
+        db = db.with_calibration(v["calibration"])
     x = point_inputs(v, db)
     cand = candidates(v, x)
     xx = {k: np.asarray(val, np.float64) for k, val in x.items()}
@@ -66,7 +77,7 @@ def best_layouts(v: dict, db, *, objective: str = "co2e", top: int = 10) -> dict
     order = ranking(reason, out[key], tiebreak=out["train_days"])[:top]  # ties broken by time
     layouts = []
     for i in order:
-        row = {k: int(cand[k][i]) for k in ("tp", "pp", "ep", "microbatch", "interleave")}
+        row = {k: int(cand[k][i]) for k in ("tp", "pp", "cp", "ep", "etp", "microbatch", "interleave", "zero_stage")}
         row["dp"] = int(out["dp"][i])
         row["recompute"] = RECOMPUTE_NAME[int(cand["recompute"][i])]
         row["shard_optimizer"] = bool(cand["shard_optimizer"][i])

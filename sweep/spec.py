@@ -71,6 +71,8 @@ KEYS: dict[str, Key] = {
     "first_dense_layers": _k("model", INT, 0, "leading dense layers before the MoE pattern", minimum=0),
     "shared_experts": _k("model", INT, 0, "always-active experts per MoE layer", minimum=0),
     "expert_d_ff": _k("model", INT, None, "FFN width of one expert; default = d_ff", positive=True),
+    "dropout": _k("model", BOOL, True, "trained with dropout (Megatron GPT): its masks are kept for the "
+                  "backward pass; false for Llama-style models"),
     "params": _k("model", NUM, None, "total parameters, for a model known only by size", positive=True),
     "active_params": _k("model", NUM, None, "parameters active per token (default = params)", positive=True),
     # [training]
@@ -98,8 +100,27 @@ KEYS: dict[str, Key] = {
     "interleave": _k("cluster", INT, None, "virtual pipeline stages per device (1 = plain 1F1B)", positive=True),
     "shard_optimizer": _k("cluster", BOOL, None, "shard optimizer states over data parallel (ZeRO-1)"),
     "sequence_parallel": _k("cluster", BOOL, None, "sequence parallelism alongside tensor parallelism"),
-    "flash_attention": _k("cluster", BOOL, False, "fused attention (no s² softmax traffic or activations); "
-                          "off by default, as in the calibration runs (Megatron-LM 2021-22)"),
+    "cp": _k("cluster", INT, None, "context-parallel degree: each sequence split over cp devices (ring attention)",
+             positive=True),
+    "etp": _k("cluster", INT, None, "expert tensor-parallel degree (default: tp; 1 = experts not tensor-split)",
+              positive=True),
+    "zero_stage": _k("cluster", INT, None, "ZeRO stage: 0 none, 1 optimizer states sharded over data parallel "
+                     "(= shard_optimizer), 2 + gradients, 3 + weights (FSDP)", minimum=0, maximum=3),
+    "overlap": _k("cluster", BOOL, None, "communication hidden under compute as Megatron-core / FSDP2 do (DP "
+                  "reduce-scatter and all-gather, TP collectives); default: the accelerator class's "
+                  "(hardware_db/calibration.toml: off for A100, on for H100 and later)"),
+    "ep_overlap": _k("cluster", BOOL, False, "expert all-to-all hidden under another micro-batch's compute "
+                     "(DeepSeek-V3 DualPipe, Megatron-core MoE overlap)"),
+    "moe_imbalance": _k("cluster", NUM, None, "busiest device's expert load over the mean (default: the "
+                        "calibrated 1.25; 1 = balanced routing)", minimum=1.0),
+    "goodput": _k("cluster", NUM, None, "productive fraction of the booked wall-clock (failures, restarts, "
+                  "checkpoints lost); default hardware_db/defaults.toml goodput when the layout model sets the "
+                  "time, 1 when mfu is given", positive=True, maximum=1.0),
+    "calibration": _k("cluster", STR, None, "a calibration TOML (carbon-sweep calibrate writes one) whose "
+                      "constants replace the packaged ones; a path relative to the spec file"),
+    "flash_attention": _k("cluster", BOOL, None, "fused attention (no s² softmax traffic or activations); "
+                          "default: the accelerator class's (off for A100, as in its calibration runs, Megatron-LM "
+                          "2021-22; on for H100 and later)"),
     # [site]
     "region": _k("site", STR, None, "region id (carbon-sweep regions list)"),
     "carbon_intensity": _k("site", NUM, None, "grid carbon intensity, kg CO2e/kWh", minimum=0.0,
@@ -123,9 +144,12 @@ KEYS: dict[str, Key] = {
     "law": _k("quality", STR, "chinchilla", "scaling law for the predicted loss (ids in hardware_db/scaling_laws.toml)"),
 }
 SECTIONS = ("model", "training", "cluster", "site", "lifecycle", "quality")
-LAYOUT_KEYS = ("tp", "pp", "ep", "microbatch", "recompute", "interleave", "shard_optimizer", "sequence_parallel")
+LAYOUT_KEYS = ("tp", "pp", "ep", "microbatch", "recompute", "interleave", "shard_optimizer", "sequence_parallel",
+               "cp", "etp", "zero_stage")
 LAYOUT_DEFAULTS = {"tp": 1, "pp": 1, "ep": 1, "microbatch": 1, "recompute": "selective", "interleave": 1,
-                   "shard_optimizer": True, "sequence_parallel": True}
+                   "shard_optimizer": True, "sequence_parallel": True, "cp": 1, "etp": None, "zero_stage": None}
+# layout keys the search enumerates (the others are settings: none given = the class default)
+SEARCHED_LAYOUT_KEYS = LAYOUT_KEYS
 RECOMPUTE_CODE = {"none": 0, "selective": 1, "full": 2}
 # what a layout is chosen for ([study] objective, --objective), and the output it minimises
 OBJECTIVE_OUTPUT = {"co2e": "total_tco2e", "time": "train_days", "energy": "energy_mwh"}
@@ -275,6 +299,18 @@ def resolve(file, flat: dict[str, Any], db, *, where: dict[str, str] | None = No
 
     layout_given = any(v[k] is not None for k in LAYOUT_KEYS)
     v["layout_given"] = layout_given
+    v["layout_complete"] = all(v[k] is not None for k in LAYOUT_KEYS if k not in ("etp", "zero_stage", "cp"))
+    if v["cp"] is not None and v["seq_len"] is not None and v["seq_len"] % v["cp"] and not grid_keys & {"cp", "seq_len"}:
+        raise err("cp", f"({v['cp']}) must divide seq_len ({v['seq_len']}): each device holds seq_len/cp tokens")
+    if (v["zero_stage"] is not None and v["shard_optimizer"] is not None
+            and bool(v["zero_stage"] >= 1) != bool(v["shard_optimizer"])):
+        raise err("zero_stage", f"({v['zero_stage']}) contradicts shard_optimizer = "
+                  f"{str(v['shard_optimizer']).lower()} (ZeRO stage 1 and above shard the optimizer states)")
+    if v["etp"] is not None and v["experts"] is not None and v["experts"] <= 1 and not grid_keys & {"experts"}:
+        raise err("etp", "applies to mixture-of-experts models only (experts > 1)")
+    v["goodput"] = resolved_goodput(v, db, mfu_given=v["mfu"] is not None or "mfu" in grid_keys)
+    if v["calibration"] is not None:
+        v["calibration"] = str(calibration_path(file, v["calibration"], sec("calibration")))
     if v["mfu"] is None and sized and not _has_arch(v):
         raise err("mfu", "is required when the model is given by params only (the layout model needs the architecture)")
     if v["mfu"] is None and v["global_batch"] is None:
@@ -292,6 +328,28 @@ def resolve(file, flat: dict[str, Any], db, *, where: dict[str, str] | None = No
         raise err("region", f"unknown region '{v['region']}'{closest(v['region'], db.regions)} "
                   "(see: carbon-sweep regions list)")
     return v
+
+
+def resolved_goodput(v: dict, db, mfu_given: bool) -> float:
+    """The run's goodput: given, else 1 when the MFU is given (a measured MFU already averages the
+    booked time), else the cited default (hardware_db/defaults.toml goodput)."""
+    if v.get("goodput") is not None:
+        return float(v["goodput"])
+    return 1.0 if mfu_given else float(db.default("goodput"))
+
+
+def calibration_path(file, value: str, section: str) -> Path:
+    """A [cluster] calibration file, relative to the spec's folder, checked to exist and parse."""
+    path = Path(value)
+    if not path.is_absolute() and isinstance(file, (str, Path)) and str(file) != "<spec>":
+        path = Path(file).parent / path
+    if not path.is_file():
+        raise SpecError(file, section, "calibration", f"'{value}': no such file ({path})")
+    doc = read_toml(path)
+    if not isinstance(doc, dict) or not any(isinstance(t, dict) for t in doc.values()):
+        raise SpecError(file, section, "calibration", f"'{value}': no calibration tables (write one with "
+                        "carbon-sweep calibrate)")
+    return path
 
 
 def _has_arch(v) -> bool:

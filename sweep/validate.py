@@ -6,7 +6,8 @@ Rows: {case, quantity, unit, predicted, published, error_pct, source}; error_pct
   (FLOPs from the architecture where published, reported FLOPs otherwise) against the actual tCO2e.
 - XLM embodied carbon (LLMCarbon method, 20.4 days of a 5-year life) against the published 0.66 t.
 - From FLOPs to Footprints GPU counts (exact).
-- Layout-model rows (iteration time, TFLOP/s per GPU) from sweep.validate_layout, when present.
+- Layout-model rows (iteration time, TFLOP/s per GPU) from sweep.validate_layout, when present, and
+  the modern set (tokens/s per GPU or MFU of H100/B200/GB200-era runs, dense and MoE).
 """
 
 from __future__ import annotations
@@ -92,10 +93,10 @@ def gpu_rows(db) -> list[dict]:
 
 def layout_rows(db) -> list[dict]:
     try:
-        from .validate_layout import layout_validation_rows
+        from .validate_layout import layout_validation_rows, modern_validation_rows
     except ImportError:
         return []
-    return layout_validation_rows(db)
+    return layout_validation_rows(db) + modern_validation_rows(db)
 
 
 def validation_rows(db=None) -> list[dict]:

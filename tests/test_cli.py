@@ -229,9 +229,9 @@ def test_layout_table_shows_every_choice_that_tells_layouts_apart(tmp_path, caps
     code, out, _ = cli(capsys, "layout", write(tmp_path, GOOD.replace("mfu = 0.45\n", "")), "--top", "40")
     assert code == 0
     rows = [ln.split() for ln in out.splitlines() if ln.split() and ln.split()[0].isdigit()]
-    assert len(rows) == 40 and "sp" in out and "zero1" in out
-    layout_columns = [tuple(r[1:11]) for r in rows]  # tp pp dp ep mb recompute il sp zero1 (and MFU)
-    assert len(set(c[:9] for c in layout_columns)) == len(rows)
+    assert len(rows) == 40 and "sp" in out and "zero" in out
+    layout_columns = [tuple(r[1:13]) for r in rows]  # tp pp cp dp ep etp mb recompute il sp zero (and MFU)
+    assert len(set(c[:11] for c in layout_columns)) == len(rows)
 
 
 def test_hardware_and_regions_lists(capsys):

@@ -1,0 +1,267 @@
+"""Issue 17: throughput and memory for today's runs (H100/H200/B200/GB200, FP8, MoE with expert
+parallelism, ZeRO/FSDP, context parallelism, uneven pipelines), calibrated on a modern public set
+and on a user's own runs, and the goodput that turns ideal step time into booked device-hours."""
+
+import json
+import math
+from dataclasses import replace
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import hardware_db
+from sweep.calibrate import FITTABLE, batch, fit, load_runs, packaged_constants, packaged_predictions, predict
+from sweep.cli import main
+from sweep.estimate import evaluate
+from sweep.layouts import best_layouts
+from sweep.spec import load_estimate, resolve
+from sweep.validate_layout import layout_validation_rows
+
+HERE = Path(hardware_db.__file__).parent
+LLAMA_405B = {
+    "layers": 126, "d_model": 16384, "heads": 128, "kv_heads": 8, "d_ff": 53248, "ffn": "swiglu", "vocab": 128256,
+    "seq_len": 8192, "dropout": False, "tokens": 15.6e12, "global_batch": 2048, "hardware": "h100-sxm5-80gb",
+    "region": "us",
+}
+DEEPSEEK_V3_LIKE = {  # 61 layers (3 dense), 256 routed experts top-8 + 1 shared, MLA read as 128 heads × 128
+    "layers": 61, "d_model": 7168, "heads": 128, "kv_heads": 128, "head_dim": 128, "d_ff": 18432, "ffn": "swiglu",
+    "vocab": 129280, "seq_len": 4096, "dropout": False, "experts": 256, "top_k": 8, "shared_experts": 1,
+    "expert_d_ff": 2048, "first_dense_layers": 3, "tokens": 14.8e12, "global_batch": 15360,
+    "hardware": "h800-sxm5-80gb", "devices": 2048, "region": "cn", "precision": "fp8",
+}
+
+
+@pytest.fixture(scope="module")
+def db():
+    return hardware_db.load()
+
+
+@pytest.fixture(scope="module")
+def modern(db):
+    doc = tomllib.loads((HERE / "throughput_runs_modern.toml").read_text())
+    return doc, *load_runs(doc, db, "throughput_runs_modern.toml")
+
+
+def test_modern_set_has_25_or_more_cited_runs_dense_and_moe_bf16_and_fp8_on_three_gpu_generations(modern):
+    doc, runs, _ = modern
+    rows = doc["run"]
+    assert len(runs) >= 25
+    assert all(r.get("source") and r.get("licence") for r in rows)
+    assert all(r["peak_ref"] in ("bf16_dense", "fp8_dense", "none") for r in rows)
+    assert {r.kind for r in runs} == {"dense", "moe"} and {r.precision for r in runs} == {"bf16", "fp8"}
+    hardware = {r.hardware for r in runs}
+    assert {"h100-sxm5-80gb", "b200-sxm-180gb", "gb200-nvl72"} <= hardware
+
+
+def test_every_modern_run_is_feasible_with_its_published_layout(db, modern):
+    _, runs, _ = modern
+    rows = packaged_predictions(db, runs)
+    assert [r["id"] for r in rows if not r["feasible"]] == []
+
+
+def test_every_a100_run_stays_feasible_and_accurate(db):
+    rows = layout_validation_rows(db)
+    assert all(r["feasible"] for r in rows)
+    for quantity in ("iteration_time_s", "tflops_per_device"):
+        err = [abs(r["error_pct"]) for r in rows if r["quantity"] == quantity]
+        assert np.mean(err) <= 4.0 and max(err) <= 10.0
+
+
+def test_modern_set_error_with_packaged_constants_is_bounded(db, modern):
+    # Regression bounds, not the issue's targets (mean <= 10 %, max <= 25 %): the dense runs meet
+    # the mean target; the MoE runs do not yet (README: Accuracy)
+    _, runs, _ = modern
+    rows = packaged_predictions(db, runs)
+    for kind, mean_bound in (("dense", 10.0), ("moe", 30.0)):
+        err = [abs(r["error_pct"]) for r in rows if r["kind"] == kind]
+        assert np.mean(err) <= mean_bound, (kind, np.mean(err))
+
+
+def _synthetic_runs(db, modern, truth):
+    """The modern runs with their published value replaced by the model's own prediction under known
+    constants: a fit must recover them."""
+    _, runs, _ = modern
+    runs = [r for r in runs if r.cls == "h100"][:12]
+    b = batch(runs)
+    cal = {k: np.asarray(v) for k, v in packaged_constants(db, runs).items()}
+    for k, v in truth.items():
+        cal[k] = np.full_like(cal[k], v)
+    pred = np.asarray(predict(b, cal)[0])
+    return [replace(r, published=float(p)) for r, p in zip(runs, pred)]
+
+
+def test_calibrate_recovers_constants_the_runs_were_made_with(db, modern):
+    truth = {"gemm_eff_fp8": 0.55, "overlap_eff": 0.7}
+    runs = _synthetic_runs(db, modern, truth)
+    res = fit(db, runs, constants=tuple(truth), shared=("overlap_eff",), leave_one_out=True)
+    got = res["constants"]["h100"]
+    assert got["gemm_eff_fp8"] == pytest.approx(0.55, abs=0.01)
+    assert res["summary"]["all"]["error"]["mean"] < 0.5
+    assert res["summary"]["all"]["loo_error"]["mean"] < 1.0  # held-out runs predicted as well
+
+
+def test_fittable_constants_are_fractions_or_seconds():
+    assert set(FITTABLE.values()) == {"fraction", "seconds"}
+
+
+def test_layout_finds_feasible_layouts_for_llama31_405b_on_8192_and_16384_h100(db):
+    for devices in (8192, 16384):
+        v = load_estimate_dict({**LLAMA_405B, "devices": devices}, db)
+        res = best_layouts(v, db, top=3)
+        assert res["feasible"] > 0 and res["layouts"], devices
+        assert res["layouts"][0]["mfu"] > 0.2
+
+
+def test_layout_finds_feasible_layouts_for_a_deepseek_v3_like_moe_on_2048_h800(db):
+    v = load_estimate_dict(DEEPSEEK_V3_LIKE, db)
+    res = best_layouts(v, db, top=3)
+    assert res["feasible"] > 0 and res["layouts"]
+
+
+def test_metas_405b_layout_is_feasible_tp8_pp16_with_kv_heads_replicated_uneven_stages(db):
+    # 126 layers on 16 stages (7 on the end stages, 8 between) and 8 KV heads at TP 8: Meta's layout
+    out = evaluate({**LLAMA_405B, "devices": 16384, "tp": 8, "pp": 16}, db)
+    assert out["reason"] == 0 and out["tp"] == 8 and out["pp"] == 16
+    assert out["memory_gb"] < 80.0
+
+
+def test_partial_layout_fixes_the_given_keys_and_optimises_the_rest(db):
+    fixed_rest = evaluate({**LLAMA_405B, "devices": 16384, "tp": 8, "pp": 16, "microbatch": 1, "recompute": "full",
+                           "interleave": 1, "shard_optimizer": True, "sequence_parallel": True, "ep": 1}, db)
+    partial = evaluate({**LLAMA_405B, "devices": 16384, "tp": 8, "pp": 16}, db)
+    assert (partial["tp"], partial["pp"]) == (8, 16)
+    assert partial["step_time_s"] <= fixed_rest["step_time_s"]  # the optimiser's pick is never worse
+
+
+def test_goodput_turns_ideal_time_into_booked_time_by_hand(db):
+    base = {"params": 7e9, "tokens": 1e12, "hardware": "h100-sxm5-80gb", "devices": 1024, "mfu": 0.4,
+            "carbon_intensity": 0.4, "pue": 1.2}
+    ideal = evaluate(base, db)
+    booked = evaluate({**base, "goodput": 0.8}, db)
+    # hand: 6 × 7e9 × 1e12 FLOP / (1024 × 989.5e12 FLOP/s × 0.4) = 103,621 s ideal; / 0.8 booked
+    seconds = 6 * 7e9 * 1e12 / (1024 * 989.5e12 * 0.4)
+    assert ideal["train_days"] == pytest.approx(seconds / 86400, rel=1e-9)
+    assert booked["train_days"] == pytest.approx(seconds / 0.8 / 86400, rel=1e-9)
+    assert booked["energy_mwh"] == pytest.approx(ideal["energy_mwh"] / 0.8, rel=1e-9)
+    assert booked["tokens_per_s"] == pytest.approx(ideal["tokens_per_s"], rel=1e-12)  # productive throughput
+
+
+def test_goodput_default_applies_when_the_layout_model_sets_the_time(db):
+    spec = {**LLAMA_405B, "devices": 16384, "tp": 8, "pp": 16, "microbatch": 1, "recompute": "selective",
+            "interleave": 4, "shard_optimizer": True, "sequence_parallel": True, "ep": 1}
+    default = evaluate(spec, db)
+    one = evaluate({**spec, "goodput": 1.0}, db)
+    assert default["goodput"] == pytest.approx(db.default("goodput"))
+    assert default["train_days"] == pytest.approx(one["train_days"] / db.default("goodput"), rel=1e-9)
+
+
+def load_estimate_dict(values, db):
+    return resolve("<spec>", values, db)
+
+
+SPEC = """
+[model]
+layers = 32
+d_model = 4096
+heads = 32
+kv_heads = 8
+d_ff = 14336
+ffn = "swiglu"
+vocab = 128256
+seq_len = 8192
+[training]
+tokens = 1e12
+global_batch = 512
+precision = "{precision}"
+[cluster]
+hardware = "{hardware}"
+devices = 64
+{extra}
+[site]
+region = "us"
+"""
+
+
+def _spec(tmp_path, precision="bf16", hardware="h100-sxm5-80gb", extra=""):
+    path = tmp_path / "run.toml"
+    path.write_text(SPEC.format(precision=precision, hardware=hardware, extra=extra))
+    return path
+
+
+@pytest.mark.parametrize("extra,key", [("goodput = -0.5", "goodput"), ("goodput = 1.5", "goodput"),
+                                      ("cp = 3", "cp"), ("zero_stage = 4", "zero_stage"),
+                                      ("zero_stage = 0\nshard_optimizer = true", "zero_stage")])
+def test_bad_new_keys_are_spec_errors_naming_the_key(tmp_path, capsys, extra, key):
+    code = main(["estimate", str(_spec(tmp_path, extra=extra))])
+    err = capsys.readouterr().err
+    assert code == 2 and f"[cluster] {key}" in err and "Traceback" not in err
+
+
+def test_fp8_on_hardware_without_an_fp8_peak_is_a_spec_error(tmp_path, capsys):
+    code = main(["estimate", str(_spec(tmp_path, precision="fp8", hardware="a100-sxm4-80gb"))])
+    err = capsys.readouterr().err
+    assert code == 2 and "precision" in err and "fp8" in err
+
+
+RUNS = """
+[[run]]
+id = "a"
+source = "test"
+hardware = "h100-sxm5-80gb"
+precision = "fp8"
+framework = "NeMo"
+published_tokens_per_s_per_device = {a}
+model = {{ layers = 32, d_model = 4096, heads = 32, kv_heads = 8, head_dim = 128, d_ff = 14336, ffn = "swiglu", vocab = 128256, seq_len = 8192 }}
+layout = {{ devices = 8, tp = 1, pp = 1, cp = 1, vp = 1, ep = 1, microbatch = 1, global_batch = 128, recompute = "none", distributed_optimizer = true, fsdp = false }}
+
+[[run]]
+id = "b"
+source = "test"
+hardware = "h100-sxm5-80gb"
+precision = "fp8"
+framework = "NeMo"
+published_tokens_per_s_per_device = {b}
+model = {{ layers = 80, d_model = 8192, heads = 64, kv_heads = 8, head_dim = 128, d_ff = 28672, ffn = "swiglu", vocab = 128256, seq_len = 8192 }}
+layout = {{ devices = 64, tp = 4, pp = 4, cp = 1, vp = 5, ep = 1, microbatch = 1, global_batch = 128, recompute = "none", distributed_optimizer = true, fsdp = false }}
+"""
+
+
+def test_calibrate_command_writes_a_file_that_spec_and_db_folder_both_use(tmp_path, capsys, db):
+    runs = tmp_path / "runs.toml"
+    runs.write_text(RUNS.format(a=9000.0, b=1100.0))
+    out = tmp_path / "cal" / "calibration.toml"
+    out.parent.mkdir()
+    code = main(["calibrate", str(runs), "--fit", "gemm_eff_fp8", "--no-loo", "--out", str(out), "--json", "--quiet"])
+    res = json.loads(capsys.readouterr().out)
+    assert code == 0 and out.exists() and res["written"] == str(out)
+    fitted = res["constants"]["h100"]["gemm_eff_fp8"]
+    assert tomllib.loads(out.read_text())["class"]["h100"]["gemm_eff_fp8"]["value"] == pytest.approx(fitted)
+    spec = _spec(tmp_path, precision="fp8", extra=f'calibration = "{out}"')
+    with_spec = evaluate(load_estimate(spec, db), db, file=spec)
+    with_db = evaluate(load_estimate(_spec(tmp_path, precision="fp8"), db), hardware_db.load(out.parent))
+    packaged = evaluate(load_estimate(_spec(tmp_path, precision="fp8"), db), db)
+    assert with_spec["mfu"] == pytest.approx(with_db["mfu"], rel=1e-12)
+    assert with_spec["mfu"] != pytest.approx(packaged["mfu"], rel=1e-3)
+
+
+def test_calibrate_refuses_to_overwrite_and_names_bad_runs(tmp_path, capsys):
+    runs = tmp_path / "runs.toml"
+    runs.write_text(RUNS.format(a=9000.0, b=-3.0))
+    out = tmp_path / "c.toml"
+    assert main(["calibrate", str(runs), "--out", str(out), "--no-loo"]) == 2
+    err = capsys.readouterr().err
+    assert "run 2 (b)" in err and "published_tokens_per_s_per_device" in err and not out.exists()
+    out.write_text("x = 1\n")
+    runs.write_text(RUNS.format(a=9000.0, b=1100.0))
+    assert main(["calibrate", str(runs), "--out", str(out), "--no-loo"]) == 2
+    assert "--force" in capsys.readouterr().err
+
+
+def test_validate_shows_the_modern_rows(db):
+    from sweep.validate import validation_rows
+
+    rows = validation_rows(db)
+    modern = [r for r in rows if r["case"].endswith(("(dense)", "(moe)"))]
+    assert len(modern) >= 25 and all(math.isfinite(r["error_pct"]) for r in modern)
