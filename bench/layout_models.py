@@ -351,8 +351,8 @@ def step_python(p: dict, lay: dict, cal: dict) -> dict:
     edp = max(tp * cp * dp_int / (etp * ep), 1.0)
 
     def reduce(p_, n, link):
-        if zero >= 1:
-            return allgather(p_ * gb, n, link) + (0.0 if zero >= 3 else allgather(p_ * w_b, n, link))
+        if zero >= 1:  # gradients reduce-scattered after every micro-batch with ZeRO-2/3
+            return allgather(p_ * gb, n, link) * (m if zero >= 2 else 1.0) + (0.0 if zero >= 3 else allgather(p_ * w_b, n, link))
         return allreduce(p_ * gb, n, link)
 
     t_dp = reduce(p_nonexp, D, ring_bw(D, tp)) + reduce(p_exp, edp, ring_bw(edp, etp * ep))
@@ -451,7 +451,7 @@ def step_numpy(p: dict, lay: dict, cal: dict) -> dict:
     devices, tp, pp, ep = w["devices"], w["tp"], w["pp"], w["ep"]
     def opt(key, default):  # an optional layout input: absent or NaN = not given
         value = w.get(key)
-        return np.broadcast_to(np.asarray(default, dt), np.shape(tp)) if value is None else \
+        return np.asarray(default, dt) + np.zeros_like(tp) if value is None else \
             np.where(np.isfinite(value), value, default)
 
     cp = opt("cp", one)
@@ -651,7 +651,8 @@ def step_numpy(p: dict, lay: dict, cal: dict) -> dict:
         edp = np.maximum(tp * cp * dp_int / (etp * ep), one)
 
         def reduce(p_, n, lk):
-            rs_ag = allgather(p_ * gb, n, lk) + np.where(zero >= 3, zero_, allgather(p_ * w_b, n, lk))
+            rs_ag = (allgather(p_ * gb, n, lk) * np.where(zero >= 2, m, one)
+                     + np.where(zero >= 3, zero_, allgather(p_ * w_b, n, lk)))
             return np.where(zero >= 1, rs_ag, allreduce(p_ * gb, n, lk))
 
         bw_d, bw_e = ring_bw(D, tp), ring_bw(edp, etp * ep)

@@ -196,9 +196,12 @@ def _outputs(params, active, train_flops, mfu, seconds, per_token, hours, device
 # NumPy, broadcast arrays
 
 
+OPTIONAL_INPUTS = ("goodput",)  # read when present (default 1)
+
+
 def footprint_numpy(x: dict) -> dict:
     """The fixed-layout chain over broadcast NumPy arrays, in the inputs' float dtype (gpus in float64)."""
-    arrs = {k: np.asarray(x[k]) for k in FIXED_CHAIN_INPUTS}
+    arrs = {k: np.asarray(x[k]) for k in FIXED_CHAIN_INPUTS + tuple(k for k in OPTIONAL_INPUTS if k in x)}
     dt = np.result_type(*[a.dtype for a in arrs.values()], np.float32)
     a = {k: v.astype(dt, copy=False) for k, v in arrs.items()}
     layers, d, heads, kv, hd = a["layers"], a["d_model"], a["heads"], a["kv_heads"], a["head_dim"]

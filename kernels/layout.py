@@ -652,9 +652,12 @@ def step(design: Mapping, hw: Mapping, layout: Mapping, cal: Mapping) -> dict:
     bw_edp = group_bandwidth(edp, etp * ep, node, intra, inter)
 
     def dp_comm(p, n, link):
-        """ZeRO 0: all-reduce of gradients; 1-2: reduce-scatter of gradients + all-gather of the
-        updated 16-bit weights; 3: reduce-scatter only (weights are gathered per micro-batch)."""
-        rs_ag = allgather_time(p * gb, n, link, cal) + jnp.where(zero >= 3, 0.0, allgather_time(p * w_b, n, link, cal))
+        """ZeRO 0: all-reduce of gradients; 1: reduce-scatter of gradients + all-gather of the
+        updated weights; 2: the same, the gradients reduce-scattered after every micro-batch (they are
+        not kept whole to accumulate); 3: reduce-scatter after every micro-batch only (the weights are
+        gathered per micro-batch; DeepSpeed ZeRO-2/3, PyTorch FSDP with gradient accumulation)."""
+        rs = allgather_time(p * gb, n, link, cal) * jnp.where(zero >= 2, m, 1.0)
+        rs_ag = rs + jnp.where(zero >= 3, 0.0, allgather_time(p * w_b, n, link, cal))
         return jnp.where(zero >= 1, rs_ag, allreduce_time(p * gb, n, link, cal))
 
     t_dp = dp_comm(p_nonexp, D, bw_dp) + dp_comm(p_exp, edp, bw_edp)

@@ -25,21 +25,27 @@ RECOMPUTE_NAME = {v: k for k, v in RECOMPUTE_CODE.items()}
 FIGURES = ("mfu", "hfu", "step_time_s", "train_days", "memory_gb", "energy_mwh", "total_tco2e")
 
 
-CONTEXT_PARALLEL = (1, 2, 4, 8, 16)
-LONG_SEQUENCE = 16384  # context parallelism is offered from this sequence length on (or when cp is given)
-
-
 def candidates(v: dict, x: dict) -> dict[str, np.ndarray]:
-    """Enumerated layouts for the design (context parallelism for long sequences, ZeRO stages 0-3,
-    experts tensor-split or not), restricted to the layout keys the spec gives: any key given fixes
-    that key, the optimiser picks the rest."""
-    cps = CONTEXT_PARALLEL if (v["seq_len"] >= LONG_SEQUENCE or v.get("cp") is not None) else (1,)
+    """Enumerated layouts for the design, restricted to the layout keys the spec gives: any key
+    given fixes that key, the optimiser picks the rest. The enumeration is the sweep's best-layout
+    grid's (kernels.layout.enumerate_layouts), so estimate, layout and run choose among the same
+    layouts; context parallelism, a ZeRO stage other than 0/1 and expert tensor parallelism are
+    searched at the values the spec gives."""
+    extended = {}
+    if v.get("cp") is not None:
+        extended.update(seq_len=int(v["seq_len"]), context_parallel=(int(v["cp"]),))
+    if v.get("zero_stage") is not None:
+        extended["zero_stages"] = (int(v["zero_stage"]),)
+    if v.get("etp") is not None:
+        extended["expert_tp"] = True
     cand = enumerate_layouts(int(v["devices"]), int(v["layers"]), int(v["heads"]), int(v["kv_heads"]),
-                             int(v["experts"]), int(v["global_batch"]), int(x["devices_per_node"]),
-                             seq_len=int(v["seq_len"]), context_parallel=cps, zero_stages=(0, 1, 2, 3),
-                             expert_tp=True)
+                             int(v["experts"]), int(v["global_batch"]), int(x["devices_per_node"]), **extended)
     cand.pop("devices", None)
-    keep = np.ones(len(cand["tp"]), bool)
+    n = len(cand["tp"])
+    cand.setdefault("cp", np.full(n, int(v.get("cp") or 1)))
+    cand.setdefault("etp", cand["tp"].copy())
+    cand.setdefault("zero_stage", cand["shard_optimizer"].copy())
+    keep = np.ones(n, bool)
     for k in LAYOUT_KEYS:
         if v.get(k) is not None:
             want = RECOMPUTE_CODE[v[k]] if k == "recompute" else int(v[k])
