@@ -21,6 +21,7 @@ Writes bench/out/search_quality.json and prints a markdown table.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -147,8 +148,7 @@ def main(argv=None):
     mo_doc = json.loads(json.dumps(study.doc))
     mo_doc["search"] = {**mo_doc.get("search", {}), "objectives": ["loss", opts.objectives[0]],
                         "constraints": [c.text for c in opts.constraints if c.name != "loss"]}
-    mo_study = load_study(mo_doc, db)
-    mo_study.file = study.file
+    mo_study = dataclasses.replace(load_study(mo_doc, db), file=study.file)
     multi = []
     for seed in range(args.seeds):
         t = time.perf_counter()

@@ -21,14 +21,11 @@ on every path, one compiled shape per call) best read in one file.
 from __future__ import annotations
 
 import functools
-import json
 import math
-import os
-import re
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import jax

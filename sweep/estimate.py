@@ -12,6 +12,7 @@ import hardware_db
 from kernels.design import loss_terms
 from kernels.footprint import OUTPUTS
 from kernels.materials import material_kg
+from kernels.selection import LAYOUT_FIELDS
 
 from .calibration import calibration_for
 from .compiled import design_terms_fn, footprint_fn
@@ -34,8 +35,9 @@ FIGURE_SOURCE = {
     "pue": "regions.csv or [site]", "hbm_bytes": "accelerators.csv hbm_gb", "hbm_bw_bytes_s": "accelerators.csv hbm_bw_gbs",
     "intra_bw_bytes_s": "accelerators.csv intra_node_bw_gbs", "inter_bw_bytes_s": "accelerators.csv inter_node_bw_gbs",
 }
-LAYOUT_OUT = ("tp", "pp", "dp", "ep", "microbatch", "recompute", "interleave", "sequence_parallel", "shard_optimizer",
-              "cp", "etp", "zero_stage")
+# the layout estimate reports: its fields, with the data-parallel degree after tp and pp, and the
+# settings a search keeps at the spec's values (context and expert tensor parallelism, ZeRO stage)
+LAYOUT_OUT = LAYOUT_FIELDS[:2] + ("dp",) + LAYOUT_FIELDS[2:] + ("cp", "etp", "zero_stage")
 
 
 def estimate(spec, db=None):

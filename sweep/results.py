@@ -9,6 +9,7 @@ comes from ``run()`` in memory or from a folder: ``summary`` is the study.json d
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import json
 import math
@@ -57,13 +58,19 @@ def front_objectives(res: SweepResult) -> dict[str, list[str]]:
 
 def versions() -> dict:
     """Versions of the packages a result depends on (None when not installed)."""
+    return dict(_installed_versions())
+
+
+@functools.cache
+def _installed_versions() -> tuple:
+    """(package, version) pairs, looked up once a process (each lookup reads package metadata)."""
     out = {}
     for pkg in ("carbon-sweep", "jax", "numpy", "xarray", "optuna"):
         try:
             out[pkg] = importlib.metadata.version(pkg)
         except importlib.metadata.PackageNotFoundError:
             out[pkg] = None
-    return out
+    return tuple(out.items())
 
 
 def to_python(out: dict) -> dict:
@@ -208,13 +215,20 @@ def study_doc(study, summary: dict, *, layout: str, outputs) -> dict:
         "spec_file": study.file,
         "spec_hash": study.spec_hash(),
         "versions": versions(),
-        "dims": {d: [v.item() if hasattr(v, "item") else v for v in vals] for d, vals in study.dims.items()},
+        "dims": {d: _plain(vals) for d, vals in study.dims.items()},
         "outputs": {k: {"units": units.get(k, ("1", ""))[0], "description": units.get(k, ("", k))[1]}
                     for k in outputs},
         "layout": layout,
         "law": study.law,
         **summary,
     }
+
+
+def _plain(values) -> list:
+    """A dimension's coordinates as Python values (``tolist``: one C loop, not a call per value)."""
+    if isinstance(values, np.ndarray):
+        return values.tolist()
+    return [v.item() if hasattr(v, "item") else v for v in values]
 
 
 def df_to_files(df, path_stem: Path) -> None:

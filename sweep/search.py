@@ -118,8 +118,9 @@ class Constraint:
         return np.where(np.isfinite(c), c, 1.0)
 
 
-@dataclass
+@dataclass(frozen=True)
 class SearchOptions:
+    """The validated ``[search]`` options, typed and frozen (overrides: ``dataclasses.replace``)."""
     objectives: list[str]
     constraints: list[Constraint]
     sampler: str
@@ -424,16 +425,16 @@ def optimize(spec, *, out=None, storage=None, trials=None, db=None, quiet=True, 
     if trials is not None:
         if not _is_int(trials) or trials < 1:
             raise SpecError(file, "search", "trials", f"--trials must be a whole number ≥ 1, not {trials!r}")
-        opts.trials = trials
+        opts = dataclasses.replace(opts, trials=trials)
     for key, val in (("batch", batch), ("seed", seed)):
         if val is not None:
             if not _is_int(val) or val < (1 if key == "batch" else 0):
                 raise SpecError(file, "search", key, f"must be a whole number, not {val!r}")
-            setattr(opts, key, val)
+            opts = dataclasses.replace(opts, **{key: val})
     if sampler is not None:
         if sampler not in SAMPLERS:
             raise SpecError(file, "search", "sampler", f"'{sampler}' is not allowed (allowed: {', '.join(SAMPLERS)})")
-        opts.sampler = sampler
+        opts = dataclasses.replace(opts, sampler=sampler)
     if not study.dims:
         raise SpecError(file, "grid", None, "is empty: the search space is the [grid]; give at least one dimension")
 
@@ -456,8 +457,8 @@ def optimize(spec, *, out=None, storage=None, trials=None, db=None, quiet=True, 
     needed = opts.names + [c.name for c in opts.constraints]
     chosen = study.options["outputs"]
     if chosen is not None:
-        study = dataclasses.replace(study, options={**study.options,
-                                                    "outputs": list(chosen) + [n for n in needed if n not in chosen]})
+        study = dataclasses.replace(study, options=dataclasses.replace(
+            study.options, outputs=list(chosen) + [n for n in needed if n not in chosen]))
     ev = Evaluator(study, db)
     probe = ev.evaluate(np.zeros(1, np.int64), pad_to=opts.batch)  # every call has this shape: one compile
     for key, names in (("objectives", opts.names), ("constraints", [c.name for c in opts.constraints])):

@@ -10,10 +10,12 @@ Keys are any numeric or true/false key of the estimate spec, plus the categorica
 
 from __future__ import annotations
 
+import dataclasses
 import decimal
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,14 +35,42 @@ GRID_DIMS = NUMERIC_DIMS + CATEGORICAL_DIMS
 STUDY_KEYS = ("name", "outputs", "layout", "objective", "pareto", "top", "keep_full_grid", "chunk_size", "dtype",
               "description", "marks", "kind")
 LAYOUT_MODES = ("best", "fixed")
-@dataclass
+@dataclass(frozen=True)
+class StudyOptions(Mapping):
+    """A study's validated ``[study]`` options, typed and frozen (``dataclasses.replace`` makes a
+    changed copy). Also read as a mapping (``options["dtype"]``), as the TOML section is."""
+    outputs: list | None = None           # the outputs kept (None: all)
+    layout: str = "best"                  # "best" (optimised per point) | "fixed" (the spec's)
+    objective: str = "co2e"               # what a best layout minimises: co2e | time | energy
+    pareto: list = field(default_factory=list)   # lists of objectives ("max:name" maximises)
+    top: dict | None = None               # {"by": output, "n": rows}
+    keep_full_grid: bool = True
+    chunk_size: int | None = None
+    dtype: str = "float64"                # float64 | float32
+    description: str = ""
+    marks: list = field(default_factory=list)    # published points drawn on the figures
+    kind: str = "grid"                    # grid | validation
+
+    def __getitem__(self, key):
+        if key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self):
+        return iter(self.__dataclass_fields__)
+
+    def __len__(self):
+        return len(self.__dataclass_fields__)
+
+
+@dataclass(frozen=True)
 class Study:
     file: str
     doc: dict
     name: str
     fixed: dict[str, Any]            # key -> value given in the estimate sections
     dims: dict[str, np.ndarray]       # dimension -> coordinate values (order = file order)
-    options: dict[str, Any]
+    options: StudyOptions
     base: dict[str, Any]              # resolved values at the first grid point (defaults filled)
     law: str | None = None
     search: dict = field(default_factory=dict)
@@ -171,7 +201,7 @@ def _check_outputs(file, names, where="outputs", allowed=None):
                             f"(allowed: {', '.join(allowed)})")
 
 
-def _study_options(file, body: dict, has_law: bool) -> dict:
+def _study_options(file, body: dict, has_law: bool) -> StudyOptions:
     for k in body:
         if k not in STUDY_KEYS:
             raise SpecError(file, "study", k, f"unknown key{closest(k, STUDY_KEYS)} (allowed: {', '.join(STUDY_KEYS)})")
@@ -229,7 +259,7 @@ def _study_options(file, body: dict, has_law: bool) -> dict:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise SpecError(file, "study", "top", f"n must be a whole number ≥ 1, not {n!r}")
         o["top"] = {"by": top["by"], "n": n}
-    return o
+    return StudyOptions(**o)
 
 
 def load_study(path_or_doc, db=None, *, extra_sections=("grid", "study", "search")) -> Study:
@@ -272,7 +302,7 @@ def load_study(path_or_doc, db=None, *, extra_sections=("grid", "study", "search
     given = [k for k in LAYOUT_KEYS if k in dims or k in fixed]
     mfu_given = base.get("mfu") is not None or "mfu" in dims
     if "layout" not in doc.get("study", {}):
-        options["layout"] = "fixed" if given else "best"
+        options = dataclasses.replace(options, layout="fixed" if given else "best")
     elif options["layout"] == "best" and given and not mfu_given:
         k = given[0]
         raise SpecError(file, "grid" if k in dims else KEYS[k].section, k,

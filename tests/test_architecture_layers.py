@@ -148,11 +148,26 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
+def circle_path(component: list[str], edges: dict[str, set[str]]) -> list[str]:
+    """One circle through a strongly connected component, as a path back to its first module."""
+    start, inside = component[0], set(component)
+    paths, seen = [[start]], {start}
+    while paths:
+        path = paths.pop(0)
+        for w in sorted(edges[path[-1]] & inside):
+            if w == start:
+                return path + [start]
+            if w not in seen:
+                seen.add(w)
+                paths.append(path + [w])
+    return component
+
+
 def violations(root: Path = ROOT) -> list[str]:
     """Every broken rule, one line each (empty: the layers hold)."""
     files, edges = graph(root)
     known = set(files)
-    bad = [f"import circle: {' -> '.join(c)}" for c in cycles(edges)]
+    bad = [f"import circle: {' -> '.join(circle_path(c, edges))} (among {', '.join(c)})" for c in cycles(edges)]
     stdlib = set(sys.stdlib_module_names)
     for mod, path in files.items():
         for target, names, line in imports_of(mod, path, known):

@@ -262,3 +262,17 @@ def test_layout_map_shows_known_layouts_whose_total_is_unknown_and_names_what_is
     texts = {(round(t.get_position()[0]), round(t.get_position()[1])): t.get_text() for t in fig.axes[0].texts}
     assert "MFU" in texts[(0, 0)] and "CO₂e unknown" in texts[(1, 0)] and texts[(2, 0)] == "missing data"
     assert all("infeasible" not in t for t in texts.values())
+
+
+def test_figures_and_report_from_a_result_in_memory(tmp_path):
+    # SweepResult has one shape: run() in memory gives what a folder gives, so nothing is read back
+    res = run(GRID_STUDY, write=False)
+    assert {"spec", "dims", "outputs", "n_points", "min"} <= set(res.summary)
+    files, index = plots.draw_figures(res, tmp_path / "figures", strict=True)
+    assert {"pareto", "surface", "heatmap", "breakdown"} <= {e["kind"] for e in index}
+    assert all(f.exists() for f in files)
+    md, html = write_report(tmp_path, index, result=res)
+    text = md.read_text()
+    assert "Lowest-CO2e design" in text and "tiny_grid" in text
+    assert html.read_text().count("data:image/png;base64,") == len(index)
+    assert not (tmp_path / "study.json").exists()

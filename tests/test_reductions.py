@@ -59,7 +59,7 @@ def test_a_registered_reduction_class_is_all_a_new_reduction_needs(tmp_path):
     red.register(DesignMinimum)
     try:
         res = run(STUDY, write=False, chunk_size=4)  # many chunks: partial results merged
-        written = run(STUDY, tmp_path / "r", quiet=True)
+        run(STUDY, tmp_path / "r", quiet=True)
     finally:
         red.unregister(DesignMinimum)
     full = run(STUDY, write=False).dataset
