@@ -58,7 +58,7 @@ LAYOUT_INPUTS = ("devices", "tp", "pp", "ep", "microbatch", "recompute", "interl
                  "sequence_parallel")
 # optional layout inputs (kernels.layout.layout_fields gives their defaults)
 OPTIONAL_LAYOUT_INPUTS = ("cp", "etp", "zero_stage", "overlap", "ep_overlap", "moe_imbalance", "grad_bytes",
-                          "offload_layers", "ep_dedup")
+                          "offload_layers", "ep_dedup", "moe_host_sync")
 STEP_OUTPUTS = ("step_time_s", "compute_s", "comm_exposed_s", "bubble_s", "tokens_per_s", "mfu", "hfu",
                 "memory_bytes", "dp", "micro_batches", "reason")
 # reason codes (kernels.reasons), spelled out here so the reference does not import the kernels
@@ -258,7 +258,8 @@ def step_python(p: dict, lay: dict, cal: dict) -> dict:
 
     lat_l = cal.get("layer_latency_s", 0.0)
     comp_dense, comm_dense = layer(dense_g, dense_m, c_dense, lat_l, sel_dense)
-    comp_moe, comm_moe = layer(moe_g, moe_m, c_moe, lat_l + cal.get("moe_layer_latency_s", 0.0), sel_moe)
+    moe_lat = cal.get("moe_layer_latency_s", 0.0) + lay.get("moe_host_sync", 0.0) * cal.get("moe_sync_latency_s", 0.0)
+    comp_moe, comm_moe = layer(moe_g, moe_m, c_moe, lat_l + moe_lat, sel_moe)
     frac = n_moe / L if L != 0 else n_moe
     comp_l = (1.0 - frac) * comp_dense + frac * comp_moe
     tp_l = (1.0 - frac) * comm_dense + frac * comm_moe
@@ -557,7 +558,9 @@ def step_numpy(p: dict, lay: dict, cal: dict) -> dict:
 
         lat_l = c.get("layer_latency_s", zero_)
         comp_dense, comm_dense = layer(dense_g, dense_m, c_dense, lat_l, sel_dense)
-        comp_moe, comm_moe = layer(moe_g, moe_m, c_moe, lat_l + c.get("moe_layer_latency_s", zero_), sel_moe)
+        moe_lat = (c.get("moe_layer_latency_s", zero_)
+                   + w.get("moe_host_sync", np.zeros_like(tp)) * c.get("moe_sync_latency_s", zero_))
+        comp_moe, comm_moe = layer(moe_g, moe_m, c_moe, lat_l + moe_lat, sel_moe)
         frac = n_moe / np.where(L == 0, one, L)
         comp_l = (1.0 - frac) * comp_dense + frac * comp_moe
         tp_l = (1.0 - frac) * comm_dense + frac * comm_moe

@@ -308,6 +308,8 @@ def layout_fields(layout: Mapping) -> dict:
     Megatron-core's overlap_grad_reduce / overlap_param_gather / tp_comm_overlap and FSDP
     prefetching do), ep_overlap 0 (1 = expert all-to-all under another micro-batch's compute),
     ep_dedup 0 (1 = tokens cross the network once per remote node, ``alltoall_time``),
+    moe_host_sync 0 (1 = the MoE dispatcher synchronises with the host every MoE layer, Megatron-core's
+    alltoall dispatcher: moe_sync_latency_s per MoE layer and micro-batch),
     flash_attention 0, offload_layers 0 (layers of a stage whose activations wait in host memory,
     Megatron-core cpu_offloading_num_layers; the copies are taken as hidden), moe_imbalance and
     grad_bytes NaN (= the calibrated defaults)."""
@@ -321,6 +323,7 @@ def layout_fields(layout: Mapping) -> dict:
     lay.setdefault("offload_layers", jnp.zeros_like(lay["tp"]))
     lay.setdefault("ep_dedup", jnp.zeros_like(lay["tp"]))
     lay.setdefault("flash_attention", jnp.zeros_like(lay["tp"]))
+    lay.setdefault("moe_host_sync", jnp.zeros_like(lay["tp"]))
     return lay
 
 
@@ -599,7 +602,13 @@ def step(design: Mapping, hw: Mapping, layout: Mapping, cal: Mapping) -> dict:
 
     lat = cal.get("layer_latency_s", 0.0)
     comp_dense, comm_dense = layer_time(dense_g, dense_m, c_fwd, lat, sel_dense)
-    comp_moe, comm_moe = layer_time(moe_g, moe_m, c_fwd_moe, lat + cal.get("moe_layer_latency_s", 0.0), sel_moe)
+    # the alltoall dispatcher (Megatron-core MoEAlltoAllTokenDispatcher) copies the per-expert token
+    # counts to the host to size its all-to-all and the grouped GEMM's splits: a device-to-host
+    # synchronisation per MoE layer, forward and backward, that drains the launch queue (and keeps
+    # the layer out of CUDA graphs); the flex dispatcher (DeepEP / HybridEP) and padded or
+    # graph-captured dispatch are sync-free (``moe_host_sync`` 0, the default)
+    moe_lat = cal.get("moe_layer_latency_s", 0.0) + lay["moe_host_sync"] * cal.get("moe_sync_latency_s", 0.0)
+    comp_moe, comm_moe = layer_time(moe_g, moe_m, c_fwd_moe, lat + moe_lat, sel_moe)
     a2a_layer = 2.0 * a2a * (2.0 + jnp.where(full, 1.0, 0.0))
     # with ep_overlap the all-to-all runs under another micro-batch's compute (DeepSeek-V3 DualPipe;
     # Megatron-core's overlapped 1F1B for MoE): only what exceeds the MoE layer's compute is exposed
