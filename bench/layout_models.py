@@ -66,6 +66,7 @@ TOP_K_EXCEEDS_EXPERTS, TP_HEADS, TP_KV, PP_LAYERS, DEVICES_TP_PP = 1, 2, 3, 4, 5
 EP_EXPERTS, EP_DP, MICROBATCH_BATCH, INTERLEAVE, OUT_OF_MEMORY, BATCH_DP, MISSING_DATA = 6, 7, 8, 9, 10, 11, 14
 CP_SEQ = 15
 CAUSAL = 0.5  # causal flash attention computes half of the s×s score blocks
+FLASH_BWD_EXTRA = 0.5  # flash-attention backward = 2.5 forwards (FlashAttention-2 §4.1), 0.5 above 2
 
 
 def moe_layer_count(p):
@@ -256,7 +257,7 @@ def step_python(p: dict, lay: dict, cal: dict) -> dict:
         fwd = max(c - ov * g, 0.0)
         return 3.0 * (g + mem) + redo + latency, fwd + max(c - g, 0.0) + (fwd if full else 0.0) + cp_hidden
 
-    lat_l = cal.get("layer_latency_s", 0.0)
+    lat_l = cal.get("layer_latency_s", 0.0) + (FLASH_BWD_EXTRA * core_g if flash else 0.0)
     comp_dense, comm_dense = layer(dense_g, dense_m, c_dense, lat_l, sel_dense)
     moe_lat = cal.get("moe_layer_latency_s", 0.0) + lay.get("moe_host_sync", 0.0) * cal.get("moe_sync_latency_s", 0.0)
     comp_moe, comm_moe = layer(moe_g, moe_m, c_moe, lat_l + moe_lat, sel_moe)
@@ -556,7 +557,7 @@ def step_numpy(p: dict, lay: dict, cal: dict) -> dict:
             comm = fwd + np.maximum(cc - g, zero_) + np.where(full, fwd, zero_) + cp_hidden
             return 3.0 * (g + mem) + redo + latency, comm
 
-        lat_l = c.get("layer_latency_s", zero_)
+        lat_l = c.get("layer_latency_s", zero_) + np.where(flash, FLASH_BWD_EXTRA * core_g, zero_)
         comp_dense, comm_dense = layer(dense_g, dense_m, c_dense, lat_l, sel_dense)
         moe_lat = (c.get("moe_layer_latency_s", zero_)
                    + w.get("moe_host_sync", np.zeros_like(tp)) * c.get("moe_sync_latency_s", zero_))

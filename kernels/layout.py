@@ -70,6 +70,10 @@ OPTIMIZER_BYTES_PER_PARAM = 58.0  # see optimizer_time
 # fraction of the s×s score blocks a causal flash-attention kernel computes (the upper triangle is
 # skipped; Dao 2023, FlashAttention-2 §3.1): a geometric fact, not a fitted constant
 CAUSAL_FRACTION = 0.5
+# a flash-attention backward pass recomputes the scores and runs five matrix products to the
+# forward's two: 2.5× the forward FLOPs (Dao 2023, FlashAttention-2 §4.1: "the backward pass has
+# 2.5× the FLOPs of the forward"), where a GEMM's backward is 2×: the extra half a forward, counted fact
+FLASH_BWD_EXTRA = 0.5
 
 
 def _get(m: Mapping, key: str, default):
@@ -601,6 +605,8 @@ def step(design: Mapping, hw: Mapping, layout: Mapping, cal: Mapping) -> dict:
         return comp, comm
 
     lat = cal.get("layer_latency_s", 0.0)
+    # flash attention's backward costs 2.5 forwards, not 2 (FLASH_BWD_EXTRA), on top of 3·g
+    lat = lat + jnp.where(flash > 0, FLASH_BWD_EXTRA * core_g, 0.0)
     comp_dense, comm_dense = layer_time(dense_g, dense_m, c_fwd, lat, sel_dense)
     # the alltoall dispatcher (Megatron-core MoEAlltoAllTokenDispatcher) copies the per-expert token
     # counts to the host to size its all-to-all and the grouped GEMM's splits: a device-to-host
