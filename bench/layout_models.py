@@ -258,6 +258,8 @@ def step_python(p: dict, lay: dict, cal: dict) -> dict:
         return 3.0 * (g + mem) + redo + latency, fwd + max(c - g, 0.0) + (fwd if full else 0.0) + cp_hidden
 
     lat_l = cal.get("layer_latency_s", 0.0) + (FLASH_BWD_EXTRA * core_g if flash else 0.0)
+    if flash and math.isfinite(cal.get("attention_exp_per_s", math.inf)):  # softmax exponentials on the special-function units
+        lat_l += CAUSAL * nb * sq * s * (3.0 if full else 2.0) / cal["attention_exp_per_s"]
     comp_dense, comm_dense = layer(dense_g, dense_m, c_dense, lat_l, sel_dense)
     moe_lat = cal.get("moe_layer_latency_s", 0.0) + lay.get("moe_host_sync", 0.0) * cal.get("moe_sync_latency_s", 0.0)
     comp_moe, comm_moe = layer(moe_g, moe_m, c_moe, lat_l + moe_lat, sel_moe)
@@ -558,6 +560,10 @@ def step_numpy(p: dict, lay: dict, cal: dict) -> dict:
             return 3.0 * (g + mem) + redo + latency, comm
 
         lat_l = c.get("layer_latency_s", zero_) + np.where(flash, FLASH_BWD_EXTRA * core_g, zero_)
+        if "attention_exp_per_s" in c:  # softmax exponentials on the special-function units
+            rate = np.asarray(c["attention_exp_per_s"], dt)
+            lat_l = lat_l + np.where(flash & np.isfinite(rate), CAUSAL * nb * sq * s * np.where(full, dt.type(3.0), dt.type(2.0))
+                                     / np.where(np.isfinite(rate), rate, one), zero_)
         comp_dense, comm_dense = layer(dense_g, dense_m, c_dense, lat_l, sel_dense)
         moe_lat = (c.get("moe_layer_latency_s", zero_)
                    + w.get("moe_host_sync", np.zeros_like(tp)) * c.get("moe_sync_latency_s", zero_))

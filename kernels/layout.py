@@ -607,6 +607,17 @@ def step(design: Mapping, hw: Mapping, layout: Mapping, cal: Mapping) -> dict:
     lat = cal.get("layer_latency_s", 0.0)
     # flash attention's backward costs 2.5 forwards, not 2 (FLASH_BWD_EXTRA), on top of 3·g
     lat = lat + jnp.where(flash > 0, FLASH_BWD_EXTRA * core_g, 0.0)
+    # softmax exponentials of flash attention run on the special-function units, not the tensor
+    # cores: one per computed score forward and one backward (P recomputed; + one more forward under
+    # full recompute), at ``attention_exp_per_s`` (SMs × 16 MUFU.EX2 per clock × clock; FlashAttention-3,
+    # Shah et al. 2024 §3: H100 SXM5 989 TFLOPS of matmul but 3.9 T special functions/s; on
+    # Blackwell the tensor cores doubled and the exponential units did not, FlashAttention-4), not
+    # overlapped with the matrix products here. A score costs 4·head_dim matmul FLOPs forward, so
+    # the exponentials weigh most at small head_dim (GPT-OSS: 64). Absent: no term (A100 set).
+    exp_rate = cal.get("attention_exp_per_s", jnp.inf)
+    n_exp = CAUSAL_FRACTION * (b * heads / lay["tp"]) * (s / cp) * s * (2.0 + (rc >= 2))
+    exp_ok = (flash > 0) & jnp.isfinite(exp_rate)  # NaN (a class without the figure) = absent
+    lat = lat + jnp.where(exp_ok, n_exp / jnp.where(jnp.isfinite(exp_rate), exp_rate, 1.0), 0.0)
     comp_dense, comm_dense = layer_time(dense_g, dense_m, c_fwd, lat, sel_dense)
     # the alltoall dispatcher (Megatron-core MoEAlltoAllTokenDispatcher) copies the per-expert token
     # counts to the host to size its all-to-all and the grouped GEMM's splits: a device-to-host
