@@ -15,6 +15,8 @@ variants = {
  'S2': (("attention_eff","gemm_eff_fp8","overlap_eff","layer_latency_s","moe_layer_latency_s","moe_sync_latency_s"), C.DEFAULT_SHARED+("moe_sync_latency_s",)),
  'S3': (("attention_eff","hbm_eff","overlap_eff","layer_latency_s","moe_layer_latency_s","moe_sync_latency_s"), C.DEFAULT_SHARED+("moe_sync_latency_s",)),
  'S4': (("attention_eff","gemm_eff_fp8","overlap_eff","layer_latency_s","moe_layer_latency_s","moe_sync_latency_s"), C.DEFAULT_SHARED+("moe_sync_latency_s","attention_eff")),
+ 'S8': (("attention_eff","gemm_eff_fp8","overlap_eff","moe_layer_latency_s","moe_sync_latency_s"), C.DEFAULT_SHARED+("moe_sync_latency_s",)),
+ 'S9': (("attention_eff","gemm_eff_fp8","overlap_eff","layer_latency_s","moe_sync_latency_s"), C.DEFAULT_SHARED+("moe_sync_latency_s",)),
  'C': (("attention_eff","gemm_eff_fp8","grouped_gemm_eff","layer_latency_s","moe_layer_latency_s"), C.DEFAULT_SHARED),
 }
 for name in sys.argv[1:]:
