@@ -58,7 +58,7 @@ LAYOUT_INPUTS = ("devices", "tp", "pp", "ep", "microbatch", "recompute", "interl
                  "sequence_parallel")
 # optional layout inputs (kernels.layout.layout_fields gives their defaults)
 OPTIONAL_LAYOUT_INPUTS = ("cp", "etp", "zero_stage", "overlap", "ep_overlap", "moe_imbalance", "grad_bytes",
-                          "offload_layers", "ep_dedup", "flash_attention")
+                          "offload_layers", "ep_dedup", "flash_attention", "moe_host_sync")
 STEP_OUTPUTS = ("step_time_s", "compute_s", "comm_exposed_s", "bubble_s", "tokens_per_s", "mfu", "hfu",
                 "memory_bytes", "dp", "micro_batches", "reason")
 # reason codes (kernels.reasons), spelled out here so the reference does not import the kernels
@@ -66,6 +66,7 @@ TOP_K_EXCEEDS_EXPERTS, TP_HEADS, TP_KV, PP_LAYERS, DEVICES_TP_PP = 1, 2, 3, 4, 5
 EP_EXPERTS, EP_DP, MICROBATCH_BATCH, INTERLEAVE, OUT_OF_MEMORY, BATCH_DP, MISSING_DATA = 6, 7, 8, 9, 10, 11, 14
 CP_SEQ = 15
 CAUSAL = 0.5  # causal flash attention computes half of the s×s score blocks
+FLASH_BWD_EXTRA = 0.5  # flash-attention backward = 2.5 forwards (FlashAttention-2 §4.1), 0.5 above 2
 
 
 def moe_layer_count(p):
@@ -265,9 +266,12 @@ def step_python(p: dict, lay: dict, cal: dict) -> dict:
         fwd = max(c - ov * g, 0.0)
         return 3.0 * (g + mem) + redo + latency, fwd + max(c - g, 0.0) + (fwd if full else 0.0) + cp_hidden
 
-    lat_l = cal.get("layer_latency_s", 0.0)
+    lat_l = cal.get("layer_latency_s", 0.0) + (FLASH_BWD_EXTRA * core_g if flash else 0.0)
+    if flash and math.isfinite(cal.get("attention_exp_per_s", math.inf)):  # softmax exponentials on the special-function units
+        lat_l += CAUSAL * nb * sq * s * (3.0 if full else 2.0) / cal["attention_exp_per_s"]
     comp_dense, comm_dense = layer(dense_g, dense_m, c_dense, lat_l, sel_dense)
-    comp_moe, comm_moe = layer(moe_g, moe_m, c_moe, lat_l + cal.get("moe_layer_latency_s", 0.0), sel_moe)
+    moe_lat = cal.get("moe_layer_latency_s", 0.0) + lay.get("moe_host_sync", 0.0) * cal.get("moe_sync_latency_s", 0.0)
+    comp_moe, comm_moe = layer(moe_g, moe_m, c_moe, lat_l + moe_lat, sel_moe)
     frac = n_moe / L if L != 0 else n_moe
     comp_l = (1.0 - frac) * comp_dense + frac * comp_moe
     tp_l = (1.0 - frac) * comm_dense + frac * comm_moe
@@ -573,9 +577,15 @@ def step_numpy(p: dict, lay: dict, cal: dict) -> dict:
             comm = fwd + np.maximum(cc - g, zero_) + np.where(full, fwd, zero_) + cp_hidden
             return 3.0 * (g + mem) + redo + latency, comm
 
-        lat_l = c.get("layer_latency_s", zero_)
+        lat_l = c.get("layer_latency_s", zero_) + np.where(flash, FLASH_BWD_EXTRA * core_g, zero_)
+        if "attention_exp_per_s" in c:  # softmax exponentials on the special-function units
+            rate = np.asarray(c["attention_exp_per_s"], dt)
+            lat_l = lat_l + np.where(flash & np.isfinite(rate), CAUSAL * nb * sq * s * np.where(full, dt.type(3.0), dt.type(2.0))
+                                     / np.where(np.isfinite(rate), rate, one), zero_)
         comp_dense, comm_dense = layer(dense_g, dense_m, c_dense, lat_l, sel_dense)
-        comp_moe, comm_moe = layer(moe_g, moe_m, c_moe, lat_l + c.get("moe_layer_latency_s", zero_), sel_moe)
+        moe_lat = (c.get("moe_layer_latency_s", zero_)
+                   + w.get("moe_host_sync", np.zeros_like(tp)) * c.get("moe_sync_latency_s", zero_))
+        comp_moe, comm_moe = layer(moe_g, moe_m, c_moe, lat_l + moe_lat, sel_moe)
         frac = n_moe / np.where(L == 0, one, L)
         comp_l = (1.0 - frac) * comp_dense + frac * comp_moe
         tp_l = (1.0 - frac) * comm_dense + frac * comm_moe

@@ -70,6 +70,10 @@ OPTIMIZER_BYTES_PER_PARAM = 58.0  # see optimizer_time
 # fraction of the s×s score blocks a causal flash-attention kernel computes (the upper triangle is
 # skipped; Dao 2023, FlashAttention-2 §3.1): a geometric fact, not a fitted constant
 CAUSAL_FRACTION = 0.5
+# a flash-attention backward pass recomputes the scores and runs five matrix products to the
+# forward's two: 2.5× the forward FLOPs (Dao 2023, FlashAttention-2 §4.1: "the backward pass has
+# 2.5× the FLOPs of the forward"), where a GEMM's backward is 2×: the extra half a forward, counted fact
+FLASH_BWD_EXTRA = 0.5
 
 
 def _get(m: Mapping, key: str, default):
@@ -308,7 +312,9 @@ def layout_fields(layout: Mapping, cal: Mapping | None = None) -> dict:
     communication and ran unfused attention; 1 for today's classes, calibrated on Megatron-core runs
     with overlap_grad_reduce / overlap_param_gather / tp_comm_overlap and flash attention), ep_overlap
     0 (1 = expert all-to-all under another micro-batch's compute), ep_dedup 0 (1 = tokens cross the
-    network once per remote node, ``alltoall_time``), offload_layers 0 (layers of a stage whose
+    network once per remote node, ``alltoall_time``), moe_host_sync 0 (1 = the MoE dispatcher
+    synchronises with the host every MoE layer, Megatron-core's alltoall dispatcher:
+    moe_sync_latency_s per MoE layer and micro-batch), offload_layers 0 (layers of a stage whose
     activations wait in host memory, Megatron-core cpu_offloading_num_layers; the copies are taken as
     hidden), moe_imbalance and grad_bytes NaN (= the calibrated defaults)."""
     cal = {} if cal is None else cal
@@ -329,6 +335,7 @@ def layout_fields(layout: Mapping, cal: Mapping | None = None) -> dict:
     fill("ep_overlap", 0.0)
     fill("ep_dedup", 0.0)
     fill("offload_layers", 0.0)
+    fill("moe_host_sync", 0.0)
     return lay
 
 
@@ -606,8 +613,27 @@ def step(design: Mapping, hw: Mapping, layout: Mapping, cal: Mapping) -> dict:
         return comp, comm
 
     lat = cal.get("layer_latency_s", 0.0)
+    # flash attention's backward costs 2.5 forwards, not 2 (FLASH_BWD_EXTRA), on top of 3·g
+    lat = lat + jnp.where(flash > 0, FLASH_BWD_EXTRA * core_g, 0.0)
+    # softmax exponentials of flash attention run on the special-function units, not the tensor
+    # cores: one per computed score forward and one backward (P recomputed; + one more forward under
+    # full recompute), at ``attention_exp_per_s`` (SMs × 16 MUFU.EX2 per clock × clock; FlashAttention-3,
+    # Shah et al. 2024 §3: H100 SXM5 989 TFLOPS of matmul but 3.9 T special functions/s; on
+    # Blackwell the tensor cores doubled and the exponential units did not, FlashAttention-4), not
+    # overlapped with the matrix products here. A score costs 4·head_dim matmul FLOPs forward, so
+    # the exponentials weigh most at small head_dim (GPT-OSS: 64). Absent: no term (A100 set).
+    exp_rate = cal.get("attention_exp_per_s", jnp.inf)
+    n_exp = CAUSAL_FRACTION * (b * heads / lay["tp"]) * (s / cp) * s * (2.0 + (rc >= 2))
+    exp_ok = (flash > 0) & jnp.isfinite(exp_rate)  # NaN (a class without the figure) = absent
+    lat = lat + jnp.where(exp_ok, n_exp / jnp.where(jnp.isfinite(exp_rate), exp_rate, 1.0), 0.0)
     comp_dense, comm_dense = layer_time(dense_g, dense_m, c_fwd, lat, sel_dense)
-    comp_moe, comm_moe = layer_time(moe_g, moe_m, c_fwd_moe, lat + cal.get("moe_layer_latency_s", 0.0), sel_moe)
+    # the alltoall dispatcher (Megatron-core MoEAlltoAllTokenDispatcher) copies the per-expert token
+    # counts to the host to size its all-to-all and the grouped GEMM's splits: a device-to-host
+    # synchronisation per MoE layer, forward and backward, that drains the launch queue (and keeps
+    # the layer out of CUDA graphs); the flex dispatcher (DeepEP / HybridEP) and padded or
+    # graph-captured dispatch are sync-free (``moe_host_sync`` 0, the default)
+    moe_lat = cal.get("moe_layer_latency_s", 0.0) + lay["moe_host_sync"] * cal.get("moe_sync_latency_s", 0.0)
+    comp_moe, comm_moe = layer_time(moe_g, moe_m, c_fwd_moe, lat + moe_lat, sel_moe)
     a2a_layer = 2.0 * a2a * (2.0 + jnp.where(full, 1.0, 0.0))
     # with ep_overlap the all-to-all runs under another micro-batch's compute (DeepSeek-V3 DualPipe;
     # Megatron-core's overlapped 1F1B for MoE): only what exceeds the MoE layer's compute is exposed

@@ -35,12 +35,12 @@ from .spec import SpecError
 # constants the fit may move: fractions in (0, 1) (a logistic map) or times in seconds (a log map)
 FITTABLE = {"gemm_eff_max": "fraction", "attention_eff": "fraction", "gemm_eff_fp8": "fraction", "grouped_gemm_eff": "fraction",
             "overlap_eff": "fraction", "hbm_eff": "fraction", "layer_latency_s": "seconds",
-            "moe_layer_latency_s": "seconds"}
+            "moe_layer_latency_s": "seconds", "moe_sync_latency_s": "seconds"}
 # gemm_eff_max stays at each class's measured best-shape GEMM efficiency (calibration.toml): the modern
-# set has few 16-bit runs per class, and fitted it drifts to unphysical values (0.2-0.6)
-DEFAULT_FIT = ("attention_eff", "gemm_eff_fp8", "grouped_gemm_eff", "overlap_eff", "layer_latency_s",
-               "moe_layer_latency_s")
-DEFAULT_SHARED = ("grouped_gemm_eff", "overlap_eff", "layer_latency_s", "moe_layer_latency_s")
+# set has few 16-bit runs per class, and fitted it drifts to unphysical values (0.2-0.6); the
+# grouped-GEMM efficiency (it sat at 1) and the dense layer latency add nothing to the fit
+DEFAULT_FIT = ("attention_eff", "gemm_eff_fp8", "overlap_eff", "moe_layer_latency_s", "moe_sync_latency_s")
+DEFAULT_SHARED = ("overlap_eff", "moe_layer_latency_s", "moe_sync_latency_s")
 LATENCY_START_S = 1e-4  # a fitted time that starts at 0 starts here (the log map needs a positive value)
 PRIOR_WEIGHT = 1e-3
 ITERATIONS = 60
@@ -183,8 +183,17 @@ def _layouts(run, design, file, i):
     dualpipe = "dualpipe" in str(lay.get("pp_schedule", "")).lower()  # DeepSeek: all-to-all under compute
     out["ep_overlap"] = np.full(k, float(bool(lay.get("moe_a2a_overlap", False)) or dualpipe))
     dispatcher = str(lay.get("moe_dispatcher", "")).lower()
-    dedup = any(w in dispatcher for w in ("flex", "deepep", "hybridep")) or dualpipe  # DeepSeek: node-limited
+    # the dispatcher is the field's first word ("flex (hybridep) ...", "alltoall (...)", "recipe default
+    # (preset sets no flex backend)" = the recipes' alltoall): a "flex" later in a note is no flex dispatcher
+    kind = dispatcher.replace("(", " ").split()[0] if dispatcher.strip() else ""
+    dedup = kind in ("flex", "deepep", "hybridep") or dualpipe  # DeepSeek: node-limited
     out["ep_dedup"] = np.full(k, float(lay.get("ep_dedup", dedup)))
+    # Megatron-core's alltoall dispatcher (the default when no flex backend is set) synchronises with
+    # the host every MoE layer; DeepEP/HybridEP (flex) and DeepSeek's own kernels do not, nor do the
+    # padded, graph-captured MoE layers of runs with whole-layer CUDA graphs ("on")
+    graphs = str(lay.get("cuda_graphs", "")).lower().startswith("on")
+    sync = design["experts"] > 1 and not dedup and not graphs
+    out["moe_host_sync"] = np.full(k, float(lay.get("moe_host_sync", sync)))
     imb = lay.get("moe_imbalance", 1.0 if run.get("balanced_routing", True) else math.nan)
     out["moe_imbalance"] = np.full(k, float(imb))
     # NVIDIA's performance recipes reduce gradients in 16 bits (grad_reduce_in_fp32 = False, NeMo

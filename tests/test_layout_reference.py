@@ -167,6 +167,7 @@ def modern_cases(n: int, seed: int = 11) -> tuple[dict, dict]:
     lay["grad_bytes"] = np.where(rng.random(n) < 0.5, np.nan, 2.0)
     lay["offload_layers"] = pick(0.0, 0.0, 2.0)
     lay["ep_dedup"] = pick(0.0, 1.0)
+    lay["moe_host_sync"] = pick(0.0, 1.0)
     x["dropout"] = pick(0.0, 1.0)
     uneven = rng.random(n) < 0.2  # power-of-two pp that may not divide the layers
     lay["pp"] = np.where(uneven, pick(2.0, 4.0, 8.0, 16.0), lay["pp"])
@@ -177,7 +178,7 @@ def modern_cases(n: int, seed: int = 11) -> tuple[dict, dict]:
 
 
 MODERN_CAL = {"gemm_eff_fp8": 0.6, "grouped_gemm_eff": 0.8, "overlap_eff": 0.7, "fp8_cast_bytes": 3.0,
-              "fp8_weight_bytes": 1.0, "layer_latency_s": 2e-4, "moe_layer_latency_s": 5e-4,
+              "fp8_weight_bytes": 1.0, "layer_latency_s": 2e-4, "moe_layer_latency_s": 5e-4, "moe_sync_latency_s": 7e-4, "attention_exp_per_s": 4e12,
               "attention_eff": 0.55}
 
 
