@@ -108,7 +108,7 @@ ESTIMATE_TABLE = [
              ("interleave", "virtual stages per device", ""), ("sequence_parallel", "sequence parallel", ""),
              ("shard_optimizer", "optimizer sharded (ZeRO-1)", ""), ("cp", "context parallel", ""),
              ("etp", "expert tensor parallel", ""), ("zero_stage", "ZeRO stage", ""),
-             ("mfu", "MFU", ""), ("goodput", "goodput (productive share of booked time)", ""), ("step_time_s", "step time", "s"), ("memory_gb", "memory per device", "GB"),
+             ("mfu", "MFU", ""), ("goodput", "goodput", ""), ("step_time_s", "step time", "s"), ("memory_gb", "memory per device", "GB"),
              ("train_days", "training time", "days"), ("device_hours", "device hours", "h")]),
     ("Energy", [("it_energy_mwh", "IT energy", "MWh"), ("pue", "PUE", ""), ("energy_mwh", "facility energy", "MWh"),
                 ("water_m3", "on-site water", "m³")]),
