@@ -12,6 +12,8 @@ scalars. NaN in an optional input means "not given":
     flops                   NaN → from the architecture (kernels.flops)
     mfu                     NaN → predicted by the layout model (kernels.layout)
     avg_power_w             NaN → device and host power from idle, TDP and power_util
+    mfu_scale               absent → 1: a factor on the layout model's MFU (its residual, sampled
+                            by an [uncertainty] spec); not applied to a given MFU
 """
 
 import jax.numpy as jnp
@@ -147,6 +149,10 @@ def footprint(x, cal=None, design=None, step=None):
         step = {k: nan for k in ("step_time_s", "compute_s", "comm_exposed_s", "bubble_s", "tokens_per_s",
                                  "memory_bytes", "dp")}
     else:
+        # mfu_scale: the layout model's residual (a sampled uncertainty, kernels.uncertainty), 1 = its prediction
+        scale = x.get("mfu_scale", 1.0)
+        step = {**step, "mfu": step["mfu"] * scale, "hfu": step["hfu"] * scale,
+                "tokens_per_s": step["tokens_per_s"] * scale, "step_time_s": step["step_time_s"] / scale}
         mfu = jnp.where(mfu_given, x["mfu"], step["mfu"])
         hfu = jnp.where(mfu_given, jnp.nan, step["hfu"])
         reason = jnp.where(reason != 0, reason, jnp.where(mfu_given, 0, step["reason"])).astype(jnp.int32)

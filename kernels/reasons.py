@@ -22,5 +22,6 @@ REASONS: dict[int, str] = {
     13: "kv_heads_not_dividing_heads",
     14: "missing_data",
     15: "cp_not_dividing_seq_len",
+    16: "sample_out_of_range",
 }
 CODE: dict[str, int] = {name: code for code, name in REASONS.items()}

@@ -36,6 +36,8 @@ EPILOG = textwrap.dedent(
     examples:
       carbon-sweep estimate studies/llama2_70b.toml          footprint of one training run
       carbon-sweep estimate run.toml --json                  the same as one JSON object
+      carbon-sweep estimate run.toml --samples 1000 --sensitivity
+                                                             ranges (p5/p50/p95) and what drives them
       carbon-sweep layout run.toml --objective co2e --top 5  best parallelism layouts
       carbon-sweep validate                                  predictions vs published runs
       carbon-sweep hardware list                             accelerator ids and key figures
@@ -97,6 +99,9 @@ def print_estimate(out: dict, title: str) -> None:
                 pct = ""
                 if key in ("operational_tco2e", "embodied_tco2e") and out.get("total_tco2e"):
                     pct = f"  ({100 * out[key] / out['total_tco2e']:.1f} %)"
+                if f"{key}_p50" in out and out[f"{key}_p50"] is not None:  # sampled: p5 / p50 / p95 beside it
+                    band = "  ".join(_fmt(out[f"{key}_{q}"]) for q in ("p5", "p50", "p95"))
+                    pct = f"{pct}   [p5 p50 p95: {band}]"
                 lines.append(f"    {label:<28} {_fmt(out[key], unit)}{pct}")
         if group == "Materials":
             for m in out.get("materials") or []:
@@ -109,13 +114,55 @@ def print_estimate(out: dict, title: str) -> None:
             print("\n".join(lines))
 
 
+def print_uncertainty(out: dict) -> None:
+    u = out.get("uncertainty")
+    if not u:
+        return
+    bad = sum(u["infeasible_samples"].values())
+    print(f"\n  Uncertainty: {u['samples']:,} samples (seed {u['seed']}); {bad:,} infeasible"
+          + (f" ({', '.join(f'{k}: {n:,}' for k, n in u['infeasible_samples'].items())})" if bad else ""))
+    for d in u["inputs"]:
+        params = ", ".join(f"{k} = {_fmt(val)}" for k, val in d["params"].items())
+        kind = f"{d['dist']} factor" if d["relative"] else d["dist"]
+        print(f"    {d['input']:<30} {kind} ({params}){'  [default]' if d['source'] == 'default' else ''}")
+
+
+def print_sensitivity(out: dict, top: int = 12) -> None:
+    sens = out.get("sensitivity")
+    if not sens:
+        return
+    el = sens["elasticities"]["total_tco2e"]
+    sobol = sens.get("sobol_total_tco2e") or {}
+    print("\n  Sensitivity of total_tco2e (elasticity: % change per 1 % change of the input; layout held fixed)")
+    head = f"    {'input':<30} {'elasticity':>10}"
+    if sobol:
+        head += f" {'Sobol S1':>9} {'total ST':>9}"
+    print(head)
+    for name in sens["inputs"][:top]:
+        line = f"    {name:<30} {el[name]:>+10.3f}" if el[name] is not None else f"    {name:<30} {'n/a':>10}"
+        if sobol:
+            si = sobol.get(name)
+            line += (f" {si['S1']:>9.3f} {si['ST']:>9.3f}" if si and si["S1"] is not None else f" {'-':>9} {'-':>9}")
+        print(line)
+    if len(sens["inputs"]) > top:
+        print(f"    ... {len(sens['inputs']) - top} more with --json")
+
+
 def cmd_estimate(args, db):
-    v = load_estimate(args.spec, db)
-    out = evaluate(v, db, file=args.spec, objective=args.objective)
+    v = load_estimate(args.spec, db, samples=args.samples, seed=args.seed)
+    out = evaluate(v, db, file=args.spec, objective=args.objective, sensitivity=args.sensitivity,
+                   keep_samples=args.figures is not None)
+    samples = out.pop("_samples", None)
+    if args.figures is not None:
+        from .plots import estimate_figures
+        for path in estimate_figures(out, samples, args.figures):
+            print(f"wrote {path}", file=sys.stderr)
     if args.json:
         print(json.dumps(out, indent=2))
     else:
         print_estimate(out, f"carbon-sweep estimate: {args.spec}")
+        print_uncertainty(out)
+        print_sensitivity(out)
 
 
 def cmd_validate(args, db):
@@ -349,6 +396,16 @@ def cmd_plot(args, db):
     print(out / "report.html")
 
 
+def _at_least_2(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
+    if n < 2:
+        raise argparse.ArgumentTypeError(f"must be at least 2, not {n}")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="carbon-sweep",
@@ -367,6 +424,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--objective", choices=tuple(OBJECTIVE_OUTPUT), default="co2e",
                    help="what the layout optimiser minimises when the spec gives no layout (default co2e)")
+    e.add_argument("--samples", type=_at_least_2, metavar="N",
+                   help="draw N samples of the uncertain inputs (the spec's [uncertainty] section, else the "
+                        "shipped defaults of hardware_db/uncertainty.toml) and print p5 / p50 / p95 beside "
+                        "every figure")
+    e.add_argument("--seed", type=int, metavar="S", help="random seed of the samples (default: the spec's, else 0)")
+    e.add_argument("--sensitivity", action="store_true",
+                   help="elasticities d ln(output) / d ln(input) of every continuous input, ranked, by "
+                        "differentiation through the model (and Sobol indices with samples)")
+    e.add_argument("--figures", metavar="DIR", help="write a histogram of total_tco2e over the samples and a "
+                                                     "tornado figure of the elasticities to DIR")
     e.set_defaults(func=cmd_estimate)
 
     v = sub.add_parser("validate", help="predictions beside published figures",

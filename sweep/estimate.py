@@ -40,20 +40,28 @@ FIGURE_SOURCE = {
 LAYOUT_OUT = LAYOUT_FIELDS[:2] + ("dp",) + LAYOUT_FIELDS[2:] + ("cp", "etp", "zero_stage")
 
 
-def estimate(spec, db=None):
-    """Footprint of one run from a spec path or a {key: value} dict (``sweep.estimate``)."""
+def estimate(spec, db=None, **kw):
+    """Footprint of one run from a spec path or a {key: value} dict (``sweep.estimate``); keywords
+    as ``evaluate``'s."""
     if isinstance(spec, dict):
-        return evaluate(spec, db)
-    return evaluate(load_estimate(spec, db), db, file=spec)
+        return evaluate(spec, db, **kw)
+    return evaluate(load_estimate(spec, db), db, file=spec, **kw)
 
 
-def evaluate(values: dict, db=None, *, file="<spec>", objective="co2e") -> dict:
+def evaluate(values: dict, db=None, *, file="<spec>", objective="co2e", sensitivity: bool = False,
+             keep_samples: bool = False) -> dict:
     """Footprint of one run. ``values``: spec key → value (resolved or not). Returns JSON-ready outputs.
 
     ``mfu`` given: time from it, no layout model. Otherwise the layout model: with the spec's layout
     when every layout key is given, else the best layout for ``objective`` among those that keep the
     keys the spec gives (a partial layout: ``tp = 8, pp = 16`` fixes those two, the optimiser picks
     the rest).
+
+    With an ``[uncertainty]`` section (``values["uncertainty"]``, parsed by sweep.uncertainty), every
+    summary output also gets ``_p5``, ``_p50``, ``_p95`` and ``_mean`` over the samples, drawn through
+    the same chain with the chosen layout held fixed; ``keep_samples`` keeps the samples themselves
+    under ``"_samples"`` (for figures; not JSON). ``sensitivity``: elasticities d ln(output) /
+    d ln(input) under ``"sensitivity"`` (and Sobol indices of total_tco2e when there are samples).
     """
     db = db or hardware_db.load()
     v = values if "layout_given" in values else resolve(file, values, db)
@@ -100,7 +108,71 @@ def evaluate(values: dict, db=None, *, file="<spec>", objective="co2e") -> dict:
     out["pue"] = x["pue"]
     needed = TOTAL_FIGURES + (LAYOUT_FIGURES if v.get("mfu") is None else ())
     out["missing_figures"] = [FIGURE_SOURCE[k] for k in needed if not math.isfinite(float(x[k]))]
+    unc = v.get("uncertainty")
+    if (unc is not None or sensitivity) and (v.get("mfu") is not None or layout):
+        xs, cal = held_layout_inputs(v, x, layout, db)
+        if unc is not None:
+            out.update(sampled(xs, cal, unc, keep_samples))
+        if sensitivity:
+            out["sensitivity"] = sensitivities(xs, cal, unc, predicted_mfu=v.get("mfu") is None)
     return out
+
+
+def held_layout_inputs(v: dict, x: dict, layout: dict, db) -> tuple[dict, dict | None]:
+    """The chain's inputs with the chosen layout written in (the samples and derivatives hold it
+    fixed: a different draw does not re-optimise the layout), and the calibrated constants (None
+    when the MFU is given)."""
+    from .spec import RECOMPUTE_CODE
+
+    if v.get("mfu") is not None:
+        return dict(x), None
+    xs = dict(x)
+    for k in ("tp", "pp", "cp", "ep", "etp", "microbatch", "interleave", "zero_stage"):
+        xs[k] = float(layout[k])
+    xs["recompute"] = float(RECOMPUTE_CODE[layout["recompute"]])
+    xs["shard_optimizer"] = float(bool(layout["shard_optimizer"]))
+    xs["sequence_parallel"] = float(bool(layout["sequence_parallel"]))
+    return xs, db_calibration(db, v["hardware"])
+
+
+def sampled(x: dict, cal, unc, keep_samples: bool = False) -> dict:
+    """Quantiles and means of the summary outputs over the samples, and what was sampled."""
+    from . import uncertainty as su
+
+    values, feasible, reason = su.sample_point(x, cal, unc)
+    summary, infeasible = su.summarise(values, feasible, reason)
+    summary["uncertainty"] = {
+        "samples": unc.samples, "seed": unc.seed, "feasible_samples": int(np.asarray(feasible).sum()),
+        "infeasible_samples": infeasible,
+        "inputs": [{"input": d.input, "dist": d.dist, "relative": d.relative,
+                    "params": dict(zip(("rel",) if d.relative else su.PARAMS[d.dist],
+                                       (_rel_width(d),) if d.relative else d.params)),
+                    "source": d.source} for d in unc.dists],
+    }
+    if keep_samples:
+        summary["_samples"] = {k: np.asarray(a) for k, a in values.items()} | {"_feasible": np.asarray(feasible)}
+    return summary
+
+
+def _rel_width(d) -> float:
+    a, b, c = d.params
+    return float(b if d.dist in ("normal", "lognormal") else (b - a) / 2 if d.dist == "uniform" else c - b)
+
+
+def sensitivities(x: dict, cal, unc, *, predicted_mfu: bool) -> dict:
+    """Elasticities of every summary output (inputs ranked by their effect on total_tco2e) and,
+    with samples, the Sobol indices of total_tco2e."""
+    from . import uncertainty as su
+
+    names = su.sensitivity_inputs(x, predicted_mfu)
+    el = su.elasticities(x, cal, names)
+    names = [n for n in names if any(row[n] for row in el.values())]  # inputs that move some output
+    total = el["total_tco2e"]
+    ranked = sorted(names, key=lambda n: -abs(total[n] or 0.0))
+    result = {"inputs": ranked, "elasticities": {k: {n: row[n] for n in ranked} for k, row in el.items()}}
+    if unc is not None:
+        result["sobol_total_tco2e"] = su.sobol(x, cal, unc)
+    return result
 
 
 def design_only(x: dict) -> dict:

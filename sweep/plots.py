@@ -1283,3 +1283,85 @@ def plot_result(out_dir, *, svg=False, strict=False) -> list[Path]:
     finally:
         if res.dataset is not None:
             res.dataset.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# one estimate's distribution and sensitivities (carbon-sweep estimate --figures)
+
+
+@_styled
+def histogram_figure(samples, feasible, point, quantiles, var="total_tco2e", title=None):
+    """A histogram of one output over the feasible samples, the point estimate and p5/p50/p95 marked."""
+    v = np.broadcast_to(np.asarray(samples, float), np.shape(feasible))[np.asarray(feasible)]
+    v = v[np.isfinite(v)]
+    if v.size < 2 or np.ptp(v) == 0:
+        raise FigureSkipped(f"{var} does not vary over the samples")
+    fig = _new_figure(7.5, 4.8)
+    ax = fig.add_subplot()
+    ax.hist(v, bins=min(60, max(10, v.size // 40)), color="#9ecae1", edgecolor="#1f5fa8", linewidth=0.4)
+    for name, q, style in (("p5", quantiles.get("p5"), ":"), ("p50", quantiles.get("p50"), "-"),
+                           ("p95", quantiles.get("p95"), ":")):
+        if q is not None:
+            ax.axvline(q, color="#08306b", linestyle=style, linewidth=1.3)
+            ax.annotate(f"{name} {fmt_num(q)}", (q, 1), xycoords=("data", "axes fraction"), xytext=(3, -12),
+                        textcoords="offset points", fontsize=9, color="#08306b")
+    if point is not None:
+        ax.axvline(point, color="#d95f02", linewidth=1.6)
+        ax.annotate(f"point estimate {fmt_num(point)}", (point, 0.85), xycoords=("data", "axes fraction"),
+                    xytext=(3, 0), textcoords="offset points", fontsize=9, color="#d95f02")
+    ax.set_xlabel(label(var))
+    ax.set_ylabel("samples")
+    _title(ax, title or f"{short_name(var)} over {v.size:,} samples",
+           f"90 % of the samples lie between p5 and p95; the orange line is the estimate without uncertainty")
+    return fig
+
+
+@_styled
+def tornado_figure(elasticities: dict, sobol: dict | None = None, var="total_tco2e", top=12, title=None):
+    """Inputs ranked by |d ln(output) / d ln(input)|, as horizontal bars (a tornado), with the
+    first-order Sobol index beside each bar when samples were drawn."""
+    items = [(k, e) for k, e in elasticities.items() if e]
+    items = sorted(items, key=lambda kv: -abs(kv[1]))[:top][::-1]
+    if not items:
+        raise FigureSkipped("no input moves the output")
+    fig = _new_figure(7.5, 0.9 + 0.42 * len(items))
+    ax = fig.add_subplot()
+    names = [k for k, _ in items]
+    vals = np.array([e for _, e in items])
+    ax.barh(names, vals, color=np.where(vals > 0, "#d95f02", "#1f5fa8"))
+    ax.axvline(0, color="#333333", linewidth=0.8)
+    lim = max(abs(vals).max() * (1.75 if sobol else 1.35), 0.1)  # room for the labels beside the bars
+    ax.set_xlim(-lim, lim)
+    for i, (k, e) in enumerate(items):
+        text = f"{e:+.2f}"
+        if sobol and sobol.get(k) and sobol[k].get("S1") is not None:
+            text += f"  (S1 {sobol[k]['S1']:.2f})"
+        ax.annotate(text, (e, i), xytext=(4 if e >= 0 else -4, 0), textcoords="offset points",
+                    ha="left" if e >= 0 else "right", va="center", fontsize=9)
+    ax.set_xlabel(f"elasticity of {short_name(var)}: % change per +1 % of the input")
+    ax.grid(axis="y", alpha=0)
+    _title(ax, title or f"What drives {short_name(var)}",
+           "orange raises it, blue lowers it; S1: share of the sampled variance the input explains alone")
+    return fig
+
+
+def estimate_figures(out: dict, samples: dict | None, folder, var="total_tco2e", svg=False) -> list[Path]:
+    """The histogram (with samples) and the tornado (with sensitivities) of one estimate."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    if samples is not None and var in samples:
+        try:
+            q = {k: out.get(f"{var}_{k}") for k in ("p5", "p50", "p95")}
+            written += save_figure(histogram_figure(samples[var], samples["_feasible"], out.get(var), q, var),
+                                   folder / f"histogram_{var}", svg)
+        except FigureSkipped as why:
+            log.info("histogram skipped: %s", why)
+    sens = out.get("sensitivity")
+    if sens:
+        try:
+            written += save_figure(tornado_figure(sens["elasticities"][var], sens.get("sobol_total_tco2e"), var),
+                                   folder / f"tornado_{var}", svg)
+        except FigureSkipped as why:
+            log.info("tornado skipped: %s", why)
+    return written

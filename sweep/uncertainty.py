@@ -1,0 +1,339 @@
+"""The `[uncertainty]` section: named distributions of the chain's inputs, their samples through
+the same kernels, quantiles, elasticities and Sobol indices.
+
+A spec's ``[uncertainty]`` section holds ``samples`` (default 1,000), ``seed`` (default 0),
+``outputs`` (the sweep's quantile outputs; default ``["total_tco2e"]``) and one entry per uncertain
+input, named as the chain's input (``carbon_intensity_kg_per_kwh``; the spec keys
+``carbon_intensity`` and ``wue`` name the same inputs)::
+
+    pue = {dist = "triangular", low = 1.08, mode = 1.1, high = 1.3}   # absolute
+    carbon_intensity = {rel = 0.15}                                   # lognormal, median = nominal
+    power_util = {dist = "uniform", rel = 0.1}                        # nominal × U(0.9, 1.1)
+
+The shipped defaults (``hardware_db/uncertainty.toml``, each with its basis and source) apply to
+every input the section does not name; ``{rel = 0}`` turns one off. Samples are drawn with
+jax.random from ``seed``, so a seed reproduces a result exactly, and the same draws serve every
+point of a sweep (common random numbers: differences between designs are not sampling noise).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hardware_db import closest
+from kernels import uncertainty as ku
+from kernels.footprint import OUTPUTS
+from kernels.reasons import CODE
+
+from .spec import SpecError
+
+SECTION = "uncertainty"
+SETTINGS = ("samples", "seed", "outputs")
+DEFAULT_SAMPLES = 1000
+QUANTILES = {"p5": 0.05, "p50": 0.5, "p95": 0.95}
+# the chain's continuous inputs a distribution may describe, with the range a sample must fall in
+# (low, high, low inclusive?); a sample outside it is infeasible (counted, not used)
+UNCERTAIN_INPUTS: dict[str, tuple[float, float, bool]] = {
+    "carbon_intensity_kg_per_kwh": (0.0, math.inf, True), "pue": (1.0, math.inf, True),
+    "wue_l_per_kwh": (0.0, math.inf, True), "power_util": (0.0, 1.0, False), "avg_power_w": (0.0, math.inf, False),
+    "tdp_w": (0.0, math.inf, False), "idle_w": (0.0, math.inf, True), "host_power_w": (0.0, math.inf, True),
+    "device_embodied_kgco2e": (0.0, math.inf, True), "host_embodied_kgco2e": (0.0, math.inf, True),
+    "material_kg_per_device": (0.0, math.inf, True), "lifespan_years": (0.0, math.inf, False),
+    "goodput": (0.0, 1.0, False), "mfu": (0.0, 1.0, False), "mfu_scale": (0.0, math.inf, False),
+    "tokens": (0.0, math.inf, False), "peak_flops": (0.0, math.inf, False),
+    "served_tokens_per_day": (0.0, math.inf, True), "serving_days": (0.0, math.inf, False),
+    "experiment_factor": (0.0, math.inf, True), "storage_tb": (0.0, math.inf, True),
+}
+ALIASES = {"carbon_intensity": "carbon_intensity_kg_per_kwh", "wue": "wue_l_per_kwh"}
+# parameters of each distribution: absolute form, and the relative form's single width `rel`
+PARAMS = {"normal": ("mean", "sd"), "lognormal": ("median", "sigma"), "uniform": ("low", "high"),
+          "triangular": ("low", "mode", "high")}
+# the outputs summarised by quantiles in an estimate (continuous ones; dp and reason are not sampled)
+SUMMARY_OUTPUTS = tuple(k for k in OUTPUTS if k not in ("reason", "dp", "params", "active_params", "train_flops",
+                                                        "memory_gb"))
+
+
+@dataclass(frozen=True)
+class Dist:
+    """One input's distribution: ``relative`` = a factor on the nominal value."""
+    input: str
+    dist: str
+    params: tuple[float, float, float]
+    relative: bool
+    source: str = "spec"  # "spec" or "default" (hardware_db/uncertainty.toml)
+
+    @property
+    def zero_width(self) -> bool:
+        a, b, c = self.params
+        return {"normal": b == 0, "lognormal": b == 0, "uniform": a == b, "triangular": a == c}[self.dist]
+
+
+@dataclass(frozen=True)
+class Uncertainty:
+    samples: int
+    seed: int
+    dists: tuple[Dist, ...]
+    outputs: tuple[str, ...] = ("total_tco2e",)
+
+    @property
+    def active(self) -> tuple[Dist, ...]:
+        """Distributions of non-zero width (the ones that vary)."""
+        return tuple(d for d in self.dists if not d.zero_width)
+
+    def arrays(self, dtype=np.float64):
+        """(codes, a, b, c, relative) as arrays over the distributions, for kernels.uncertainty."""
+        codes = np.array([ku.DIST[d.dist] for d in self.dists], np.int32)
+        p = np.array([d.params for d in self.dists], dtype).reshape(len(self.dists), 3)
+        rel = np.array([d.relative for d in self.dists], bool)
+        return codes, p[:, 0], p[:, 1], p[:, 2], rel
+
+
+def _dist(file, section, name, body, source) -> Dist:
+    err = lambda msg: SpecError(file, section, name, msg)  # noqa: E731
+    if isinstance(body, (int, float)) and not isinstance(body, bool):
+        raise err(f"must be a distribution such as {{rel = 0.1}} or {{dist = \"normal\", mean = ..., sd = ...}}, "
+                  f"not a number (a fixed value goes in its own section)")
+    if not isinstance(body, dict):
+        raise err(f"must be a table such as {{rel = 0.1}}, not {body!r}")
+    body = {k: v for k, v in body.items() if k not in ("basis", "source", "notes")}
+    kind = body.get("dist", "lognormal" if "rel" in body else None)
+    if kind is None:
+        raise err("needs dist (one of: " + ", ".join(PARAMS) + ") or the shorthand {rel = 0.1}")
+    if kind not in PARAMS:
+        raise err(f"dist '{kind}' is not allowed{closest(str(kind), PARAMS)} (allowed: {', '.join(PARAMS)})")
+    given = set(body) - {"dist"}
+    for k, val in body.items():
+        if k != "dist" and (isinstance(val, bool) or not isinstance(val, (int, float)) or not math.isfinite(val)):
+            raise err(f"{k} must be a finite number, not {val!r}")
+    if "rel" in given:
+        if given != {"rel"}:
+            raise err(f"give either rel or {', '.join(PARAMS[kind])}, not both ({', '.join(sorted(given))})")
+        r = float(body["rel"])
+        if r < 0:
+            raise err(f"rel must be at least 0, not {r}")
+        if kind in ("uniform", "triangular") and r > 1:
+            raise err(f"rel must be at most 1 for a {kind} factor (it spans 1 - rel to 1 + rel), not {r}")
+        params = {"normal": (1.0, r, 0.0), "lognormal": (1.0, r, 0.0), "uniform": (1.0 - r, 1.0 + r, 0.0),
+                  "triangular": (1.0 - r, 1.0, 1.0 + r)}[kind]
+        return Dist(name, kind, params, True, source)
+    need = PARAMS[kind]
+    if given != set(need):
+        missing, extra = set(need) - given, given - set(need)
+        what = (f"missing {', '.join(sorted(missing))}" if missing else "") + \
+               ("; " if missing and extra else "") + (f"unknown {', '.join(sorted(extra))}" if extra else "")
+        raise err(f"a {kind} distribution takes {', '.join(need)} (or rel): {what}")
+    vals = tuple(float(body[k]) for k in need)
+    if kind in ("normal", "lognormal") and vals[1] < 0:
+        raise err(f"{need[1]} must be at least 0, not {vals[1]}")
+    if kind == "lognormal" and vals[0] <= 0:
+        raise err(f"median must be greater than 0, not {vals[0]}")
+    if kind == "uniform" and vals[0] > vals[1]:
+        raise err(f"low ({vals[0]}) must not exceed high ({vals[1]})")
+    if kind == "triangular" and not vals[0] <= vals[1] <= vals[2]:
+        raise err(f"needs low ≤ mode ≤ high, not {vals}")
+    return Dist(name, kind, vals + (0.0,) * (3 - len(vals)), False, source)
+
+
+def parse(file, section: dict | None, db, *, samples: int | None = None, seed: int | None = None,
+          mfu_given: bool = False, moe: bool = False) -> Uncertainty | None:
+    """The validated ``[uncertainty]`` section with the shipped defaults for the inputs it does not
+    name (None when there is no section and no ``samples`` override: a point estimate)."""
+    if section is None and samples is None:
+        return None
+    section = dict(section or {})
+    n = section.pop("samples", DEFAULT_SAMPLES) if samples is None else samples
+    s = section.pop("seed", 0) if seed is None else seed
+    outputs = section.pop("outputs", ["total_tco2e"])
+    section.pop("samples", None), section.pop("seed", None)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise SpecError(file, SECTION, "samples", f"must be a whole number of at least 2, not {n!r}")
+    if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+        raise SpecError(file, SECTION, "seed", f"must be a whole number ≥ 0, not {s!r}")
+    if isinstance(outputs, str):
+        outputs = [outputs]
+    if not isinstance(outputs, list) or not outputs:
+        raise SpecError(file, SECTION, "outputs", f"must be a list of output names, not {outputs!r}")
+    for o in outputs:
+        if o not in SUMMARY_OUTPUTS:
+            raise SpecError(file, SECTION, "outputs", f"'{o}' is not an output with a distribution"
+                            f"{closest(str(o), SUMMARY_OUTPUTS)} (allowed: {', '.join(SUMMARY_OUTPUTS)})")
+    given = {}
+    for name, body in section.items():
+        key = ALIASES.get(name, name)
+        if key not in UNCERTAIN_INPUTS:
+            allowed = sorted(UNCERTAIN_INPUTS) + sorted(ALIASES)
+            raise SpecError(file, SECTION, name, f"is not an input a distribution can describe{closest(name, allowed)} "
+                            f"(allowed: {', '.join(SETTINGS)}, and the inputs {', '.join(sorted(UNCERTAIN_INPUTS))})")
+        if key in given:
+            raise SpecError(file, SECTION, name, f"names the same input as another entry ({key})")
+        given[key] = _dist(file, SECTION, name, body, "spec")
+        given[key] = Dist(key, *[getattr(given[key], f) for f in ("dist", "params", "relative", "source")])
+    defaults = {}
+    for name, body in db.docs.get("uncertainty.toml", {}).items():
+        if not isinstance(body, dict) or name in given:
+            continue
+        if name == "mfu_scale" and mfu_given:  # the layout model's residual: only for a predicted MFU
+            continue
+        body = dict(body)
+        rel_moe = body.pop("rel_moe", None)  # a default's width for mixture-of-experts designs
+        if moe and rel_moe is not None:
+            body["rel"] = rel_moe
+        defaults[name] = _dist("hardware_db/uncertainty.toml", None, name, body, "default")
+    dists = tuple(given.values()) + tuple(defaults.values())
+    return Uncertainty(int(n), int(s), tuple(sorted(dists, key=lambda d: d.input)), tuple(outputs))
+
+
+# ---------------------------------------------------------------------------------------------
+# samples through the chain
+
+
+def draws_for(unc: Uncertainty, dtype=jnp.float64):
+    """The (samples, D) draws of the section's distributions from its seed."""
+    codes, a, b, c, _ = unc.arrays()
+    return ku.draw(jax.random.key(unc.seed), jnp.asarray(codes), jnp.asarray(a, dtype), jnp.asarray(b, dtype),
+                   jnp.asarray(c, dtype), unc.samples)
+
+
+@functools.lru_cache(maxsize=16)
+def _sampled_fn(with_cal: bool, names: tuple[str, ...], rel: tuple[bool, ...]):
+    from kernels.footprint import footprint
+
+    def run(x, cal, draws):
+        xs = dict(x)
+        ok = True
+        for j, name in enumerate(names):
+            val = ku.apply(jnp.asarray(x.get(name, 1.0))[..., None] if name in x else 1.0, draws[..., j], rel[j])
+            lo, hi, lo_incl = UNCERTAIN_INPUTS[name]
+            inside = ((val >= lo) if lo_incl else (val > lo)) & (val <= hi)
+            xs[name] = val
+            ok = ok & (inside | ~jnp.isfinite(val))
+        out = footprint(xs, cal if with_cal else None)
+        feasible = ok & (out["reason"] == 0) & jnp.isfinite(out["total_tco2e"])
+        reason = jnp.where(ok, out["reason"], CODE["sample_out_of_range"])
+        return {k: out[k] for k in SUMMARY_OUTPUTS}, feasible, reason
+    return jax.jit(run)
+
+
+def _active_names(unc: Uncertainty, x: dict) -> list[int]:
+    """Indices of the distributions that apply: an MFU distribution only where MFU is given."""
+    keep = []
+    for j, d in enumerate(unc.dists):
+        if d.input == "mfu" and not math.isfinite(float(x.get("mfu", math.nan))):
+            continue
+        if d.input not in x and d.input != "mfu_scale":
+            continue
+        keep.append(j)
+    return keep
+
+
+def sample_point(x: dict, cal, unc: Uncertainty, draws=None):
+    """Outputs of one configuration over the samples: ({output: (samples,)}, feasible, reason)."""
+    draws = draws_for(unc) if draws is None else draws
+    keep = _active_names(unc, x)
+    names = tuple(unc.dists[j].input for j in keep)
+    rel = tuple(bool(unc.dists[j].relative) for j in keep)
+    fn = _sampled_fn(cal is not None, names, rel)
+    xa = {k: jnp.asarray(v) for k, v in x.items()}
+    return fn(xa, cal, draws[:, jnp.asarray(keep, jnp.int32)] if keep else draws[:, :0])
+
+
+def summarise(values: dict, feasible, reason) -> dict:
+    """p5 / p50 / p95 / mean of each output over the feasible samples (JSON-ready), and the count
+    of infeasible samples by reason."""
+    ok = np.asarray(feasible)
+    out = {}
+    for k, v in values.items():
+        v = np.broadcast_to(np.asarray(v, np.float64), ok.shape)  # (an output no input moves is one value)
+        sel = v[ok & np.isfinite(v)]
+        if sel.size == 0:
+            out.update({f"{k}_{q}": None for q in QUANTILES}, **{f"{k}_mean": None})
+            continue
+        qs = np.quantile(sel, list(QUANTILES.values()))
+        out.update({f"{k}_{q}": float(val) for q, val in zip(QUANTILES, qs)})
+        out[f"{k}_mean"] = float(sel.mean())
+    from kernels.reasons import REASONS
+    r = np.asarray(reason)
+    counts = {REASONS[int(c)]: int((r == c).sum()) for c in np.unique(r[~ok]) if int(c) != 0}
+    if (~ok & (r == 0)).any():
+        counts["missing_data"] = counts.get("missing_data", 0) + int((~ok & (r == 0)).sum())
+    return out, counts
+
+
+# ---------------------------------------------------------------------------------------------
+# sensitivities
+
+
+def sensitivity_inputs(x: dict, predicted_mfu: bool) -> list[str]:
+    """The continuous inputs an elasticity is taken for: present, finite and non-zero."""
+    names = [k for k in UNCERTAIN_INPUTS if k in x and np.isfinite(x[k]) and x[k] != 0]
+    names += [k for k in ("hbm_bw_bytes_s", "intra_bw_bytes_s", "inter_bw_bytes_s") if predicted_mfu and k in x
+              and np.isfinite(x[k]) and x[k] > 0]
+    if predicted_mfu:
+        names = [k for k in names if k != "mfu"] + ["mfu_scale"]
+    return names
+
+
+@functools.lru_cache(maxsize=16)
+def _elasticity_fn(with_cal: bool, names: tuple[str, ...]):
+    from kernels.footprint import footprint
+
+    def log_out(s, x, cal):
+        xs = dict(x)
+        for j, k in enumerate(names):
+            xs[k] = x.get(k, 1.0) * jnp.exp(s[j])
+        out = footprint(xs, cal if with_cal else None)
+        return {k: jnp.log(jnp.abs(out[k])) for k in SUMMARY_OUTPUTS}
+
+    def elasticities(x, cal):
+        s0 = jnp.zeros(len(names), jnp.result_type(float))
+        return jax.jacfwd(log_out)(s0, x, cal)
+    return jax.jit(elasticities)
+
+
+def elasticities(x: dict, cal, names: list[str]) -> dict[str, dict[str, float]]:
+    """d ln(output) / d ln(input) for every summary output and input of ``names``, by forward-mode
+    differentiation through the chain (jax.jacfwd). An output that is zero or not finite gets None."""
+    xa = {k: jnp.asarray(v, jnp.float64) for k, v in x.items()}
+    jac = _elasticity_fn(cal is not None, tuple(names))(xa, cal)
+    out = {}
+    for k, row in jac.items():
+        row = np.asarray(row, np.float64)
+        out[k] = {n: (float(e) if np.isfinite(e) else None) for n, e in zip(names, row)}
+    return out
+
+
+def sobol(x: dict, cal, unc: Uncertainty, output: str = "total_tco2e") -> dict[str, dict[str, float]]:
+    """First-order and total Sobol indices of ``output`` for each varying input: the pick-freeze
+    design (kernels.uncertainty.pick_freeze) of 2 × ``samples`` base draws through the chain, then
+    SALib's estimator (Saltelli et al. 2010, Jansen 1999) with bootstrap confidence intervals.
+    Base samples with an infeasible row are left out whole (the design needs every row)."""
+    from SALib.analyze import sobol as salib_sobol
+
+    keep = [j for j in _active_names(unc, x) if not unc.dists[j].zero_width]
+    if not keep:
+        return {}
+    sub = Uncertainty(unc.samples, unc.seed, tuple(unc.dists[j] for j in keep), unc.outputs)
+    both = Uncertainty(2 * unc.samples, unc.seed + 1, sub.dists)
+    d2 = draws_for(both)
+    a, b = d2[:unc.samples], d2[unc.samples:]
+    rows = ku.pick_freeze(a, b)
+    values, feasible, _ = sample_point(x, cal, sub, rows)
+    y = np.asarray(values[output], np.float64)
+    ok = np.asarray(feasible) & np.isfinite(y)
+    d = len(keep)
+    blocks = ok.reshape(unc.samples, d + 2).all(axis=1)
+    y = y.reshape(unc.samples, d + 2)[blocks].reshape(-1)
+    names = [dd.input for dd in sub.dists]
+    if blocks.sum() < 2 or np.var(y) == 0:
+        return {n: {"S1": None, "S1_conf": None, "ST": None, "ST_conf": None} for n in names}
+    problem = {"num_vars": d, "names": names, "bounds": [[0.0, 1.0]] * d}
+    res = salib_sobol.analyze(problem, y, calc_second_order=False, num_resamples=200, seed=unc.seed,
+                              print_to_console=False)
+    return {n: {"S1": float(res["S1"][i]), "S1_conf": float(res["S1_conf"][i]), "ST": float(res["ST"][i]),
+                "ST_conf": float(res["ST_conf"][i])} for i, n in enumerate(names)}
