@@ -178,9 +178,11 @@ def parse(file, section: dict | None, db, *, samples: int | None = None, seed: i
     for name, body in db.docs.get("uncertainty.toml", {}).items():
         if not isinstance(body, dict) or name in given:
             continue
-        if name == "mfu_scale" and mfu_given:  # the layout model's residual: only for a predicted MFU
-            continue
         body = dict(body)
+        # the layout model's residual and the goodput apply to a predicted MFU only (a given MFU
+        # is the user's figure, and already averages the booked time)
+        if body.pop("only_when", None) == "mfu_predicted" and mfu_given:
+            continue
         rel_moe = body.pop("rel_moe", None)  # a default's width for mixture-of-experts designs
         if moe and rel_moe is not None:
             body["rel"] = rel_moe
@@ -227,6 +229,8 @@ def _active_names(unc: Uncertainty, x: dict) -> list[int]:
         if d.input == "mfu" and not math.isfinite(float(x.get("mfu", math.nan))):
             continue
         if d.input not in x and d.input != "mfu_scale":
+            continue
+        if d.zero_width:  # a constant, not sampled: the input keeps its nominal value (bit for bit)
             continue
         keep.append(j)
     return keep
@@ -315,7 +319,7 @@ def sobol(x: dict, cal, unc: Uncertainty, output: str = "total_tco2e") -> dict[s
     Base samples with an infeasible row are left out whole (the design needs every row)."""
     from SALib.analyze import sobol as salib_sobol
 
-    keep = [j for j in _active_names(unc, x) if not unc.dists[j].zero_width]
+    keep = _active_names(unc, x)
     if not keep:
         return {}
     sub = Uncertainty(unc.samples, unc.seed, tuple(unc.dists[j] for j in keep), unc.outputs)

@@ -1,0 +1,262 @@
+"""Uncertainty and sensitivity (issue 18): distributions through the same chain, quantiles, elasticities,
+Sobol indices; checked against closed forms, finite differences and NumPy."""
+
+import json
+import math
+from statistics import NormalDist
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import sweep  # noqa: F401  (float64 on)
+from kernels import uncertainty as ku
+from kernels.footprint import footprint
+from sweep.cli import main
+from sweep.estimate import evaluate, held_layout_inputs
+from sweep.inputs import point_inputs
+from sweep.spec import SpecError, load_estimate
+from sweep.uncertainty import SUMMARY_OUTPUTS
+
+FIXED_MFU = """\
+[model]
+layers = 32
+d_model = 4096
+heads = 32
+vocab = 32000
+seq_len = 4096
+[training]
+tokens = 1e12
+global_batch = 512
+[cluster]
+hardware = "a100-sxm4-80gb"
+devices = 512
+mfu = 0.45
+[site]
+region = "fr"
+"""
+PREDICTED = FIXED_MFU.replace("mfu = 0.45\n", "").replace("a100-sxm4-80gb", "h100-sxm5-80gb")
+# every shipped default switched off: only what a test names varies
+ALL_OFF = "pue = {rel = 0}\ncarbon_intensity = {rel = 0}\npower_util = {rel = 0}\ngoodput = {rel = 0}\n" \
+          "lifespan_years = {rel = 0}\ndevice_embodied_kgco2e = {rel = 0}\nhost_embodied_kgco2e = {rel = 0}\n" \
+          "mfu_scale = {rel = 0}\nwue_l_per_kwh = {rel = 0}\n"
+
+
+def spec(tmp_path, text, unc="", name="run.toml"):
+    p = tmp_path / name
+    p.write_text(text + ("\n[uncertainty]\n" + unc if unc is not None else ""))
+    return p
+
+
+def run(tmp_path, text, unc="", **kw):
+    p = spec(tmp_path, text, unc)
+    v = load_estimate(p)
+    return evaluate(v, file=p, **kw)
+
+
+# --- the kernels --------------------------------------------------------------------------------
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(2, 400), ties=st.booleans(), seed=st.integers(0, 10_000), drop=st.floats(0.0, 0.6))
+def test_sample_quantiles_equal_numpy_linear_quantiles_of_the_feasible_samples(n, ties, seed, drop):
+    rng = np.random.default_rng(seed)
+    v = rng.lognormal(0.0, 0.5, size=(3, n))
+    if ties:
+        v = np.round(v, 1)
+    ok = rng.random((3, n)) >= drop
+    got = np.asarray(ku.sample_quantiles(jnp.asarray(v), jnp.asarray(ok), (0.05, 0.5, 0.95), iterations=64))
+    for i in range(3):
+        if ok[i].any():
+            want = np.quantile(v[i][ok[i]], [0.05, 0.5, 0.95])
+            np.testing.assert_allclose(got[:, i], want, rtol=1e-12)
+        else:
+            assert np.isnan(got[:, i]).all()
+
+
+def test_sample_quantiles_in_float32_equal_numpy_on_the_same_float32_values():
+    v = np.random.default_rng(1).lognormal(2.0, 0.3, size=(50, 1000)).astype(np.float32)
+    ok = np.ones_like(v, bool)
+    got = np.asarray(ku.sample_quantiles(jnp.asarray(v), jnp.asarray(ok), (0.05, 0.95), iterations=40))
+    want = np.quantile(v.astype(np.float64), [0.05, 0.95], axis=1)
+    np.testing.assert_allclose(got, want, rtol=2e-7)
+
+
+def test_zero_width_draws_are_the_parameter_exactly():
+    codes = jnp.array([0, 1, 2, 3])
+    a = jnp.array([1.0, 1.0, 0.7, 1.1])
+    b = jnp.array([0.0, 0.0, 0.7, 1.1])
+    c = jnp.array([0.0, 0.0, 0.0, 1.1])
+    d = np.asarray(ku.draw(jax.random.key(0), codes, a, b, c, 100))
+    assert (d == np.array([1.0, 1.0, 0.7, 1.1])).all()
+
+
+def test_triangular_and_uniform_draws_have_their_closed_form_means_and_bounds():
+    # triangular (1, 2, 4): mean (1 + 2 + 4) / 3 = 7/3; uniform (2, 5): mean 3.5
+    d = np.asarray(ku.draw(jax.random.key(3), jnp.array([3, 2]), jnp.array([1.0, 2.0]), jnp.array([2.0, 5.0]),
+                           jnp.array([4.0, 0.0]), 200_000))
+    assert d[:, 0].min() >= 1.0 and d[:, 0].max() <= 4.0
+    assert d[:, 1].min() >= 2.0 and d[:, 1].max() <= 5.0
+    assert d[:, 0].mean() == pytest.approx(7.0 / 3.0, rel=5e-3)
+    assert d[:, 1].mean() == pytest.approx(3.5, rel=5e-3)
+    # the triangular CDF at the mode is (mode - low) / (high - low) = 1/3
+    assert (d[:, 0] < 2.0).mean() == pytest.approx(1.0 / 3.0, abs=5e-3)
+
+
+# --- estimate -----------------------------------------------------------------------------------
+
+
+def test_lognormal_carbon_intensity_gives_the_closed_form_quantiles_of_operational_carbon(tmp_path):
+    # operational carbon is linear in the carbon intensity: with a lognormal factor of median 1 and
+    # sigma 0.2, its q-quantile is the point value × exp(0.2 · Φ⁻¹(q))
+    out = run(tmp_path, FIXED_MFU, ALL_OFF.replace("carbon_intensity = {rel = 0}", "carbon_intensity = {rel = 0.2}")
+              + "samples = 20000\n")
+    point = out["operational_tco2e"]
+    for q, p in (("p5", 0.05), ("p50", 0.5), ("p95", 0.95)):
+        assert out[f"operational_tco2e_{q}"] == pytest.approx(point * math.exp(0.2 * NormalDist().inv_cdf(p)), rel=0.01)
+    assert out["operational_tco2e_mean"] == pytest.approx(point * math.exp(0.2 ** 2 / 2), rel=0.005)
+    # embodied carbon does not depend on it: one value
+    assert out["embodied_tco2e_p5"] == out["embodied_tco2e_p95"] == pytest.approx(out["embodied_tco2e"], rel=1e-15)
+
+
+@pytest.mark.parametrize("text", [FIXED_MFU, PREDICTED], ids=["mfu-given", "layout-model"])
+def test_zero_width_distributions_give_the_point_estimate_exactly(tmp_path, text):
+    out = run(tmp_path, text, ALL_OFF + "samples = 50\n")
+    point = run(tmp_path, text, None)
+    for k in SUMMARY_OUTPUTS:
+        if point.get(k) is not None and math.isfinite(point[k]):
+            assert out[f"{k}_p5"] == out[f"{k}_p50"] == out[f"{k}_p95"] == point[k], k
+
+
+def test_a_seed_reproduces_the_samples_and_another_seed_does_not(tmp_path):
+    a = run(tmp_path, FIXED_MFU, "samples = 500\nseed = 7\n")
+    b = run(tmp_path, FIXED_MFU, "samples = 500\nseed = 7\n")
+    c = run(tmp_path, FIXED_MFU, "samples = 500\nseed = 8\n")
+    assert a["total_tco2e_p95"] == b["total_tco2e_p95"] and a["total_tco2e_mean"] == b["total_tco2e_mean"]
+    assert c["total_tco2e_p95"] != a["total_tco2e_p95"]
+
+
+def test_the_shipped_defaults_apply_to_inputs_the_section_does_not_name(tmp_path):
+    out = run(tmp_path, PREDICTED, "samples = 100\npue = {rel = 0.05}\n")
+    inputs = {d["input"]: d for d in out["uncertainty"]["inputs"]}
+    assert inputs["pue"]["source"] == "spec" and inputs["pue"]["params"] == {"rel": 0.05}
+    assert inputs["mfu_scale"]["source"] == "default"
+    # a given MFU is the user's figure: the layout model's residual does not apply to it
+    given = run(tmp_path, FIXED_MFU, "samples = 100\n")
+    assert "mfu_scale" not in {d["input"] for d in given["uncertainty"]["inputs"]}
+
+
+def test_infeasible_samples_are_counted_and_left_out_of_the_quantiles(tmp_path):
+    # PUE ~ normal(1.05, 0.1): P(PUE < 1) = Φ(-0.5) = 0.3085 of the samples cannot be
+    out = run(tmp_path, FIXED_MFU, ALL_OFF.replace("pue = {rel = 0}", 'pue = {dist = "normal", mean = 1.05, sd = 0.1}')
+              + "samples = 4000\n")
+    bad = out["uncertainty"]["infeasible_samples"]["sample_out_of_range"]
+    assert bad / 4000 == pytest.approx(NormalDist().cdf(-0.5), abs=0.02)
+    assert out["uncertainty"]["feasible_samples"] == 4000 - bad
+    # the facility energy over the feasible samples is never below the IT energy (PUE ≥ 1)
+    assert out["energy_mwh_p5"] >= out["it_energy_mwh"]
+
+
+def test_integer_outputs_are_not_sampled(tmp_path):
+    out = run(tmp_path, PREDICTED, "samples = 100\n")
+    assert "dp_p50" not in out and isinstance(out["dp"], int) and "devices_p50" not in out
+
+
+# --- sensitivities ------------------------------------------------------------------------------
+
+
+def _finite_difference_elasticity(x, cal, name, output, h=1e-5):
+    f = jax.jit(lambda x: footprint(x, cal)[output])
+    up, down = dict(x), dict(x)
+    nominal = x.get(name, 1.0)  # (mfu_scale: 1, the layout model's own MFU)
+    up[name], down[name] = nominal * math.exp(h), nominal * math.exp(-h)
+    return (math.log(float(f(up))) - math.log(float(f(down)))) / (2 * h)
+
+
+def test_elasticities_match_central_finite_differences_in_float64(tmp_path):
+    p = spec(tmp_path, PREDICTED, None)
+    v = load_estimate(p)
+    out = evaluate(v, file=p, sensitivity=True)
+    layout = {k: out[k] for k in ("tp", "pp", "cp", "ep", "etp", "microbatch", "interleave", "zero_stage",
+                                  "recompute", "shard_optimizer", "sequence_parallel")}
+    import hardware_db
+    x, cal = held_layout_inputs(v, point_inputs(v, hardware_db.load()), layout, hardware_db.load())
+    x = {k: np.float64(val) for k, val in x.items()}
+    el = out["sensitivity"]["elasticities"]
+    checked = 0
+    for output in ("total_tco2e", "train_days", "embodied_tco2e", "energy_mwh"):
+        for name in out["sensitivity"]["inputs"]:
+            fd = _finite_difference_elasticity(x, cal, name, output)
+            assert el[output][name] == pytest.approx(fd, abs=1e-4), (output, name)
+            checked += 1
+    assert checked >= 20
+
+
+def test_elasticities_of_a_product_are_its_exponents(tmp_path):
+    # operational carbon = energy × carbon intensity × PUE: elasticity 1 for both; time ∝ tokens / MFU
+    out = run(tmp_path, FIXED_MFU, None, sensitivity=True)
+    el = out["sensitivity"]["elasticities"]
+    assert el["operational_tco2e"]["carbon_intensity_kg_per_kwh"] == pytest.approx(1.0, abs=1e-12)
+    assert el["operational_tco2e"]["pue"] == pytest.approx(1.0, abs=1e-12)
+    assert el["train_days"]["mfu"] == pytest.approx(-1.0, abs=1e-12)
+    assert el["train_days"]["tokens"] == pytest.approx(1.0, abs=1e-12)
+    # embodied carbon per run is amortised over the lifespan: elasticity -1
+    assert el["embodied_tco2e"]["lifespan_years"] == pytest.approx(-1.0, abs=1e-12)
+    ranked = out["sensitivity"]["inputs"]
+    totals = [abs(el["total_tco2e"][n]) for n in ranked]
+    assert totals == sorted(totals, reverse=True)
+
+
+def test_sobol_indices_of_two_equal_lognormal_factors_split_the_variance(tmp_path):
+    # operational carbon ∝ CI × PUE, both lognormal factors with sigma 0.1: ln of the product is a sum
+    # of two equal-variance terms, and for small sigma each explains half of the variance (S1 ≈ ST ≈ 0.5)
+    out = run(tmp_path, FIXED_MFU.replace('region = "fr"', 'region = "in"'),
+              ALL_OFF.replace("pue = {rel = 0}", "pue = {rel = 0.1}")
+              .replace("carbon_intensity = {rel = 0}", "carbon_intensity = {rel = 0.1}") + "samples = 4000\n",
+              sensitivity=True)
+    s = out["sensitivity"]["sobol_total_tco2e"]
+    assert set(s) == {"pue", "carbon_intensity_kg_per_kwh"}
+    for name in s:
+        assert s[name]["S1"] == pytest.approx(0.5, abs=0.08)
+        assert s[name]["ST"] == pytest.approx(0.5, abs=0.08)
+
+
+# --- spec errors and the command line -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("unc, key, words", [
+    ("pue_factor = {rel = 0.1}\n", "pue_factor", "pue"),
+    ('pue = {dist = "beta", rel = 0.1}\n', "pue", "allowed: normal, lognormal, uniform, triangular"),
+    ('pue = {dist = "normal", mean = 1.2}\n', "pue", "missing sd"),
+    ("pue = {rel = -0.1}\n", "pue", "at least 0"),
+    ('pue = {dist = "triangular", low = 1.3, mode = 1.1, high = 1.4}\n', "pue", "low ≤ mode ≤ high"),
+    ("samples = 1\n", "samples", "at least 2"),
+    ('outputs = ["total_co2"]\n', "outputs", "total_tco2e"),
+])
+def test_a_bad_uncertainty_entry_is_an_error_naming_the_key(tmp_path, unc, key, words):
+    p = spec(tmp_path, FIXED_MFU, unc)
+    with pytest.raises(SpecError) as e:
+        load_estimate(p)
+    assert f"[uncertainty] {key}" in str(e.value) and words in str(e.value)
+
+
+def test_cli_bad_uncertainty_exits_2_without_traceback(tmp_path, capsys):
+    p = spec(tmp_path, FIXED_MFU, "pue = 1.2\n")
+    assert main(["estimate", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert "[uncertainty] pue" in err and "Traceback" not in err
+
+
+def test_cli_estimate_json_has_quantiles_sensitivities_and_writes_figures(tmp_path, capsys):
+    p = spec(tmp_path, FIXED_MFU, None)
+    assert main(["estimate", str(p), "--samples", "300", "--sensitivity", "--json", "--figures",
+                 str(tmp_path / "figs")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["total_tco2e_p5"] < out["total_tco2e_p50"] < out["total_tco2e_p95"]
+    assert out["uncertainty"]["samples"] == 300
+    assert "sobol_total_tco2e" in out["sensitivity"]
+    assert (tmp_path / "figs" / "histogram_total_tco2e.png").exists()
+    assert (tmp_path / "figs" / "tornado_total_tco2e.png").exists()
