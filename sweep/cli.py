@@ -149,9 +149,9 @@ def print_sensitivity(out: dict, top: int = 12) -> None:
 
 
 def cmd_estimate(args, db):
-    v = load_estimate(args.spec, db, samples=args.samples, seed=args.seed)
+    v = load_estimate(args.spec, db)
     out = evaluate(v, db, file=args.spec, objective=args.objective, sensitivity=args.sensitivity,
-                   keep_samples=args.figures is not None)
+                   keep_samples=args.figures is not None, samples=args.samples, seed=args.seed)
     samples = out.pop("_samples", None)
     if args.figures is not None:
         from .plots import estimate_figures

@@ -49,7 +49,7 @@ def estimate(spec, db=None, **kw):
 
 
 def evaluate(values: dict, db=None, *, file="<spec>", objective="co2e", sensitivity: bool = False,
-             keep_samples: bool = False) -> dict:
+             keep_samples: bool = False, samples: int | None = None, seed: int | None = None) -> dict:
     """Footprint of one run. ``values``: spec key → value (resolved or not). Returns JSON-ready outputs.
 
     ``mfu`` given: time from it, no layout model. Otherwise the layout model: with the spec's layout
@@ -59,7 +59,8 @@ def evaluate(values: dict, db=None, *, file="<spec>", objective="co2e", sensitiv
 
     With an ``[uncertainty]`` section (``values["uncertainty"]``, parsed by sweep.uncertainty), every
     summary output also gets ``_p5``, ``_p50``, ``_p95`` and ``_mean`` over the samples, drawn through
-    the same chain with the chosen layout held fixed; ``keep_samples`` keeps the samples themselves
+    the same chain with the chosen layout held fixed (``samples``/``seed`` override the section's, and
+    ``samples`` alone turns sampling on with the shipped defaults); ``keep_samples`` keeps the samples themselves
     under ``"_samples"`` (for figures; not JSON). ``sensitivity``: elasticities d ln(output) /
     d ln(input) under ``"sensitivity"`` (and Sobol indices of total_tco2e when there are samples).
     """
@@ -67,6 +68,7 @@ def evaluate(values: dict, db=None, *, file="<spec>", objective="co2e", sensitiv
     v = values if "layout_given" in values else resolve(file, values, db)
     if v.get("calibration"):
         db = db.with_calibration(v["calibration"])
+    unc = uncertainty_of(v, db, file, samples, seed)  # (a bad section fails here, before any work)
     x = point_inputs(v, db)
     layout = {}
     if v.get("mfu") is not None:
@@ -108,7 +110,6 @@ def evaluate(values: dict, db=None, *, file="<spec>", objective="co2e", sensitiv
     out["pue"] = x["pue"]
     needed = TOTAL_FIGURES + (LAYOUT_FIGURES if v.get("mfu") is None else ())
     out["missing_figures"] = [FIGURE_SOURCE[k] for k in needed if not math.isfinite(float(x[k]))]
-    unc = v.get("uncertainty")
     if (unc is not None or sensitivity) and (v.get("mfu") is not None or layout):
         xs, cal = held_layout_inputs(v, x, layout, db)
         if unc is not None:
@@ -116,6 +117,17 @@ def evaluate(values: dict, db=None, *, file="<spec>", objective="co2e", sensitiv
         if sensitivity:
             out["sensitivity"] = sensitivities(xs, cal, unc, predicted_mfu=v.get("mfu") is None)
     return out
+
+
+def uncertainty_of(v: dict, db, file, samples=None, seed=None):
+    """The spec's [uncertainty] section, validated, with the shipped defaults (None: a point estimate)."""
+    from . import uncertainty as su
+
+    section = v.get("uncertainty")
+    if isinstance(section, su.Uncertainty):
+        return section
+    return su.parse(file, section, db, samples=samples, seed=seed, mfu_given=v.get("mfu") is not None,
+                    moe=(v.get("experts") or 1) > 1)
 
 
 def held_layout_inputs(v: dict, x: dict, layout: dict, db) -> tuple[dict, dict | None]:

@@ -356,16 +356,13 @@ def _has_arch(v) -> bool:
     return all(v[k] is not None for k in ARCH_KEYS)
 
 
-def load_estimate(path, db=None, *, samples: int | None = None, seed: int | None = None) -> dict[str, Any]:
+def load_estimate(path, db=None) -> dict[str, Any]:
     """Read and validate an estimate spec; returns the resolved values (see ``resolve``), with the
-    parsed ``[uncertainty]`` section under ``"uncertainty"`` (None without one; ``samples`` given
-    turns it on with the shipped defaults)."""
-    from .uncertainty import parse
-
+    ``[uncertainty]`` section as written under ``"uncertainty"`` (None without one; sweep.uncertainty
+    validates it when the estimate starts)."""
     db = db or hardware_db.load()
     doc = read_toml(path)
     check_sections(path, doc, allowed_extra=("uncertainty",))
     v = resolve(path, flat_values(doc), db)
-    v["uncertainty"] = parse(path, doc.get("uncertainty"), db, samples=samples, seed=seed,
-                             mfu_given=v["mfu"] is not None, moe=(v["experts"] or 1) > 1)
+    v["uncertainty"] = doc.get("uncertainty")
     return v
