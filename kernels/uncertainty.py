@@ -100,9 +100,15 @@ def sample_quantiles(v, ok, qs, iterations: int = 40):
 
 
 def sample_mean(v, ok):
-    """Mean over the feasible samples (last axis); NaN where none is."""
+    """Mean over the feasible samples (last axis); NaN where none is.
+
+    Summed sample by sample in a loop, so the rounding is the same whatever the number of points
+    (XLA orders a vectorised reduction by the array's shape: a chunked sweep would differ by an ulp).
+    """
     n = jnp.sum(ok, axis=-1)
-    return jnp.where(n > 0, jnp.sum(jnp.where(ok, v, 0.0), axis=-1) / jnp.maximum(n, 1), jnp.nan)
+    terms = jnp.moveaxis(jnp.where(ok, v, 0.0), -1, 0)
+    total = jax.lax.fori_loop(0, terms.shape[0], lambda i, acc: acc + terms[i], jnp.zeros(terms.shape[1:], v.dtype))
+    return jnp.where(n > 0, total / jnp.maximum(n, 1), jnp.nan)
 
 
 def pick_freeze(a, b):

@@ -37,18 +37,26 @@ from kernels.design import DERIVABLE, DESIGN_INPUTS, design_stage
 from kernels.footprint import DESIGN_KEYS, LAYOUT_STEP_INPUTS, OUTPUTS, footprint
 from kernels.selection import best_layout_stage
 from kernels.reasons import CODE
+from kernels import uncertainty as ku
 
 from . import reductions as red
 from .calibration import calibration_for
 from .inputs import point_inputs
 from . import dimensions, results
 from .names import LAYOUT_OUTPUTS as LAYOUT_VARS
+from .names import QUANTILE_SUFFIXES, quantile_base
+from .uncertainty import UNCERTAIN_INPUTS as UNCERTAIN_RANGE
+from .uncertainty import kernel_spec
 from .results import PARTIAL_DIR, SweepResult
 from .spec import SpecError
 from .study import Study, load_study
 
+# bisection steps of the sampled quantiles: enough to leave one representable value in the bracket
+# (float32: 24-bit mantissa over a range of a few decades; float64: 53 bits)
+ITERATIONS = {False: 32, True: 64}
 SMALL_GRID = 2_000_000        # grids up to this many points are kept in memory and written as NetCDF
 DEFAULT_BUDGET = 1 << 20      # evaluations per chunk (points × layouts): bounds memory
+SAMPLED_BUDGET = 1 << 22      # point-samples per chunk of a study with an [uncertainty] section
 # inputs of the design stage: what the architecture and the token budget alone fix
 # inputs of the layout stage (with the calibrated constants): the design's architecture, the
 # device count and the hardware; not the tokens, the site, the lifespan or the power figures
@@ -135,6 +143,8 @@ class Evaluator:
         given = set(study.fixed) | set(study.dims)
         self.derive = tuple(k for k in DERIVABLE if k not in given)
         self.layouts = self._candidate_layouts(db) if self.mode == "best" else None
+        unc = study.uncertainty
+        self.uncertainty = None if unc is None else kernel_spec(unc, mfu_given=self.mode == "mfu")
         self.outputs = self._output_names()
         # The kernel always prefilters the reductions' candidates. With no full grid kept it computes
         # just the outputs the reductions need; the few rows kept get every output at the end.
@@ -153,6 +163,10 @@ class Evaluator:
                 names += list(LAYOUT_VARS)
         wanted = set(names).union(*(r.reads for r in red.for_study(self.study, ())))  # what they reduce
         names += [n for n in sorted(wanted) if n not in names]
+        unc = self.study.uncertainty
+        if unc is not None:  # the sampled outputs' quantiles and means, and the infeasible samples
+            names += [f"{b}_{q}" for b in unc.outputs for q in QUANTILE_SUFFIXES if f"{b}_{q}" not in names]
+            names += [] if "infeasible_samples" in names else ["infeasible_samples"]
         if "reason" not in names:
             names.append("reason")
         return names
@@ -172,6 +186,9 @@ class Evaluator:
         """Points per chunk within the memory budget: DEFAULT_BUDGET evaluations of the chain, and
         when optimising the layout, of the layout search, which runs on the chunk's layout axes only
         (not the site's, the lifespan's or the tokens': ``kernels.selection.best_layout_stage``)."""
+        if self.uncertainty is not None:  # each point's samples count as evaluations
+            budget = max(1, SAMPLED_BUDGET // self.uncertainty[-1])
+            return budget if self.layouts is None else max(1, min(budget, DEFAULT_BUDGET // self.n_layouts))
         if self.layouts is None:
             return DEFAULT_BUDGET
         tables, _ = self.grid_tables()
@@ -336,7 +353,7 @@ class Evaluator:
     def core_kwargs(self, outputs=None) -> dict:
         return dict(mode=self.mode, derive=self.derive, law=self.law_table.get("form"),
                     law_table=tuple(sorted((k, v) for k, v in self.law_table.items() if not isinstance(v, (list, dict)))),
-                    outputs=tuple(outputs or self.outputs))
+                    outputs=tuple(outputs or self.outputs), uncertainty=self.uncertainty)
 
     def evaluate_chunk(self, plan: "Plan", i: int) -> dict[str, np.ndarray]:
         """Outputs of chunk i of a plan: one jitted call of the plan's fixed block shape."""
@@ -595,7 +612,8 @@ def spread(v, block):
     return jnp.broadcast_to(jnp.reshape(v, vs), bs).reshape(-1)
 
 
-def evaluate_points(x, cal, *, mode, derive, law, law_table, outputs, staged=None, layout_staged=None):
+def evaluate_points(x, cal, *, mode, derive, law, law_table, outputs, staged=None, layout_staged=None,
+                    uncertainty=None):
     """One chunk: the design stage, the layout stage (when optimising the layout), then the
     footprint, loss, reasons.
 
@@ -605,7 +623,7 @@ def evaluate_points(x, cal, *, mode, derive, law, law_table, outputs, staged=Non
     layout, ``layout_staged`` holds each point's pick (``Evaluator.search``, broadcast to the
     points). The study's ``objective`` is not an argument: it picks the same layout
     (``kernels.selection.best_layout_stage``), so studies that differ only in it share their compiled
-    functions.
+    functions. ``uncertainty`` (``sweep.uncertainty.kernel_spec``): the sampled quantile outputs too.
     """
     x = dict(x)
     points = jnp.shape(x.pop("_points"))
@@ -627,11 +645,59 @@ def evaluate_points(x, cal, *, mode, derive, law, law_table, outputs, staged=Non
     else:
         out = footprint(x, None, design=design)
     out.update(loss)
+    if uncertainty is not None:
+        step = layout_staged if mode == "best" else None
+        out.update(sampled_outputs(x, cal if mode == "fixed" else None, design, step, reason, out["reason"],
+                                   uncertainty, outputs))
     out = {k: bc(v) for k, v in out.items()}
     out["reason"] = bc(jnp.where(reason != 0, reason, out["reason"]).astype(jnp.int32))
     missing = ~jnp.isfinite(out["total_tco2e"]) & (out["reason"] == 0)
     out["reason"] = jnp.where(missing, CODE["missing_data"], out["reason"]).astype(jnp.int32)
     return {k: out[k] for k in outputs if k in out}
+
+
+def sampled_outputs(x, cal, design, step, design_reason, reason, unc, outputs):
+    """Quantiles and means over the [uncertainty] samples of the outputs named ``<output>_p5`` ...
+    in ``outputs``, and the infeasible samples, per point.
+
+    Every point sees the same draws (the section's seed; common random numbers), on a trailing
+    sample axis: the chain runs again with each sampled input replaced by nominal × factor (or the
+    drawn value), its other inputs, the design terms and the layout's step held at the point's.
+    A sample is feasible when its inputs are in range (sweep.uncertainty.UNCERTAIN_INPUTS) and the
+    point is; quantiles by kernels.uncertainty.sample_quantiles over the feasible samples.
+    """
+    names, rel, codes, a, b, c, seed, samples = unc
+    bases = sorted({qb for o in outputs if (qb := quantile_base(o))})
+    if not bases and "infeasible_samples" not in outputs:
+        return {}
+    dtype = jnp.result_type(x["tokens"])
+    # drawn in float64 (the engine enables it), then rounded: a float32 sweep sees the same samples
+    draws = ku.draw(jax.random.key(seed), jnp.asarray(codes, jnp.int32), jnp.asarray(a, jnp.float64),
+                    jnp.asarray(b, jnp.float64), jnp.asarray(c, jnp.float64), samples).astype(dtype)
+    col = lambda v: jnp.asarray(v)[..., None]  # noqa: E731
+    xs = {k: col(v) for k, v in x.items()}
+    ok = jnp.ones((1, samples), bool)
+    for j, k in enumerate(names):
+        val = ku.apply(xs.get(k, jnp.ones((1,), dtype)), draws[:, j], rel[j])
+        lo, hi, lo_incl = UNCERTAIN_RANGE[k]
+        ok = ok & ((((val >= lo) if lo_incl else (val > lo)) & (val <= hi)) | ~jnp.isfinite(val))
+        xs[k] = val
+    # barriers as in the grid path: every chunk shape then takes the same arithmetic path
+    xs, cal, design, step = jax.tree_util.tree_map(jax.lax.optimization_barrier, (
+        xs, None if cal is None else {k: col(v) for k, v in cal.items()}, {k: col(v) for k, v in design.items()},
+        None if step is None else {k: col(v) for k, v in step.items()}))
+    o = footprint(xs, cal, design=design, step=step)
+    feasible = ok & (o["reason"] == 0) & (col(design_reason) == 0) & (col(reason) == 0)
+    out = {}
+    for base in bases:
+        v = o[base]
+        good = feasible & jnp.isfinite(v)
+        v = jnp.broadcast_to(v, good.shape)
+        q = ku.sample_quantiles(v, good, (0.05, 0.5, 0.95), iterations=ITERATIONS[dtype == jnp.float64])
+        out.update({f"{base}_p5": q[0], f"{base}_p50": q[1], f"{base}_p95": q[2],
+                    f"{base}_mean": ku.sample_mean(v, good)})
+    out["infeasible_samples"] = (samples - jnp.sum(feasible, axis=-1)).astype(jnp.int32)
+    return out
 
 
 @functools.lru_cache(maxsize=32)

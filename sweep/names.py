@@ -24,6 +24,7 @@ class Name:
     label: str | None = None      # estimate's row label ("total")
     table_unit: str = ""          # estimate's printed unit ("t CO2e"; "" for a count)
     output: bool = True           # a variable of the grid (False: a dimension or an estimate field only)
+    sampled: bool = False         # a quantile or mean over an [uncertainty] section's samples
 
 
 # what the sweep adds to the kernel's outputs (the study's scaling law, the layout it chose)
@@ -137,6 +138,18 @@ REPORT_BEST = ("total_tco2e", "operational_tco2e", "embodied_tco2e", "operationa
                "device_hours", "params", "active_params", "train_flops", "loss", "mfu", "step_time_s", "memory_gb",
                "tp", "pp", "dp", "ep", "microbatch", "gpus_consumed", "material_kg", "water_m3")
 
+# what a sweep with an [uncertainty] section adds per point: for each sampled output, its quantiles
+# over the samples (name_p5, name_p50, name_p95) and mean (name_mean), and the infeasible samples
+QUANTILE_SUFFIXES = {"p5": "5th percentile", "p50": "median", "p95": "95th percentile", "mean": "mean"}
+NOT_SAMPLED = ("reason", "dp", "params", "active_params", "train_flops", "memory_gb")
+
+
+def quantile_base(name: str) -> str | None:
+    """The output a quantile name is of (``total_tco2e_p95`` → ``total_tco2e``), else None."""
+    base, _, suffix = name.rpartition("_")
+    return base if suffix in QUANTILE_SUFFIXES and base in KERNEL_OUTPUTS and base not in NOT_SAMPLED else None
+
+
 # the layout a best-layout grid records per point (the outputs named like the layout's spec keys)
 LAYOUT_OUTPUTS = LAYOUT_FIELDS
 
@@ -148,15 +161,24 @@ def _registry() -> dict[str, Name]:
     for _, rows in ESTIMATE_TABLE:
         for k, label, unit in rows:
             names[k] = replace(names.get(k, Name(output=False)), label=label, table_unit=unit)
+    for k, (unit, desc) in KERNEL_OUTPUTS.items():
+        if k not in NOT_SAMPLED:
+            for q, what in QUANTILE_SUFFIXES.items():
+                short = f"{names[k].short or k}, {q}"
+                names[f"{k}_{q}"] = Name(unit, f"{desc}: {what} over the uncertainty samples", short=short,
+                                         sampled=True)
+    names["infeasible_samples"] = Name("1", "samples of the point that cannot run (a sampled input out of range, "
+                                            "or infeasible), left out of its quantiles", sampled=True)
     return names
 
 
 NAMES: dict[str, Name] = _registry()
 
 
-def output_units() -> dict[str, tuple[str, str]]:
-    """Every output a grid can hold: name → (unit, description), in the grid's order."""
-    return {k: (n.unit, n.description) for k, n in NAMES.items() if n.output}
+def output_units(sampled: bool = False) -> dict[str, tuple[str, str]]:
+    """Every output a grid can hold: name → (unit, description), in the grid's order; ``sampled``:
+    with the quantiles a study with an [uncertainty] section adds."""
+    return {k: (n.unit, n.description) for k, n in NAMES.items() if n.output and (sampled or not n.sampled)}
 
 
 def attrs_of(name: str) -> dict:

@@ -25,7 +25,8 @@ import numpy as np
 import hardware_db
 from hardware_db import closest
 
-from .names import output_units
+from . import uncertainty
+from .names import output_units, quantile_base
 from .spec import BOOL, INT, KEYS, NUM, SpecError, check_sections, check_value, flat_values, read_toml
 from .spec import LAYOUT_KEYS, OBJECTIVE_OUTPUT, resolve
 
@@ -74,6 +75,7 @@ class Study:
     base: dict[str, Any]              # resolved values at the first grid point (defaults filled)
     law: str | None = None
     search: dict = field(default_factory=dict)
+    uncertainty: Any = None           # sweep.uncertainty.Uncertainty of an [uncertainty] section, or None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -201,7 +203,7 @@ def _check_outputs(file, names, where="outputs", allowed=None):
                             f"(allowed: {', '.join(allowed)})")
 
 
-def _study_options(file, body: dict, has_law: bool) -> StudyOptions:
+def _study_options(file, body: dict, has_law: bool, sampled: bool = False) -> StudyOptions:
     for k in body:
         if k not in STUDY_KEYS:
             raise SpecError(file, "study", k, f"unknown key{closest(k, STUDY_KEYS)} (allowed: {', '.join(STUDY_KEYS)})")
@@ -236,7 +238,7 @@ def _study_options(file, body: dict, has_law: bool) -> StudyOptions:
     cs = o["chunk_size"]
     if cs is not None and (isinstance(cs, bool) or not isinstance(cs, int) or cs < 1):
         raise SpecError(file, "study", "chunk_size", f"must be a whole number ≥ 1, not {cs!r}")
-    allowed = dict(output_units())
+    allowed = dict(output_units(sampled=sampled))
     if not has_law:
         allowed.pop("loss"), allowed.pop("loss_in_range")
     if o["outputs"] is not None:
@@ -269,7 +271,7 @@ def load_study(path_or_doc, db=None, *, extra_sections=("grid", "study", "search
         file, doc = "<study>", path_or_doc
     else:
         file, doc = str(path_or_doc), read_toml(path_or_doc)
-    check_sections(file, doc, allowed_extra=extra_sections)
+    check_sections(file, doc, allowed_extra=tuple(extra_sections) + ("uncertainty",))
     if doc.get("study", {}).get("kind") == "validation":
         extra = [s for s in doc if s != "study"]
         if extra:
@@ -297,7 +299,7 @@ def load_study(path_or_doc, db=None, *, extra_sections=("grid", "study", "search
     if law not in laws:
         raise SpecError(file, "quality", "law", f"unknown law '{law}'{closest(law, laws)} (allowed: {', '.join(laws)})")
     has_arch = base.get("layers") is not None or "layers" in dims
-    options = _study_options(file, doc.get("study", {}), has_law=True)
+    options = _study_options(file, doc.get("study", {}), has_law=True, sampled="uncertainty" in doc)
     # layout keys given (fixed, or as grid dimensions) mean a fixed layout, as for `estimate`
     given = [k for k in LAYOUT_KEYS if k in dims or k in fixed]
     mfu_given = base.get("mfu") is not None or "mfu" in dims
@@ -312,6 +314,16 @@ def load_study(path_or_doc, db=None, *, extra_sections=("grid", "study", "search
         raise SpecError(file, "study", "name", "must be a non-empty string")
     if options["layout"] == "best" and base.get("mfu") is None and "mfu" not in dims and not has_arch:
         raise SpecError(file, "cluster", "mfu", "is required when the model is given by params only")
+    unc = None
+    if "uncertainty" in doc:
+        unc = uncertainty.parse(file, doc["uncertainty"], db, mfu_given=mfu_given,
+                                moe=bool(np.all(np.asarray(dims.get("experts", [base.get("experts") or 1])) > 1)))
+        # the outputs the reductions and [study] outputs read quantiles of are sampled too
+        named = [n[4:] if n.startswith(("max:", "min:")) else n for n in
+                 (options["outputs"] or []) + [n for p in options["pareto"] for n in p]
+                 + ([options["top"]["by"]] if options["top"] else [])]
+        bases = tuple(dict.fromkeys(list(unc.outputs) + [b for n in named if (b := quantile_base(n))]))
+        unc = dataclasses.replace(unc, outputs=bases)
     return Study(file=file, doc=doc, name=name, fixed=fixed, dims=dims, options=options, base=base, law=law,
-                 search=doc.get("search", {}))
+                 search=doc.get("search", {}), uncertainty=unc)
 

@@ -31,6 +31,7 @@ from kernels import uncertainty as ku
 from kernels.footprint import OUTPUTS
 from kernels.reasons import CODE
 
+from .names import NOT_SAMPLED
 from .spec import SpecError
 
 SECTION = "uncertainty"
@@ -55,8 +56,7 @@ ALIASES = {"carbon_intensity": "carbon_intensity_kg_per_kwh", "wue": "wue_l_per_
 PARAMS = {"normal": ("mean", "sd"), "lognormal": ("median", "sigma"), "uniform": ("low", "high"),
           "triangular": ("low", "mode", "high")}
 # the outputs summarised by quantiles in an estimate (continuous ones; dp and reason are not sampled)
-SUMMARY_OUTPUTS = tuple(k for k in OUTPUTS if k not in ("reason", "dp", "params", "active_params", "train_flops",
-                                                        "memory_gb"))
+SUMMARY_OUTPUTS = tuple(k for k in OUTPUTS if k not in NOT_SAMPLED)
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,16 @@ class Uncertainty:
         p = np.array([d.params for d in self.dists], dtype).reshape(len(self.dists), 3)
         rel = np.array([d.relative for d in self.dists], bool)
         return codes, p[:, 0], p[:, 1], p[:, 2], rel
+
+
+def kernel_spec(unc: Uncertainty, mfu_given: bool) -> tuple:
+    """The section as a hashable tuple for the engine's jitted grid function: (names, relative,
+    codes, a, b, c, seed, samples) over the distributions that vary."""
+    ds = [d for d in unc.dists if not d.zero_width and (d.input != "mfu" or mfu_given)
+          and (d.input != "mfu_scale" or not mfu_given)]
+    return (tuple(d.input for d in ds), tuple(d.relative for d in ds), tuple(ku.DIST[d.dist] for d in ds),
+            tuple(d.params[0] for d in ds), tuple(d.params[1] for d in ds), tuple(d.params[2] for d in ds),
+            unc.seed, unc.samples)
 
 
 def _dist(file, section, name, body, source) -> Dist:
@@ -195,11 +205,11 @@ def parse(file, section: dict | None, db, *, samples: int | None = None, seed: i
 # samples through the chain
 
 
-def draws_for(unc: Uncertainty, dtype=jnp.float64):
-    """The (samples, D) draws of the section's distributions from its seed."""
-    codes, a, b, c, _ = unc.arrays()
-    return ku.draw(jax.random.key(unc.seed), jnp.asarray(codes), jnp.asarray(a, dtype), jnp.asarray(b, dtype),
-                   jnp.asarray(c, dtype), unc.samples)
+def draws_for(spec: tuple, dtype=jnp.float64):
+    """The (samples, D) draws of a ``kernel_spec`` from its seed (the sweep draws the same ones)."""
+    names, rel, codes, a, b, c, seed, samples = spec
+    return ku.draw(jax.random.key(seed), jnp.asarray(codes, jnp.int32), jnp.asarray(a, dtype), jnp.asarray(b, dtype),
+                   jnp.asarray(c, dtype), samples)
 
 
 @functools.lru_cache(maxsize=16)
@@ -210,7 +220,7 @@ def _sampled_fn(with_cal: bool, names: tuple[str, ...], rel: tuple[bool, ...]):
         xs = dict(x)
         ok = True
         for j, name in enumerate(names):
-            val = ku.apply(jnp.asarray(x.get(name, 1.0))[..., None] if name in x else 1.0, draws[..., j], rel[j])
+            val = ku.apply(jnp.asarray(x.get(name, 1.0))[..., None], draws[..., j], rel[j])
             lo, hi, lo_incl = UNCERTAIN_INPUTS[name]
             inside = ((val >= lo) if lo_incl else (val > lo)) & (val <= hi)
             xs[name] = val
@@ -222,29 +232,18 @@ def _sampled_fn(with_cal: bool, names: tuple[str, ...], rel: tuple[bool, ...]):
     return jax.jit(run)
 
 
-def _active_names(unc: Uncertainty, x: dict) -> list[int]:
-    """Indices of the distributions that apply: an MFU distribution only where MFU is given."""
-    keep = []
-    for j, d in enumerate(unc.dists):
-        if d.input == "mfu" and not math.isfinite(float(x.get("mfu", math.nan))):
-            continue
-        if d.input not in x and d.input != "mfu_scale":
-            continue
-        if d.zero_width:  # a constant, not sampled: the input keeps its nominal value (bit for bit)
-            continue
-        keep.append(j)
-    return keep
+def _spec_for(unc: Uncertainty, x: dict) -> tuple:
+    return kernel_spec(unc, mfu_given=bool(np.isfinite(x.get("mfu", np.nan))))
 
 
 def sample_point(x: dict, cal, unc: Uncertainty, draws=None):
-    """Outputs of one configuration over the samples: ({output: (samples,)}, feasible, reason)."""
-    draws = draws_for(unc) if draws is None else draws
-    keep = _active_names(unc, x)
-    names = tuple(unc.dists[j].input for j in keep)
-    rel = tuple(bool(unc.dists[j].relative) for j in keep)
-    fn = _sampled_fn(cal is not None, names, rel)
-    xa = {k: jnp.asarray(v) for k, v in x.items()}
-    return fn(xa, cal, draws[:, jnp.asarray(keep, jnp.int32)] if keep else draws[:, :0])
+    """Outputs of one configuration over the samples: ({output: (samples,)}, feasible, reason).
+    The draws are those of ``kernel_spec`` (the sweep's, for the same section); ``draws`` given:
+    rows over those columns (a Sobol design)."""
+    spec = _spec_for(unc, x)
+    draws = draws_for(spec) if draws is None else draws
+    fn = _sampled_fn(cal is not None, spec[0], spec[1])
+    return fn({k: jnp.asarray(v) for k, v in x.items()}, cal, draws)
 
 
 def summarise(values: dict, feasible, reason) -> dict:
@@ -319,21 +318,18 @@ def sobol(x: dict, cal, unc: Uncertainty, output: str = "total_tco2e") -> dict[s
     Base samples with an infeasible row are left out whole (the design needs every row)."""
     from SALib.analyze import sobol as salib_sobol
 
-    keep = _active_names(unc, x)
-    if not keep:
+    names = list(_spec_for(unc, x)[0])
+    d = len(names)
+    if not d:
         return {}
-    sub = Uncertainty(unc.samples, unc.seed, tuple(unc.dists[j] for j in keep), unc.outputs)
-    both = Uncertainty(2 * unc.samples, unc.seed + 1, sub.dists)
+    both = _spec_for(Uncertainty(2 * unc.samples, unc.seed + 1, unc.dists), x)
     d2 = draws_for(both)
-    a, b = d2[:unc.samples], d2[unc.samples:]
-    rows = ku.pick_freeze(a, b)
-    values, feasible, _ = sample_point(x, cal, sub, rows)
+    rows = ku.pick_freeze(d2[:unc.samples], d2[unc.samples:])
+    values, feasible, _ = sample_point(x, cal, unc, rows)
     y = np.asarray(values[output], np.float64)
     ok = np.asarray(feasible) & np.isfinite(y)
-    d = len(keep)
     blocks = ok.reshape(unc.samples, d + 2).all(axis=1)
     y = y.reshape(unc.samples, d + 2)[blocks].reshape(-1)
-    names = [dd.input for dd in sub.dists]
     if blocks.sum() < 2 or np.var(y) == 0:
         return {n: {"S1": None, "S1_conf": None, "ST": None, "ST_conf": None} for n in names}
     problem = {"num_vars": d, "names": names, "bounds": [[0.0, 1.0]] * d}

@@ -268,3 +268,82 @@ def test_cli_estimate_json_has_quantiles_sensitivities_and_writes_figures(tmp_pa
     assert "sobol_total_tco2e" in out["sensitivity"]
     assert (tmp_path / "figs" / "histogram_total_tco2e.png").exists()
     assert (tmp_path / "figs" / "tornado_total_tco2e.png").exists()
+
+
+# --- sweeps ---------------------------------------------------------------------------------------
+
+STUDY = """\
+[study]
+name = "sampled"
+pareto = [["loss", "total_tco2e_p95"]]
+top = {by = "total_tco2e_p50", n = 4}
+[grid]
+layers = [16, 24, 32]
+d_model = [2048, 4096]
+region = ["us", "fr", "in"]
+[model]
+heads = 16
+vocab = 50000
+seq_len = 2048
+[training]
+tokens = 3e11
+[cluster]
+hardware = "h100-sxm5-80gb"
+devices = 256
+mfu = 0.4
+[uncertainty]
+samples = 400
+seed = 3
+mfu = {rel = 0.1}
+"""
+
+
+def _study(tmp_path, text, name="s.toml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_a_sweep_keeps_quantiles_per_point_and_matches_the_estimate_of_that_point(tmp_path):
+    res = sweep.run(_study(tmp_path, STUDY))
+    ds = res.dataset
+    for q in ("p5", "p50", "p95", "mean"):
+        assert f"total_tco2e_{q}" in ds and ds[f"total_tco2e_{q}"].attrs["units"] == "t CO2e"
+    point = ds.sel(layers=24, d_model=4096, region="in")
+    est = run(tmp_path, FIXED_MFU.replace("layers = 32", "layers = 24").replace('region = "fr"', 'region = "in"')
+              .replace("heads = 32", "heads = 16").replace("vocab = 32000", "vocab = 50000")
+              .replace("seq_len = 4096", "seq_len = 2048").replace("tokens = 1e12", "tokens = 3e11")
+              .replace("a100-sxm4-80gb", "h100-sxm5-80gb").replace("devices = 512", "devices = 256")
+              .replace("mfu = 0.45", "mfu = 0.4"), "samples = 400\nseed = 3\nmfu = {rel = 0.1}\n")
+    for q in ("p5", "p50", "p95", "mean"):
+        assert float(point[f"total_tco2e_{q}"]) == pytest.approx(est[f"total_tco2e_{q}"], rel=1e-9), q
+    assert int(point["infeasible_samples"]) == sum(est["uncertainty"]["infeasible_samples"].values())
+    # the front is on the quantile the study names
+    front = res.pareto["pareto_loss__total_tco2e_p95"]
+    assert "total_tco2e_p95" in front.columns and len(front) >= 2
+    assert list(res.top["total_tco2e_p50"]) == sorted(res.top["total_tco2e_p50"])
+
+
+def test_a_seed_gives_identical_sweeps_chunked_and_unchunked(tmp_path):
+    whole = sweep.run(_study(tmp_path, STUDY)).dataset
+    chunked = sweep.run(_study(tmp_path, STUDY.replace('name = "sampled"', 'name = "sampled"\nchunk_size = 5'),
+                               "c.toml")).dataset
+    for q in ("p5", "p50", "p95", "mean"):
+        np.testing.assert_array_equal(whole[f"total_tco2e_{q}"].values, chunked[f"total_tco2e_{q}"].values)
+    np.testing.assert_array_equal(whole["infeasible_samples"].values, chunked["infeasible_samples"].values)
+
+
+def test_a_float32_sweep_gives_the_float64_quantiles_to_float32_precision(tmp_path):
+    f64 = sweep.run(_study(tmp_path, STUDY)).dataset
+    f32 = sweep.run(_study(tmp_path, STUDY.replace('name = "sampled"', 'name = "sampled"\ndtype = "float32"'),
+                           "f.toml")).dataset
+    np.testing.assert_allclose(f32["total_tco2e_p95"].values, f64["total_tco2e_p95"].values, rtol=2e-5)
+    np.testing.assert_array_equal(f32["infeasible_samples"].values, f64["infeasible_samples"].values)
+
+
+def test_zero_width_distributions_give_the_sweeps_point_values(tmp_path):
+    text = STUDY.replace("mfu = {rel = 0.1}\n", "mfu = {rel = 0}\n" + ALL_OFF)
+    ds = sweep.run(_study(tmp_path, text)).dataset
+    np.testing.assert_array_equal(ds["total_tco2e_p50"].values, ds["total_tco2e"].values)
+    np.testing.assert_array_equal(ds["total_tco2e_p5"].values, ds["total_tco2e"].values)
+    assert int(ds["infeasible_samples"].sum()) == 0
