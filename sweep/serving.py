@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import hardware_db
 from kernels import architecture
 from kernels import serving as ks
 
@@ -29,8 +30,8 @@ MODEL_DEFAULTS = {"experts": 1, "top_k": 1, "expert_d_ff": 0, "shared_experts": 
                   "bias": False}
 
 
-class ServingDataError(ValueError):
-    """A row of serving_runs.toml or a table of serving.toml breaks the schema (hardware_db/SCHEMA.md)."""
+class ServingDataError(hardware_db.DatabaseError):
+    """serving.toml lacks a constant (hardware_db/SCHEMA.md)."""
 
 
 def model_arrays(model: dict) -> dict:
@@ -84,11 +85,6 @@ def constants_for(db, hw_id: str) -> dict:
 
 # ---- the measured rows -----------------------------------------------------------------------------------
 
-RUN_REQUIRED = ("model", "hardware", "devices", "batch", "output_tokens", "weight_precision",
-                "measured_j_per_token", "measured_power_w", "measured_tokens_per_s", "workload", "source")
-MODEL_REQUIRED = ("model_id", "model_source", "layers", "d_model", "heads", "kv_heads", "head_dim", "d_ff", "vocab")
-
-
 @dataclass(frozen=True)
 class Run:
     label: str
@@ -106,34 +102,8 @@ class Run:
 
 
 def check_runs(doc: dict, db, file=RUNS_FILE) -> None:
-    """Schema check of serving_runs.toml (hardware_db/SCHEMA.md): required keys, known models and
-    hardware, positive numbers, known precision."""
-    models = doc.get("model", {})
-    for name, m in models.items():
-        for k in MODEL_REQUIRED:
-            if k not in m:
-                raise ServingDataError(f"{file}: [model.\"{name}\"] lacks '{k}'")
-    for k, w in doc.get("workload", {}).items():
-        if "input_tokens" not in w or "input_tokens_source" not in w:
-            raise ServingDataError(f"{file}: [workload.{k}] needs input_tokens and input_tokens_source")
-    for i, r in enumerate(doc.get("run", [])):
-        where = f"{file}: run {i + 1}"
-        for k in RUN_REQUIRED:
-            if k not in r:
-                raise ServingDataError(f"{where} lacks '{k}'")
-        if r["model"] not in models:
-            raise ServingDataError(f"{where}: model '{r['model']}' is not a [model.*] table")
-        if r["workload"] not in doc.get("workload", {}):
-            raise ServingDataError(f"{where}: workload '{r['workload']}' is not a [workload.*] table")
-        if r["hardware"] not in db.accelerators:
-            raise ServingDataError(f"{where}: hardware '{r['hardware']}' is not in accelerators.csv")
-        if r["weight_precision"] not in PRECISION_BYTES:
-            raise ServingDataError(f"{where}: weight_precision '{r['weight_precision']}' is not one of "
-                                   f"{', '.join(PRECISION_BYTES)}")
-        for k in ("devices", "batch", "output_tokens", "measured_j_per_token", "measured_power_w",
-                  "measured_tokens_per_s"):
-            if not (isinstance(r[k], (int, float)) and r[k] > 0):
-                raise ServingDataError(f"{where}: '{k}' must be a positive number, got {r[k]!r}")
+    """Schema check of a serving runs file (hardware_db.check_serving_runs; SCHEMA.md)."""
+    hardware_db.check_serving_runs(doc, db.accelerators, file)
 
 
 def load_runs(db) -> list[Run]:
@@ -312,3 +282,156 @@ def constants_toml(result: dict, header: str) -> str:
             out.append(f'{k} = {{ value = {v:.6g}, source = "{note}", notes = "{SOURCES[k]}" }}')
         out.append("")
     return "\n".join(out)
+
+
+# ---- a spec's [serving]: figures and the best configuration ----------------------------------------------
+
+DEVICE_CHOICES = (1, 2, 4, 8)
+BATCH_CHOICES = tuple(2 ** i for i in range(11))   # 1 … 1,024
+SERVING_OUTPUTS = {
+    "replica_devices": ("1", "devices per replica"),
+    "concurrency": ("1", "sequences batched per replica"),
+    "max_batch": ("1", "largest batch whose KV cache fits"),
+    "ttft_s": ("s", "time to first token"),
+    "tpot_s": ("s", "time per output token"),
+    "tokens_per_s_per_replica": ("token/s", "output tokens per second per replica"),
+    "device_power_w": ("W", "power of a busy device"),
+    "gpu_j_per_output_token": ("J/token", "accelerator energy per output token at full load (ML.ENERGY's measure)"),
+    "replicas": ("1", "replicas for requests_per_day"),
+    "load": ("1", "mean load of the replicas (the rest is idle capacity, drawing static power)"),
+    "device_hours_per_day": ("h/d", "device-hours per day, idle capacity included"),
+    "energy_kwh_per_day": ("kWh/d", "facility energy per day"),
+    "wh_per_request": ("Wh", "facility energy per request (host, PUE and idle capacity included)"),
+    "wh_per_1k_output_tokens": ("Wh", "facility energy per 1,000 output tokens"),
+    "gco2e_per_request": ("g CO2e", "operational + embodied per request"),
+    "gco2e_per_1k_output_tokens": ("g CO2e", "operational + embodied per 1,000 output tokens"),
+    "tco2e_per_day": ("t CO2e/d", "serving emissions per day"),
+}
+
+
+def serving_inputs(file, doc: dict, db) -> dict:
+    """The [serving] spec (with [model], the hardware and the site) resolved for kernels.serving.
+    Errors are SpecErrors naming the file, section and key."""
+    from .inputs import host_embodied_kgco2e, device_embodied_kgco2e, host_power, site_row
+    from .spec import KEYS, SpecError, check_sections, check_value
+
+    check_sections(file, doc)
+    sv = doc.get("serving")
+    if sv is None:
+        raise SpecError(file, "serving", None, "section is required (input_tokens, output_tokens, requests_per_day)")
+    v = {k: (check_value(file, k, doc[KEYS[k].section][k]) if k in doc.get(KEYS[k].section, {}) else KEYS[k].default)
+         for k in KEYS}
+    for k in ("input_tokens", "output_tokens", "requests_per_day"):
+        if v[k] is None:
+            raise SpecError(file, "serving", k, "is required")
+    hw_id = v["serve_hardware"] or v["hardware"]
+    if hw_id is None:
+        raise SpecError(file, "serving", "serve_hardware", "is required (or give [cluster] hardware)")
+    if hw_id not in db.accelerators:
+        sec = "serving" if v["serve_hardware"] else "cluster"
+        raise SpecError(file, sec, "serve_hardware" if v["serve_hardware"] else "hardware",
+                        f"unknown hardware '{hw_id}'{hardware_db.closest(hw_id, db.accelerators)} "
+                        "(see: carbon-sweep hardware list)")
+    prec = v["weight_precision"]
+    if prec == "fp8" and not np.isfinite(db.peak_tflops(hw_id, "fp8")):
+        raise SpecError(file, "serving", "weight_precision", f"'fp8': hardware '{hw_id}' has no FP8 peak "
+                        "(allowed here: bf16, fp16, int8, int4)")
+    model = {k: v[k] for k in ("layers", "d_model", "heads", "kv_heads", "head_dim", "d_ff", "vocab", "experts", "top_k",
+                               "expert_d_ff", "shared_experts", "moe_every", "first_dense_layers", "tied_embeddings",
+                               "bias", "params")}
+    for k in ("layers", "d_model", "heads", "vocab"):
+        if model[k] is None:
+            raise SpecError(file, "model", k, "is required to model serving (the KV cache and FLOPs need it)")
+    model["kv_heads"] = model["kv_heads"] or model["heads"]
+    model["head_dim"] = model["head_dim"] or model["d_model"] / model["heads"]
+    model["d_ff"] = model["d_ff"] or 4 * model["d_model"]
+    model["expert_d_ff"] = model["expert_d_ff"] or model["d_ff"]
+    model["ffn_matrices"] = 3 if v["ffn"] == "swiglu" else 2
+    if model["top_k"] > model["experts"]:
+        raise SpecError(file, "model", "top_k", f"({model['top_k']}) cannot exceed experts ({model['experts']})")
+    if v["region"] is None and (v["carbon_intensity"] is None or v["pue"] is None):
+        raise SpecError(file, "site", "region", "is required unless carbon_intensity and pue are given")
+    if v["region"] is not None and v["region"] not in db.regions:
+        raise SpecError(file, "site", "region", f"unknown region '{v['region']}'"
+                        f"{hardware_db.closest(v['region'], db.regions)} (see: carbon-sweep regions list)")
+    site = site_row(db, v)
+    acc = db.accelerator(hw_id)
+    host_id = v["host"] or acc["host"]
+    method = v["embodied_method"]
+    hw = {**hardware_arrays(db, hw_id, prec), "host_power_w": host_power(db, host_id),
+          "devices_per_node": float(acc["devices_per_node"]),
+          "device_embodied_kgco2e": _nan0(device_embodied_kgco2e(db, hw_id, method)),
+          "host_embodied_kgco2e": _nan0(host_embodied_kgco2e(db, host_id, method))}
+    cal = constants_for(db, hw_id)
+    req = {"input_tokens": float(v["input_tokens"]), "output_tokens": float(v["output_tokens"]),
+           "requests_per_day": float(v["requests_per_day"]), "weight_bytes": PRECISION_BYTES[prec],
+           "kv_bytes": PRECISION_BYTES[v["kv_precision"]], "pue": site["pue"],
+           "carbon_intensity_kg_per_kwh": site["carbon_intensity_kg_per_kwh"],
+           "power_util": float(v["power_util"]) if v["power_util"] is not None else float(db.default("power_util")),
+           "lifespan_years": float(v["lifespan_years"]), "kv_memory_fraction": cal["kv_memory_fraction"]}
+    return {"model": model, "m": model_arrays(model), "hw": hw, "hw_id": hw_id, "req": req, "cal": cal,
+            "ttft_target_s": v["ttft_target_s"], "tpot_target_s": v["tpot_target_s"],
+            "replica_devices": v["replica_devices"], "concurrency": v["concurrency"],
+            "objective": v["serve_objective"], "weight_precision": prec, "fitted_class": class_of(db, hw_id) in
+            db.docs.get(CONST_FILE, {}).get("class", {})}
+
+
+def _nan0(x):
+    return 0.0 if x is None or not np.isfinite(x) else float(x)
+
+
+def grid(s: dict, devices=None, batches=None) -> dict:
+    """kernels.serving.serve over every (devices per replica, batch) of the search, as one
+    broadcast call: arrays of shape (len(devices), len(batches)), plus ``ok`` (fits and meets the
+    latency targets)."""
+    devices = np.asarray(devices if devices is not None else
+                         ([s["replica_devices"]] if s["replica_devices"] else DEVICE_CHOICES), float)
+    batches = np.asarray(batches if batches is not None else
+                         ([s["concurrency"]] if s["concurrency"] else BATCH_CHOICES), float)
+    req = {**{k: jnp.asarray(v) for k, v in s["req"].items()}, "devices": jnp.asarray(devices)[:, None],
+           "batch": jnp.asarray(batches)[None, :]}
+    raw = ks.serve(s["m"], s["hw"], req, s["cal"])
+    shape = (devices.size, batches.size)
+    out = {k: np.broadcast_to(np.asarray(v), shape).copy() for k, v in raw.items()}
+    ok = out["fits"].copy()
+    if s["ttft_target_s"]:
+        ok &= out["ttft_s"] <= s["ttft_target_s"]
+    if s["tpot_target_s"]:
+        ok &= out["tpot_s"] <= s["tpot_target_s"]
+    out.update(ok=ok, devices=np.broadcast_to(devices[:, None], ok.shape), batches=np.broadcast_to(batches[None, :], ok.shape))
+    return out
+
+
+def best(s: dict, g: dict | None = None) -> dict:
+    """The configuration of least gCO2e (or Wh) per request among those that fit and meet the
+    latency targets; ``feasible`` False (and the least-latency one) when none does."""
+    g = g or grid(s)
+    score = g["gco2e_per_request"] if s["objective"] == "co2e" else g["wh_per_request"]
+    feasible = bool(g["ok"].any())
+    if feasible:
+        i = np.unravel_index(np.argmin(np.where(g["ok"], score, np.inf)), score.shape)
+    else:  # nothing meets the targets: report the fastest configuration that fits, or the smallest one
+        fits = g["fits"]
+        t = np.where(fits, g["tpot_s"], np.inf)
+        i = np.unravel_index(np.argmin(t), t.shape) if fits.any() else (0, 0)
+    out = {"feasible": feasible, "replica_devices": int(g["devices"][i]), "concurrency": int(g["batches"][i])}
+    for k in SERVING_OUTPUTS:
+        if k in g:
+            out[k] = float(g[k][i])
+    out["fits"] = bool(g["fits"][i])
+    out["max_batch"] = int(g["max_batch"][i])
+    out["replicas"] = int(g["replicas"][i])
+    return out
+
+
+def lifecycle(s: dict, pick: dict, training_tco2e: float | None, serving_days: float) -> dict:
+    """Serving over ``serving_days`` and the break-even with training (requests and days after which
+    serving has emitted as much as the training run)."""
+    total = pick["tco2e_per_day"] * serving_days
+    out = {"serving_days": serving_days, "serving_tco2e": total,
+           "serving_energy_mwh": pick["energy_kwh_per_day"] * serving_days / 1000.0}
+    if training_tco2e:
+        per_req_t = pick["gco2e_per_request"] / 1e6
+        out["breakeven_requests"] = training_tco2e / per_req_t
+        out["breakeven_days"] = training_tco2e / pick["tco2e_per_day"] if pick["tco2e_per_day"] > 0 else float("inf")
+    return out
