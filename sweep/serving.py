@@ -336,7 +336,7 @@ def serving_inputs(file, doc: dict, db) -> dict:
     if prec == "fp8" and not np.isfinite(db.peak_tflops(hw_id, "fp8")):
         raise SpecError(file, "serving", "weight_precision", f"'fp8': hardware '{hw_id}' has no FP8 peak "
                         "(allowed here: bf16, fp16, int8, int4)")
-    model = {k: v[k] for k in ("layers", "d_model", "heads", "kv_heads", "head_dim", "d_ff", "vocab", "experts", "top_k",
+    model = {k: v[k] for k in ("name", "layers", "d_model", "heads", "kv_heads", "head_dim", "d_ff", "vocab", "experts", "top_k",
                                "expert_d_ff", "shared_experts", "moe_every", "first_dense_layers", "tied_embeddings",
                                "bias", "params")}
     for k in ("layers", "d_model", "heads", "vocab"):
