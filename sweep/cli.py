@@ -113,10 +113,23 @@ def print_estimate(out: dict, title: str) -> None:
 def cmd_estimate(args, db):
     v = load_estimate(args.spec, db)
     out = evaluate(v, db, file=args.spec, objective=args.objective)
+    doc = read_toml(args.spec)
+    serve = None
+    if "serving" in doc:  # the serving model (kernels/serving.py) beside the training run
+        from . import serving
+
+        s = serving.serving_inputs(args.spec, doc, db)
+        pick = serving.best(s)
+        life = serving.lifecycle(s, pick, out.get("total_tco2e"), float(v["serving_days"]))
+        serve = (s, pick, life)
+        out["serving"] = {**pick, **life}
     if args.json:
         print(json.dumps(out, indent=2))
     else:
         print_estimate(out, f"carbon-sweep estimate: {args.spec}")
+        if serve:
+            print()
+            print_serving(*serve, "  Serving ([serving], kernels/serving.py)")
 
 
 def cmd_validate(args, db):

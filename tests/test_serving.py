@@ -232,3 +232,19 @@ def test_bad_serving_spec_exits_2_naming_the_key(tmp_path, capsys, edit, key):
     p.write_text(STUDY.replace(*edit))
     assert main(["serve", str(p)]) == 2
     assert key in capsys.readouterr().err
+
+
+def test_estimate_with_a_serving_section_reports_serving_and_break_even(tmp_path, capsys):
+    import json
+
+    spec = (ROOT / "studies" / "llama2_70b.toml").read_text() + (
+        '\n[serving]\ninput_tokens = 500\noutput_tokens = 300\nrequests_per_day = 1e6\n'
+        'serve_hardware = "h100-sxm5-80gb"\n')
+    p = tmp_path / "s.toml"
+    p.write_text(spec)
+    assert main(["estimate", str(p), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    sv = out["serving"]
+    # break-even: training tCO2e / (gCO2e per request / 1e6)
+    assert sv["breakeven_requests"] == pytest.approx(out["total_tco2e"] / (sv["gco2e_per_request"] / 1e6))
+    assert sv["serving_tco2e"] == pytest.approx(sv["tco2e_per_day"] * 365.0)
