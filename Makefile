@@ -30,12 +30,13 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 # each study with the command it is written for: [search] → optimize, [grid]/[study] → run,
-# a single design → estimate (its JSON saved beside the others)
+# [serving] → serve (figures in results/<name>/figures), a single design → estimate (its JSON saved beside the others)
 studies: $(STAMP)
 	@mkdir -p results
 	@for s in studies/*.toml; do n=$$(basename $$s .toml); echo "== $$s"; \
 	  if grep -q '^\[search\]' $$s; then $(BIN)/carbon-sweep optimize $$s --out results/$$n || exit 1; \
 	  elif grep -q '^\[grid\]\|^\[study\]' $$s; then $(BIN)/carbon-sweep run $$s --out results/$$n || exit 1; \
+	  elif grep -q '^\[serving\]' $$s; then $(BIN)/carbon-sweep serve $$s --out results/$$n || exit 1; \
 	  else $(BIN)/carbon-sweep estimate $$s --json > results/$$n.json && $(BIN)/carbon-sweep estimate $$s || exit 1; fi; \
 	done
 

@@ -264,6 +264,46 @@ def _check_references(db: Database) -> None:
             raise DatabaseError(f"{where}: at least one peak_*_tflops column is required")
 
 
+SERVING_RUN_KEYS = ("model", "hardware", "devices", "batch", "output_tokens", "weight_precision",
+                    "measured_j_per_token", "measured_power_w", "measured_tokens_per_s", "workload", "source")
+SERVING_MODEL_KEYS = ("model_id", "model_source", "layers", "d_model", "heads", "kv_heads", "head_dim", "d_ff", "vocab")
+SERVING_PRECISIONS = ("bf16", "fp16", "fp8", "int8", "int4")
+
+
+def check_serving_runs(doc: dict, accelerators, file: str = "serving_runs.toml") -> None:
+    """Schema of serving_runs.toml (SCHEMA.md): every [model.*] has its architecture and source, every
+    [workload.*] its input_tokens and their source, every [[run]] its keys, a known model, workload,
+    accelerator and precision, and positive measured figures."""
+    models, workloads = doc.get("model", {}), doc.get("workload", {})
+    for name, m in models.items():
+        for k in SERVING_MODEL_KEYS:
+            if k not in m:
+                raise DatabaseError(f"{file}: [model.\"{name}\"] lacks '{k}'")
+    for name, w in workloads.items():
+        if "input_tokens" not in w or "input_tokens_source" not in w:
+            raise DatabaseError(f"{file}: [workload.{name}] needs input_tokens and input_tokens_source")
+    for i, r in enumerate(doc.get("run", [])):
+        where = f"{file}: run {i + 1}"
+        for k in SERVING_RUN_KEYS:
+            if k not in r:
+                raise DatabaseError(f"{where} lacks '{k}'")
+        if r["model"] not in models:
+            raise DatabaseError(f"{where}: model '{r['model']}' is not a [model.*] table{closest(r['model'], models)}")
+        if r["workload"] not in workloads:
+            raise DatabaseError(f"{where}: workload '{r['workload']}' is not a [workload.*] table")
+        if r["hardware"] not in accelerators:
+            raise DatabaseError(f"{where}: hardware '{r['hardware']}' is not in accelerators.csv"
+                                f"{closest(r['hardware'], accelerators)}")
+        if r["weight_precision"] not in SERVING_PRECISIONS:
+            raise DatabaseError(f"{where}: weight_precision '{r['weight_precision']}' is not one of "
+                                f"{', '.join(SERVING_PRECISIONS)}")
+        for k in ("devices", "batch", "output_tokens", "measured_j_per_token", "measured_power_w",
+                  "measured_tokens_per_s"):
+            v = r[k]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                raise DatabaseError(f"{where}: '{k}' must be a positive number, got {v!r}")
+
+
 _CACHE: dict[tuple, Database] = {}
 
 
@@ -283,5 +323,7 @@ def load(extra_dir: str | os.PathLike | None = None) -> Database:
     for name in SCHEMAS:
         db.tables.setdefault(name, {})
     _check_references(db)
+    if "serving_runs.toml" in db.docs:
+        check_serving_runs(db.docs["serving_runs.toml"], db.accelerators)
     _CACHE[key] = db
     return db

@@ -40,6 +40,7 @@ EPILOG = textwrap.dedent(
                                                              ranges (p5/p50/p95) and what drives them
       carbon-sweep layout run.toml --objective co2e --top 5  best parallelism layouts
       carbon-sweep validate                                  predictions vs published runs
+      carbon-sweep serve studies/serving.toml                serving: energy per request, best batch
       carbon-sweep hardware list                             accelerator ids and key figures
       carbon-sweep regions list                              region ids, carbon intensity, PUE
 
@@ -157,12 +158,25 @@ def cmd_estimate(args, db):
         from .plots import estimate_figures
         for path in estimate_figures(out, samples, args.figures):
             print(f"wrote {path}", file=sys.stderr)
+    doc = read_toml(args.spec)
+    serve = None
+    if "serving" in doc:  # the serving model (kernels/serving.py) beside the training run
+        from . import serving
+
+        s = serving.serving_inputs(args.spec, doc, db)
+        pick = serving.best(s)
+        life = serving.lifecycle(s, pick, out.get("total_tco2e"), float(v["serving_days"]))
+        serve = (s, pick, life)
+        out["serving"] = {**pick, **life}
     if args.json:
         print(json.dumps(out, indent=2))
     else:
         print_estimate(out, f"carbon-sweep estimate: {args.spec}")
         print_uncertainty(out)
         print_sensitivity(out)
+        if serve:
+            print()
+            print_serving(*serve, "  Serving ([serving], kernels/serving.py)")
 
 
 def cmd_validate(args, db):
@@ -175,6 +189,91 @@ def cmd_validate(args, db):
     for r in rows:
         print(f"{r['case']:<{w}}  {r['quantity']:<20} {r['predicted']:>12.4g} {r['published']:>12.4g} "
               f"{r['error_pct']:>+7.2f}%  {r['unit']}")
+    serving = [r for r in rows if r["quantity"] == "gpu_j_per_output_token"]
+    if serving:
+        from .serving import summary
+
+        s = summary([r["error_pct"] / 100 for r in serving], [r["kind"] for r in serving])
+        gpus = sorted({r["gpu"] for r in serving})
+        print(f"\nserving (ML.ENERGY, {s['n']} rows, {', '.join(gpus)}): |error| median {s['median_abs_pct']:.1f} %, "
+              f"mean {s['mean_abs_pct']:.1f} %, max {s['max_abs_pct']:.1f} % (dense median "
+              f"{s['dense_median_abs_pct']:.1f} %, MoE {s['moe_median_abs_pct']:.1f} %); leave-one-out in "
+              "hardware_db/serving.toml")
+
+
+def print_serving(s: dict, pick: dict, life: dict | None, title: str) -> None:
+    from .serving import SERVING_OUTPUTS
+
+    lab = lambda k: SERVING_OUTPUTS[k][1].split(" (")[0]  # noqa: E731
+    print(title)
+    if not s["fitted_class"]:
+        print(f"\n  NOTE: {s['hw_id']} is not in a fitted class of hardware_db/serving.toml (H100, B200): its power "
+              "constants are the fitted classes' mean, an extrapolation")
+    if not pick["feasible"]:
+        why = "no configuration fits in memory" if not pick["fits"] else "no configuration meets the latency targets"
+        print(f"\n  INFEASIBLE: {why}; below, the fastest configuration that fits")
+    print("\n  Configuration")
+    for k in ("replica_devices", "concurrency", "max_batch", "replicas", "load"):
+        print(f"    {lab(k):<44} {_fmt(pick[k], '' if SERVING_OUTPUTS[k][0] == '1' else SERVING_OUTPUTS[k][0])}")
+    print("\n  Latency and throughput")
+    for k in ("ttft_s", "tpot_s", "tokens_per_s_per_replica"):
+        print(f"    {lab(k):<44} {_fmt(pick[k], SERVING_OUTPUTS[k][0])}")
+    print("\n  Energy and carbon")
+    for k in ("device_power_w", "gpu_j_per_output_token", "device_hours_per_day", "energy_kwh_per_day",
+              "wh_per_request", "wh_per_1k_output_tokens", "gco2e_per_request", "gco2e_per_1k_output_tokens",
+              "tco2e_per_day"):
+        print(f"    {lab(k):<44} {_fmt(pick[k], SERVING_OUTPUTS[k][0])}")
+    if life:
+        print("\n  Life cycle")
+        print(f"    {'serving over ' + _fmt(life['serving_days'], 'days'):<44} {_fmt(life['serving_tco2e'], 't CO2e')}")
+        if "breakeven_requests" in life:
+            print(f"    {'break-even with training (requests)':<44} {_fmt(life['breakeven_requests'])}")
+            print(f"    {'break-even with training (days)':<44} {_fmt(life['breakeven_days'], 'd')}")
+
+
+def cmd_serve(args, db):
+    from . import serving
+    from .spec import read_toml
+
+    if args.fit:
+        r = serving.fit(db)
+        s = serving.summary(r["loo_errors"], r["kinds"])
+        if args.json:
+            print(json.dumps({"constants": r["constants"], "class_constants": r["class_constants"],
+                              "leave_one_out": s, "fit": serving.summary(r["errors"], r["kinds"])}, indent=2))
+        else:
+            for lab, e, o in zip(r["labels"], r["errors"], r["loo_errors"]):
+                print(f"{lab:<42} fit {100 * e:+6.1f} %   leave-one-out {100 * o:+6.1f} %")
+            print(f"\nleave-one-out |error|: median {s['median_abs_pct']:.1f} %, mean {s['mean_abs_pct']:.1f} % "
+                  f"({s['n']} rows; dense median {s['dense_median_abs_pct']:.1f} %, MoE {s['moe_median_abs_pct']:.1f} %)")
+        return
+    if not args.spec:
+        raise CliError("serve needs a spec file (or --fit)")
+    doc = read_toml(args.spec)
+    s = serving.serving_inputs(args.spec, doc, db)
+    pick = serving.best(s)
+    life = None
+    days = doc.get("lifecycle", {}).get("serving_days")
+    if days is not None or "training" in doc:
+        training = None
+        if "training" in doc and "cluster" in doc and "devices" in doc["cluster"]:
+            training = evaluate(load_estimate(args.spec, db), db, file=args.spec)["total_tco2e"]
+        life = serving.lifecycle(s, pick, training, float(days if days is not None else 365.0))
+    files = []
+    if args.out:
+        from pathlib import Path
+
+        from .serving_plots import write_figures
+
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        files = write_figures(s, db, args.out)
+        Path(args.out, "serving.json").write_text(json.dumps({"best": pick, "lifecycle": life}, indent=2))
+    if args.json:
+        print(json.dumps({"best": pick, "lifecycle": life, "hardware": s["hw_id"], "figures": files}, indent=2))
+    else:
+        print_serving(s, pick, life, f"carbon-sweep serve: {args.spec}")
+        for f in files:
+            print(f"  figure: {f}")
 
 
 def cmd_calibrate(args, db):
@@ -441,6 +540,32 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Footprints, Megatron-LM throughput) with the signed error of each.")
     v.add_argument("--json", action="store_true", help="print a JSON list of rows")
     v.set_defaults(func=cmd_validate)
+
+    sv = sub.add_parser(
+        "serve", help="serving: energy and CO2e per request, best replica size and batch under latency targets",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Serving a model (kernels/serving.py): prefill and decode time from the architecture, the "
+                    "hardware, the devices per replica, the weight precision and the batch; the KV cache bounds "
+                    "the batch; power from static power plus energy per FLOP and per byte (fitted on ML.ENERGY "
+                    "measurements, hardware_db/serving.toml).\n\n"
+                    "The spec needs [model] (layers, d_model, heads, kv_heads, vocab; experts/top_k for MoE), "
+                    "[cluster] hardware (or [serving] serve_hardware), [site] region, and [serving]:\n"
+                    "  input_tokens, output_tokens    tokens per request (reasoning tokens are output)\n"
+                    "  requests_per_day               sets the replicas; idle capacity draws static power\n"
+                    "  ttft_target_s, tpot_target_s   optional latency targets\n"
+                    "  weight_precision               bf16 | fp8 | int8 | int4 (weight-only)\n"
+                    "  replica_devices, concurrency   fixed, or searched (1-8 devices, batch 1-1,024)\n"
+                    "  serve_objective                co2e (default) or energy per request\n"
+                    "With [training] and [cluster] devices the training run is estimated too, for the break-even.",
+        epilog="examples:\n  carbon-sweep serve studies/serving.toml\n"
+               "  carbon-sweep serve studies/serving.toml --out results/serving   (figures)\n"
+               "  carbon-sweep serve --fit            (refit the constants, leave-one-out errors)")
+    sv.add_argument("spec", nargs="?", help="TOML spec file with a [serving] section")
+    sv.add_argument("--json", action="store_true", help="print one JSON object")
+    sv.add_argument("--out", metavar="DIR", help="write figures and serving.json to DIR")
+    sv.add_argument("--fit", action="store_true", help="refit the serving constants on hardware_db/serving_runs.toml "
+                    "and print fit and leave-one-out errors")
+    sv.set_defaults(func=cmd_serve)
 
     lay = sub.add_parser("layout", help="best parallelism layouts for a run",
                          description="Every valid layout (tp, pp, dp, ep, micro-batch, recompute, interleave) "

@@ -143,7 +143,29 @@ KEYS: dict[str, Key] = {
     # [quality]
     "law": _k("quality", STR, "chinchilla", "scaling law for the predicted loss (ids in hardware_db/scaling_laws.toml)"),
 }
-SECTIONS = ("model", "training", "cluster", "site", "lifecycle", "quality")
+# [serving] (kernels/serving.py; `carbon-sweep serve`): the request mix, the latency targets, the configuration
+KEYS.update({
+    "input_tokens": _k("serving", NUM, None, "prompt tokens per request (system prompt and history included)",
+                       minimum=0.0, unit="token"),
+    "output_tokens": _k("serving", NUM, None, "generated tokens per request, reasoning tokens included",
+                        positive=True, unit="token"),
+    "requests_per_day": _k("serving", NUM, None, "requests served per day (sets the replicas and their load)",
+                           minimum=0.0, unit="request/d"),
+    "ttft_target_s": _k("serving", NUM, None, "latency target: time to first token", positive=True, unit="s"),
+    "tpot_target_s": _k("serving", NUM, None, "latency target: time per output token after the first",
+                        positive=True, unit="s"),
+    "serve_hardware": _k("serving", STR, None, "accelerator id for serving; default [cluster] hardware"),
+    "weight_precision": _k("serving", STR, "bf16", "stored weights: bf16, fp8 (FP8 GEMMs), int8 or int4 "
+                           "(weight-only, 16-bit GEMMs)", choices=("bf16", "fp16", "fp8", "int8", "int4")),
+    "kv_precision": _k("serving", STR, "bf16", "KV-cache number format", choices=("bf16", "fp16", "fp8")),
+    "replica_devices": _k("serving", INT, None, "devices per replica (weights split over them); default: searched "
+                          "over 1, 2, 4, 8", positive=True),
+    "concurrency": _k("serving", INT, None, "sequences batched together per replica; default: searched over "
+                      "1 to 1,024 (powers of 2) within the KV cache", positive=True),
+    "serve_objective": _k("serving", STR, "co2e", "what the configuration search minimises: co2e or energy per "
+                          "request", choices=("co2e", "energy")),
+})
+SECTIONS = ("model", "training", "cluster", "site", "lifecycle", "quality", "serving")
 LAYOUT_KEYS = ("tp", "pp", "ep", "microbatch", "recompute", "interleave", "shard_optimizer", "sequence_parallel",
                "cp", "etp", "zero_stage")
 LAYOUT_DEFAULTS = {"tp": 1, "pp": 1, "ep": 1, "microbatch": 1, "recompute": "selective", "interleave": 1,

@@ -8,6 +8,8 @@ Rows: {case, quantity, unit, predicted, published, error_pct, source}; error_pct
 - From FLOPs to Footprints GPU counts (exact).
 - Layout-model rows (iteration time, TFLOP/s per GPU) from sweep.validate_layout, when present, and
   the modern set (tokens/s per GPU or MFU of H100/B200/GB200-era runs, dense and MoE).
+- Serving rows (sweep.serving): GPU energy per output token against the ML.ENERGY leaderboard's
+  measurements (hardware_db/serving_runs.toml; H100 and B200, dense and MoE).
 """
 
 from __future__ import annotations
@@ -99,9 +101,16 @@ def layout_rows(db) -> list[dict]:
     return layout_validation_rows(db) + modern_validation_rows(db)
 
 
+def serving_rows(db) -> list[dict]:
+    """Serving rows: GPU energy per output token against the ML.ENERGY measurements (sweep.serving)."""
+    from .serving import validation_rows as serving_validation_rows
+
+    return serving_validation_rows(db)
+
+
 def validation_rows(db=None) -> list[dict]:
     db = db or hardware_db.load()
-    return operational_rows(db) + embodied_rows(db) + gpu_rows(db) + layout_rows(db)
+    return operational_rows(db) + embodied_rows(db) + gpu_rows(db) + layout_rows(db) + serving_rows(db)
 
 
 def run_validation(study, out=None, *, db=None, write=True):

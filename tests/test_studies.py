@@ -14,23 +14,29 @@ STUDIES = sorted((Path(__file__).resolve().parent.parent / "studies").glob("*.to
 
 
 def command_for(path: Path) -> str:
-    """The Makefile's rule: [search] → optimize, [grid] or [study] → run, else estimate."""
+    """The Makefile's rule: [search] → optimize, [grid] or [study] → run, [serving] → serve, else estimate."""
     lines = {line.strip() for line in path.read_text().splitlines()}
     if "[search]" in lines:
         return "optimize"
     if "[grid]" in lines or "[study]" in lines:
         return "run"
+    if "[serving]" in lines:
+        return "serve"
     return "estimate"
 
 
 def test_there_are_studies_of_every_kind():
-    assert {command_for(p) for p in STUDIES} == {"optimize", "run", "estimate"}
+    assert {command_for(p) for p in STUDIES} == {"optimize", "run", "estimate", "serve"}
 
 
 @pytest.mark.parametrize("path", STUDIES, ids=[p.stem for p in STUDIES])
 def test_study_file_loads_for_its_command(path, capsys):
     db = hardware_db.load()
     command = command_for(path)
+    if command == "serve":
+        assert main(["serve", str(path), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["best"]["gco2e_per_request"] > 0
+        return
     if command == "estimate":
         assert main(["estimate", str(path), "--json"]) == 0
         out = json.loads(capsys.readouterr().out)
