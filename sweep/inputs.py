@@ -102,6 +102,10 @@ def site_row(db, v: dict) -> dict[str, float]:
     region = db.region(v["region"]) if v.get("region") else {}
     pue_default = db.default("pue")
     ci = v.get("carbon_intensity")
+    if ci is None and v.get("region"):  # a user's hourly profile sets its region's annual figure (sweep.when)
+        from .when import annual_level
+
+        ci = annual_level(db, v["region"])
     pue = v.get("pue")
     wue = v.get("wue")
     return {

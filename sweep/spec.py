@@ -32,6 +32,7 @@ class SpecError(ValueError):
 
 
 INT, NUM, STR, BOOL = "int", "number", "string", "bool"
+WHEN = "datetime"  # an ISO date or datetime (a string or a TOML date), or "best" (sweep.when)
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,12 @@ KEYS: dict[str, Key] = {
                            unit="kg/kWh"),
     "pue": _k("site", NUM, None, "power usage effectiveness", minimum=1.0),
     "wue": _k("site", NUM, None, "water usage effectiveness, L/kWh", minimum=0.0, unit="L/kWh"),
+    "start": _k("site", WHEN, None, "when the run starts: an ISO date or datetime (UTC unless an offset is given; "
+                "the year is ignored: a typical year of hourly carbon intensity) or \"best\" (the start hour with "
+                "the least operational carbon); the region's hourly profile then sets the carbon intensity"),
+    "pause_fraction": _k("site", NUM, 0.0, "carbon-aware pause: the run stops in this fraction of the year's "
+                         "hours, the dirtiest ones (0 = never); needs start; the paused hours lengthen the "
+                         "wall-clock (wall_clock_days)", minimum=0.0, maximum=0.9),
     # [lifecycle]
     "lifespan_years": _k("lifecycle", NUM, 5.0, "hardware lifespan", positive=True, unit="year"),
     "embodied_method": _k("lifecycle", STR, "act", "embodied-carbon method",
@@ -177,6 +184,10 @@ def check_value(file, name: str, value, section=None):
     key = KEYS[name]
     section = section or key.section
     err = lambda msg: SpecError(file, section, name, msg)  # noqa: E731
+    if key.kind == WHEN:
+        from .when import check_start
+
+        return check_start(file, section, value)
     if key.kind == BOOL:
         if not isinstance(value, bool):
             raise err(f"must be true or false, not {value!r}")
@@ -321,6 +332,8 @@ def resolve(file, flat: dict[str, Any], db, *, where: dict[str, str] | None = No
         missing = "carbon_intensity" if v["carbon_intensity"] is None else "pue"
         raise SpecError(file, sec("region"), "region",
                         f"is required unless carbon_intensity and pue are given ({missing} is missing)")
+    if v["pause_fraction"] and v["start"] is None and "start" not in grid_keys:
+        raise err("pause_fraction", 'needs [site] start (a date, or "best"): the pause picks hours of the year')
     laws = db.docs.get("scaling_laws.toml", {})
     if v["law"] not in laws:
         raise err("law", f"unknown law '{v['law']}'{closest(v['law'], laws)} (allowed: {', '.join(laws)})")
