@@ -96,6 +96,11 @@ SHORT = {
     "ffn": "FFN kind",
     "recompute": "recomputation",
     "power_util": "power utilisation",
+    "start": "start date (typical year)",
+    "start_hour": "start, hour of the year",
+    "wall_clock_days": "wall-clock with pauses",
+    "pause_fraction": "paused fraction of hours",
+    "carbon_intensity_kg_per_kwh": "effective carbon intensity",
 }
 
 # estimate's table: groups of (name, row label, printed unit), in the order printed

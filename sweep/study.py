@@ -74,6 +74,7 @@ class Study:
     base: dict[str, Any]              # resolved values at the first grid point (defaults filled)
     law: str | None = None
     search: dict = field(default_factory=dict)
+    start: Any = None                 # [grid] start: None, "best", or (hours of the year, labels) (sweep.when)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -278,7 +279,14 @@ def load_study(path_or_doc, db=None, *, extra_sections=("grid", "study", "search
         name = doc["study"].get("name") or Path(file).stem
         return Study(file=file, doc=doc, name=name, fixed={}, dims={}, options=options, base={}, law=None)
     fixed = flat_values(doc)
-    grid_raw = doc.get("grid", {})
+    grid_raw = dict(doc.get("grid", {}))
+    start = None
+    if "start" in grid_raw:  # not a dimension of the engine's grid: applied to its result (sweep.when)
+        from .when import grid_starts
+
+        if "start" in fixed:
+            raise SpecError(file, "grid", "start", "is also given in [site]; give it in one place only")
+        start = grid_starts(file, grid_raw.pop("start"))
     dims = {}
     for key, raw in grid_raw.items():
         if key in fixed:
@@ -290,7 +298,7 @@ def load_study(path_or_doc, db=None, *, extra_sections=("grid", "study", "search
         v = vals[0]
         first[key] = v.item() if hasattr(v, "item") else v
     where = {k: "grid" for k in dims}
-    base = resolve(file, first, db, where=where, grid_keys=set(dims))
+    base = resolve(file, first, db, where=where, grid_keys=set(dims) | ({"start"} if start is not None else set()))
     quality = doc.get("quality", {})
     law = quality.get("law", KEYS["law"].default)
     laws = db.docs.get("scaling_laws.toml", {})
@@ -313,5 +321,5 @@ def load_study(path_or_doc, db=None, *, extra_sections=("grid", "study", "search
     if options["layout"] == "best" and base.get("mfu") is None and "mfu" not in dims and not has_arch:
         raise SpecError(file, "cluster", "mfu", "is required when the model is given by params only")
     return Study(file=file, doc=doc, name=name, fixed=fixed, dims=dims, options=options, base=base, law=law,
-                 search=doc.get("search", {}))
+                 search=doc.get("search", {}), start=start)
 

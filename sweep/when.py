@@ -34,6 +34,12 @@ from .spec import SpecError
 HOURS = 8760
 PROFILE_FILE = "carbon_profiles.nc"
 USER_FOLDER = "carbon_profiles"
+# what a start adds to a grid (units, description)
+GRID_OUTPUTS = {
+    "carbon_intensity_kg_per_kwh": ("kg CO2e/kWh", "effective grid carbon intensity over the hours the run runs"),
+    "wall_clock_days": ("d", "wall-clock from start to end, paused hours included"),
+    "pause_days": ("d", "wall-clock added by the carbon-aware pause"),
+}
 # the carbon outputs that scale with the operational carbon intensity (the rest are unchanged)
 OPERATIONAL = ("operational_device_tco2e", "operational_host_tco2e", "operational_tco2e")
 
@@ -269,3 +275,133 @@ def apply_estimate(v: dict, out: dict, db) -> dict:
         "wall_clock_days": wall / 24.0, "pause_days": wall / 24.0 - days,
     })
     return new
+
+
+# -- grids: [grid] start = [...] or "best" -----------------------------------------------------
+def grid_starts(file, raw):
+    """``[grid] start``: a list of dates → (hours, labels as given); "best" → "best"; SpecError else."""
+    if isinstance(raw, str) and raw.strip() == "best":
+        return "best"
+    if not isinstance(raw, list) or not raw:
+        raise SpecError(file, "grid", "start", f"must be a non-empty list of ISO dates or datetimes, or \"best\", "
+                        f"not {raw!r}")
+    hours, labels = [], []
+    for value in raw:
+        try:
+            hours.append(hour_of_year(value))
+        except ValueError as exc:
+            raise SpecError(file, "grid", "start", f"{exc} (allowed: a list of ISO dates or datetimes, or \"best\")") from None
+        labels.append(value if isinstance(value, str) else value.isoformat())
+    if len(set(hours)) != len(hours):
+        raise SpecError(file, "grid", "start", "has repeated values (the same hour of the typical year)")
+    return np.asarray(hours), labels
+
+
+def _site_axes(ds, study, db):
+    """The grid's region and pause axes: (profile shapes (P, Y), pause per profile, profile index
+    (an xarray variable over the grid's region/pause dims), annual intensity (likewise))."""
+    import xarray as xr
+
+    base = study.base
+    regions = list(ds["region"].values) if "region" in ds.dims else [base.get("region")]
+    pauses = list(ds["pause_fraction"].values) if "pause_fraction" in ds.dims else [base.get("pause_fraction") or 0.0]
+    shapes = np.stack([shape_of(db, r) for r in regions for _ in pauses])
+    pause = np.array([p for _ in regions for p in pauses], float)
+    ix = np.arange(len(regions))[:, None] * len(pauses) + np.arange(len(pauses))[None, :]
+    dims = [d for d in ("region", "pause_fraction") if d in ds.dims]
+    ix = ix[:, :] if dims == ["region", "pause_fraction"] else ix.ravel() if dims else ix[0, 0]
+    ix = xr.DataArray(ix, dims=dims) if dims else xr.DataArray(ix)
+    if "carbon_intensity" in ds.dims:
+        annual = ds["carbon_intensity"]
+    else:
+        from .inputs import site_row
+
+        ci = [site_row(db, {**base, "region": r})["carbon_intensity_kg_per_kwh"] for r in regions]
+        annual = xr.DataArray(ci, dims=["region"]) if "region" in ds.dims else xr.DataArray(ci[0])
+    return shapes, pause, ix, annual
+
+
+def expand_grid(result, study, db):
+    """A run's result with the start time applied: a ``start`` dimension (a list of starts) or, for
+    "best", each design at its best start (``start_hour``). The carbon outputs are rescaled
+    (``scale_carbon``), the effective ``carbon_intensity_kg_per_kwh``, ``wall_clock_days`` and
+    ``pause_days`` added; Pareto fronts and top-k are taken again over the expanded grid."""
+    import xarray as xr
+
+    if result.dataset is None:
+        raise SpecError(study.file, "grid", "start", "needs the full grid ([study] keep_full_grid = true)")
+    ds = result.dataset.load()
+    dtype = np.float32 if study.options["dtype"] == "float32" else np.float64
+    shapes, pause, ix, annual = _site_axes(ds, study, db)
+    hours = ds["train_days"] * 24.0
+    hours, ix_b = xr.broadcast(hours, ix)
+    flat_h, flat_ix = hours.values.ravel(), ix_b.values.ravel().astype(np.int64)
+    ci, c, n = tables(shapes, pause, dtype)
+    from kernels import grid_carbon
+
+    if isinstance(study.start, str):  # "best"
+        h, integral, wall = grid_carbon.best_start(ci, c, n, flat_ix, flat_h.astype(dtype),
+                                                   np.arange(HOURS, dtype=dtype))
+        ratio = np.asarray(integral) / flat_h
+        shape, dims, extra = hours.shape, hours.dims, {}
+        start_hour = xr.DataArray(np.asarray(h, np.float64).reshape(shape), dims=dims,
+                                  attrs={"units": "h", "long_name": "best start, hour of the typical year (UTC)"})
+    else:
+        starts, labels = study.start
+        integral, wall = grid_carbon.run_integral(ci, c, n, flat_ix[:, None], starts[None, :].astype(dtype),
+                                                  flat_h[:, None].astype(dtype))
+        ratio = np.asarray(integral) / flat_h[:, None]
+        shape, dims = hours.shape + (len(starts),), hours.dims + ("start",)
+        extra = {"start": ("start", labels, {"units": "1", "long_name": "start (year ignored: a typical year, UTC)"}),
+                 "start_hour": ("start", starts, {"units": "h", "long_name": "start, hour of the typical year (UTC)"})}
+        start_hour = None
+    ratio = xr.DataArray(np.asarray(ratio, np.float64).reshape(shape), dims=dims, coords=extra or None)
+    wall = xr.DataArray(np.asarray(wall, np.float64).reshape(shape), dims=dims, coords=extra or None)
+    paused = xr.DataArray(pause[ix_b.values.astype(np.int64)], dims=hours.dims) > 0
+    wall = xr.where(paused, np.maximum(wall, hours), hours)
+    new = scale_carbon({k: ds[k] for k in ds.data_vars}, ratio)
+    out = ds.assign(**new)
+    out = out.assign(carbon_intensity_kg_per_kwh=annual * ratio, wall_clock_days=wall / 24.0,
+                     pause_days=(wall - hours) / 24.0)
+    if start_hour is not None:
+        out = out.assign(start_hour=start_hour)
+    for k, (unit, text) in GRID_OUTPUTS.items():
+        if k in out:
+            out[k].attrs.update({"units": unit, "long_name": text})
+    order = [d for d in ds.dims] + (["start"] if "start" in out.dims else [])
+    out = out.transpose(*order)
+    result.dataset = out
+    _reduce_again(result, study, out)
+    result.summary["dims"] = {**result.summary.get("dims", {}), **({"start": list(study.start[1])}
+                                                                  if not isinstance(study.start, str) else {})}
+    result.summary["start"] = "best" if isinstance(study.start, str) else list(study.start[1])
+    return result
+
+
+def _reduce_again(result, study, ds) -> None:
+    """Pareto fronts and top-k over the expanded grid (sweep.reductions' functions)."""
+    import pandas as pd
+
+    from . import reductions as red
+    from .results import front_name
+
+    df = ds.to_dataframe().reset_index()
+    df.insert(len(ds.dims), "index", np.arange(len(df), dtype=np.int64))
+    ok = df[df["reason"] == 0] if "reason" in df else df
+    cols = {k: ok[k].to_numpy() for k in ok.columns if ok[k].dtype.kind in "fiub"}
+    for objectives in study.options["pareto"]:
+        names = [red.parse_objective(o)[0] for o in objectives]
+        good = np.all([np.isfinite(cols[k]) for k in names], axis=0)
+        mask = np.zeros(len(ok), bool)
+        mask[np.flatnonzero(good)[red.pareto_mask(red.objective_matrix({k: cols[k][good] for k in names},
+                                                                         objectives))]] = True
+        result.pareto[front_name(objectives)] = ok[mask].sort_values(names[0]).reset_index(drop=True)
+    top = study.options["top"]
+    if top:
+        name, sign = red.parse_objective(top["by"])
+        key = sign * ok[name].to_numpy(np.float64)
+        result.top = ok.iloc[np.lexsort((ok["index"].to_numpy(), key))[:top["n"]]].reset_index(drop=True)
+    result.summary["n_points"] = int(len(df))
+    if "reason" in df:
+        result.summary["n_feasible"] = int((df["reason"] == 0).sum())
+    _ = pd  # (pandas: the tables' type)
