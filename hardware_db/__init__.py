@@ -53,6 +53,11 @@ SCHEMAS: dict[str, dict[str, tuple[str, bool]]] = {
         "carbon_intensity_kg_per_kwh": (NUM, True), "year": (INT, False), "pue": (NUM, False),
         "wue_l_per_kwh": (NUM, False), "source": (STR, True), "notes": (STR, False),
     },
+    "prices.csv": {
+        "id": (STR, True), "provider": (STR, True), "offer": (STR, True), "instance": (STR, True),
+        "hardware": (STR, True), "devices_per_instance": (INT, True), "usd_per_instance_hour": (NUM, True),
+        "region": (STR, False), "date": (STR, True), "source": (STR, True), "notes": (STR, False),
+    },
 }
 # Tables keyed by (id, method) rather than id alone.
 KEYED_BY_METHOD = {"process_nodes.csv", "memory.csv"}
@@ -262,6 +267,12 @@ def _check_references(db: Database) -> None:
             raise DatabaseError(f"{where}, column 'devices_per_node': must be at least 1")
         if not any(math.isfinite(row[f"peak_{p}_tflops"]) for p in PRECISIONS):
             raise DatabaseError(f"{where}: at least one peak_*_tflops column is required")
+    for offer_id, row in db.tables.get("prices.csv", {}).items():
+        if row["hardware"] not in db.accelerators:
+            raise DatabaseError(f"prices.csv: row '{offer_id}', column 'hardware': '{row['hardware']}' is not in "
+                                f"accelerators.csv{closest(row['hardware'], db.accelerators)}")
+        if row["devices_per_instance"] < 1:
+            raise DatabaseError(f"prices.csv: row '{offer_id}', column 'devices_per_instance': must be at least 1")
 
 
 SERVING_RUN_KEYS = ("model", "hardware", "devices", "batch", "output_tokens", "weight_precision",

@@ -77,6 +77,8 @@ OUTPUTS: dict[str, tuple[str, str]] = {
     "storage_tco2e": ("t CO2e", "embodied carbon of storage_tb of SSD over the serving period"),
     "lifecycle_tco2e": ("t CO2e", "training + inference + experimentation + storage"),
     "breakeven_served_tokens": ("token", "served tokens at which inference emissions equal training's"),
+    "cost_usd": ("USD", "dollar cost of the run: device-hours x price per device-hour (a cloud offer), else "
+                 "capex amortised over the lifespan + facility energy x energy price (TCO); NaN when unknown"),
 }
 # Optional inputs of the life-cycle phases and their defaults (no serving, no experiments, no storage).
 LIFECYCLE_DEFAULTS = {"served_tokens_per_day": 0.0, "serving_days": 365.0, "serve_batch": 64.0,
@@ -211,9 +213,25 @@ def footprint(x, cal=None, design=None, step=None):
         "material_kg": materials.material_kg(gpus, x["material_kg_per_device"]),
         "water_m3": energy.water_m3(it_kwh, x["wue_l_per_kwh"]),
         "reason": reason,
+        "cost_usd": cost_usd(x, devices, hours, it_kwh * pue),
     }
     out.update(_lifecycle(x, active, out, dev_w))
     return out
+
+
+def cost_usd(x, devices, hours, facility_kwh):
+    """Dollar cost of the run (optional inputs; NaN = not given):
+        cloud:  devices · hours · price_usd_per_device_hour          (the offer's price covers host, energy, site)
+        TCO:    devices · capex_usd_per_device · hours / (lifespan_years · 8,760 h)
+                + facility_kwh · energy_usd_per_kwh                    (straight-line amortisation, as embodied carbon)
+    The cloud price when given, else the TCO (NaN where a figure of it is unknown)."""
+    nan = jnp.nan
+    price = x.get("price_usd_per_device_hour", nan)
+    capex = x.get("capex_usd_per_device", nan)
+    energy_price = x.get("energy_usd_per_kwh", nan)
+    cloud = devices * hours * price
+    tco = devices * capex * hours / (x["lifespan_years"] * 8760.0) + facility_kwh * energy_price
+    return jnp.where(_given(price), cloud, tco)
 
 
 def _lifecycle(x, active, out, dev_w):

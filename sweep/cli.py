@@ -179,6 +179,34 @@ def cmd_estimate(args, db):
             print_serving(*serve, "  Serving ([serving], kernels/serving.py)")
 
 
+def cmd_compare(args, db):
+    from .cost import compare
+
+    outs = [evaluate(load_estimate(f, db), db, file=f, objective=args.objective) for f in (args.a, args.b)]
+    res = compare(*outs)
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return
+    print(f"carbon-sweep compare: A = {args.a}, B = {args.b}")
+    units = {"total_tco2e": "t CO2e", "operational_tco2e": "t CO2e", "embodied_tco2e": "t CO2e", "cost_usd": "USD",
+             "train_days": "days", "energy_mwh": "MWh"}
+    for k, unit in units.items():
+        print(f"    {k:<22} A {_fmt(res['a'][k], unit):>18}   B {_fmt(res['b'][k], unit):>18}")
+    print(f"    {'tCO2e avoided by B':<22} {_fmt(res['tco2e_avoided'], 't CO2e')}")
+    print(f"    {'extra cost of B':<22} {_fmt(res['extra_cost_usd'], 'USD')}")
+    print(f"    {'USD per tCO2e avoided':<22} {_fmt(res['usd_per_tco2e_avoided'], 'USD/t')}"
+          + ("  (cost_usd unknown: give [cluster] offer or price_usd_per_device_hour, or capex and energy price)"
+             if res["usd_per_tco2e_avoided"] is None else ""))
+
+
+def cmd_prices_list(args, db):
+    rows = db.tables.get("prices.csv", {})
+    print(f"{'id':<26} {'hardware':<18} {'USD/device-h':>12}  {'date':<8} offer")
+    for k, r in rows.items():
+        print(f"{k:<26} {r['hardware']:<18} {r['usd_per_instance_hour'] / r['devices_per_instance']:>12.3f}  "
+              f"{r['date']:<8} {r['provider']} {r['instance']} {r['offer']}")
+
+
 def cmd_validate(args, db):
     rows = validation_rows(db)
     if args.json:
@@ -534,6 +562,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--figures", metavar="DIR", help="write a histogram of total_tco2e over the samples and a "
                                                      "tornado figure of the elasticities to DIR")
     e.set_defaults(func=cmd_estimate)
+
+    cmp_ = sub.add_parser("compare", help="two designs: carbon, dollar cost, USD per tCO2e avoided",
+                          description="Two estimate specs side by side: total CO2e, cost_usd, and what each tonne "
+                                      "of CO2e avoided by B costs: (cost_B - cost_A) / (tCO2e_A - tCO2e_B).")
+    cmp_.add_argument("a", help="TOML spec of design A (the reference)")
+    cmp_.add_argument("b", help="TOML spec of design B")
+    cmp_.add_argument("--json", action="store_true", help="print one JSON object")
+    cmp_.add_argument("--objective", choices=tuple(OBJECTIVE_OUTPUT), default="co2e",
+                      help="what the layout optimiser minimises when a spec gives no layout (default co2e)")
+    cmp_.set_defaults(func=cmd_compare)
+    pr = sub.add_parser("prices", help="the cloud price table (hardware_db/prices.csv)")
+    prs = pr.add_subparsers(dest="prices_command", metavar="list", required=True)
+    prs.add_parser("list", help="list the offers").set_defaults(func=cmd_prices_list)
 
     v = sub.add_parser("validate", help="predictions beside published figures",
                        description="Predictions beside the published reference runs (LLMCarbon, From FLOPs to "

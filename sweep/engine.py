@@ -896,6 +896,10 @@ def run(spec, out=None, *, resume=False, chunk_size=None, scheduler=None, quiet=
     elapsed = prior_elapsed + (time.perf_counter() - t0)
     result.summary["elapsed_s"] = elapsed
     result.summary = results.study_doc(study, result.summary, layout=ev.mode, outputs=ev.outputs)
+    if study.start is not None:  # [grid] start: the hours each design runs in (sweep.when)
+        from .when import expand_grid
+
+        result = expand_grid(result, study, db)
     if write:
         results.write_result(result, out_dir)
         shutil.rmtree(part_dir, ignore_errors=True)

@@ -20,6 +20,7 @@ from .inputs import as_arrays, point_inputs
 from .layouts import best_layouts
 from .results import to_python
 from .spec import LAYOUT_DEFAULTS, load_estimate, resolve
+from .when import apply_estimate
 
 # published figures the total needs (hardware_db rows): a missing one makes total_tco2e unknown (missing_data);
 # material mass, water and SSD figures feed other outputs only; the link bandwidths only the layout model
@@ -110,8 +111,12 @@ def evaluate(values: dict, db=None, *, file="<spec>", objective="co2e", sensitiv
     out["pue"] = x["pue"]
     needed = TOTAL_FIGURES + (LAYOUT_FIGURES if v.get("mfu") is None else ())
     out["missing_figures"] = [FIGURE_SOURCE[k] for k in needed if not math.isfinite(float(x[k]))]
+    when = apply_estimate(v, out, db)  # a start time and a carbon-aware pause (sweep.when)
+    out.update(when)
     if (unc is not None or sensitivity) and (v.get("mfu") is not None or layout):
         xs, cal = held_layout_inputs(v, x, layout, db)
+        if when.get("carbon_intensity_kg_per_kwh") is not None:  # the start's effective intensity, held fixed
+            xs["carbon_intensity_kg_per_kwh"] = when["carbon_intensity_kg_per_kwh"]
         if unc is not None:
             out.update(sampled(xs, cal, unc, keep_samples))
         if sensitivity:

@@ -102,6 +102,10 @@ def site_row(db, v: dict) -> dict[str, float]:
     region = db.region(v["region"]) if v.get("region") else {}
     pue_default = db.default("pue")
     ci = v.get("carbon_intensity")
+    if ci is None and v.get("region"):  # a user's hourly profile sets its region's annual figure (sweep.when)
+        from .when import annual_level
+
+        ci = annual_level(db, v["region"])
     pue = v.get("pue")
     wue = v.get("wue")
     return {
@@ -147,6 +151,7 @@ def design_row(v: dict) -> dict[str, float]:
         "lifespan_years": g("lifespan_years"),
         "served_tokens_per_day": g("served_tokens_per_day"), "serving_days": g("serving_days"),
         "serve_batch": g("serve_batch"), "experiment_factor": g("experiment_factor"), "storage_tb": g("storage_tb"),
+        "capex_usd_per_device": g("capex_usd_per_device"), "energy_usd_per_kwh": g("energy_usd_per_kwh"),
     }
 
 
@@ -155,9 +160,20 @@ def point_inputs(v: dict, db) -> dict[str, float]:
     x = design_row(v)
     x.update(hardware_row(db, v["hardware"], v["precision"], v["embodied_method"], v.get("host")))
     x.update(site_row(db, v))
+    x["price_usd_per_device_hour"] = price_per_device_hour(db, v)
     pu = v.get("power_util")
     x["power_util"] = float(pu) if pu is not None else float(db.default("power_util"))
     return x
+
+
+def price_per_device_hour(db, v: dict) -> float:
+    """USD per device-hour: the spec's price, else its offer's (prices.csv: instance price / devices)."""
+    if v.get("price_usd_per_device_hour") is not None:
+        return float(v["price_usd_per_device_hour"])
+    if v.get("offer"):
+        row = db.tables["prices.csv"][v["offer"]]
+        return row["usd_per_instance_hour"] / row["devices_per_instance"]
+    return NAN
 
 
 def as_arrays(x: dict, dtype=np.float64) -> dict[str, np.ndarray]:

@@ -97,6 +97,12 @@ SHORT = {
     "ffn": "FFN kind",
     "recompute": "recomputation",
     "power_util": "power utilisation",
+    "cost_usd": "dollar cost",
+    "start": "start date (typical year)",
+    "start_hour": "start, hour of the year",
+    "wall_clock_days": "wall-clock with pauses",
+    "pause_fraction": "paused fraction of hours",
+    "carbon_intensity_kg_per_kwh": "effective carbon intensity",
 }
 
 # estimate's table: groups of (name, row label, printed unit), in the order printed
@@ -113,6 +119,9 @@ ESTIMATE_TABLE = [
              ("train_days", "training time", "days"), ("device_hours", "device hours", "h")]),
     ("Energy", [("it_energy_mwh", "IT energy", "MWh"), ("pue", "PUE", ""), ("energy_mwh", "facility energy", "MWh"),
                 ("water_m3", "on-site water", "m³")]),
+    ("When", [("start", "start (typical year, UTC)", ""), ("pause_fraction", "paused hours (dirtiest)", ""),
+              ("wall_clock_days", "wall-clock with pauses", "days"), ("pause_days", "added by pausing", "days"),
+              ("annual_carbon_intensity_kg_per_kwh", "annual carbon intensity", "kg CO2e/kWh")]),
     ("Carbon", [("carbon_intensity_kg_per_kwh", "carbon intensity", "kg CO2e/kWh"),
                 ("operational_device_tco2e", "operational, accelerators", "t CO2e"),
                 ("operational_host_tco2e", "operational, hosts", "t CO2e"),
@@ -120,6 +129,7 @@ ESTIMATE_TABLE = [
                 ("embodied_device_tco2e", "embodied, accelerators", "t CO2e"),
                 ("embodied_host_tco2e", "embodied, hosts", "t CO2e"),
                 ("embodied_tco2e", "embodied", "t CO2e"), ("total_tco2e", "total", "t CO2e")]),
+    ("Cost", [("cost_usd", "dollar cost", "USD")]),
     ("Materials", [("gpus_consumed", "device lifetimes consumed", ""), ("material_kg", "material mass", "kg")]),
     ("Life cycle", [("inference_tco2e", "serving", "t CO2e"), ("inference_energy_mwh", "serving energy", "MWh"),
                     ("experimentation_tco2e", "earlier experiments", "t CO2e"),

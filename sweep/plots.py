@@ -1202,6 +1202,9 @@ def plan_figures(res) -> list[dict]:
             "at the lowest-CO₂e design.",
             functools.partial(heatmap_figure, ds, xdim, ydim, SHARE, "best", cmap="Blues",
                               fmt=lambda v: f"{fmt_num(v, 2)} %"))
+    if ds is not None and "start" in ds.dims and "start_hour" in ds.coords:  # [grid] start (sweep.when)
+        add("start", "start_total_tco2e", "Total CO₂e against the start date per region (hourly carbon-intensity "
+            "profiles; least over the other dimensions).", functools.partial(start_figure, ds))
     # breakdown bars
     if cat:
         by = cat[:2] if math.prod(len(dims[d]) for d in cat[:2]) <= 30 else cat[:1]
@@ -1227,6 +1230,35 @@ def plan_figures(res) -> list[dict]:
             add("layout", f"layout_{'_'.join(cat[:2])}", "Best parallelism layout per category.",
                 functools.partial(layout_map, ds, cat[0], cat[1] if len(cat) > 1 else None))
     return plans
+
+
+def start_figure(ds, var="total_tco2e", *, title=None):
+    """``var`` against the start date (hour of the typical year), one line per region: the least
+    over the grid's other dimensions (a [grid] start study, sweep.when)."""
+    import datetime as dt
+
+    keep = [d for d in ("start", "region") if d in ds.dims]
+    da = field(ds, var)
+    other = [d for d in da.dims if d not in keep]
+    da = da.min(other) if other else da
+    hours = np.asarray(ds["start_hour"].values, float)
+    order = np.argsort(hours)
+    days = hours[order] / 24.0
+    fig = _new_figure(8.6, 5.0)
+    ax = fig.add_subplot(111)
+    regions = list(ds["region"].values) if "region" in ds.dims else [None]
+    for r in regions:
+        y = (da.sel(region=r) if r is not None else da).values[order]
+        ax.plot(days, y, marker="o", ms=3.5, lw=1.4, label=str(r) if r is not None else None)
+    ticks = [(dt.date(2001, m, 1) - dt.date(2001, 1, 1)).days for m in range(1, 13)]
+    ax.set_xticks(ticks, [dt.date(2001, m, 1).strftime("%b") for m in range(1, 13)])
+    ax.set_xlim(-5, 370)
+    ax.set_xlabel("start date (typical year, UTC)")
+    ax.set_ylabel(label(var, ds))
+    if regions[0] is not None:
+        ax.legend(title="region", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    _title(ax, title or f"{short_name(var, ds)} against start date", "each region's hourly carbon-intensity profile")
+    return fig
 
 
 def save_figure(fig, path: Path, svg=False) -> list[Path]:

@@ -32,6 +32,7 @@ class SpecError(ValueError):
 
 
 INT, NUM, STR, BOOL = "int", "number", "string", "bool"
+WHEN = "datetime"  # an ISO date or datetime (a string or a TOML date), or "best" (sweep.when)
 
 
 @dataclass(frozen=True)
@@ -121,12 +122,27 @@ KEYS: dict[str, Key] = {
     "flash_attention": _k("cluster", BOOL, None, "fused attention (no s² softmax traffic or activations); "
                           "default: the accelerator class's (off for A100, as in its calibration runs, Megatron-LM "
                           "2021-22; on for H100 and later)"),
+    "offer": _k("cluster", STR, None, "a cloud offer of hardware_db/prices.csv (its price per device-hour sets "
+                "cost_usd; carbon-sweep prices list)"),
+    "price_usd_per_device_hour": _k("cluster", NUM, None, "price of one device-hour (cloud: host, energy and site "
+                                    "included); overrides offer", minimum=0.0, unit="USD/h"),
+    "capex_usd_per_device": _k("lifecycle", NUM, None, "purchase price of one device with its share of the "
+                               "server, amortised over lifespan_years (TCO when no price per device-hour is given)",
+                               minimum=0.0, unit="USD"),
     # [site]
+    "energy_usd_per_kwh": _k("site", NUM, None, "electricity price for the TCO (facility energy, PUE included)",
+                             minimum=0.0, unit="USD/kWh"),
     "region": _k("site", STR, None, "region id (carbon-sweep regions list)"),
     "carbon_intensity": _k("site", NUM, None, "grid carbon intensity, kg CO2e/kWh", minimum=0.0,
                            unit="kg/kWh"),
     "pue": _k("site", NUM, None, "power usage effectiveness", minimum=1.0),
     "wue": _k("site", NUM, None, "water usage effectiveness, L/kWh", minimum=0.0, unit="L/kWh"),
+    "start": _k("site", WHEN, None, "when the run starts: an ISO date or datetime (UTC unless an offset is given; "
+                "the year is ignored: a typical year of hourly carbon intensity) or \"best\" (the start hour with "
+                "the least operational carbon); the region's hourly profile then sets the carbon intensity"),
+    "pause_fraction": _k("site", NUM, 0.0, "carbon-aware pause: the run stops in this fraction of the year's "
+                         "hours, the dirtiest ones (0 = never); needs start; the paused hours lengthen the "
+                         "wall-clock (wall_clock_days)", minimum=0.0, maximum=0.9),
     # [lifecycle]
     "lifespan_years": _k("lifecycle", NUM, 5.0, "hardware lifespan", positive=True, unit="year"),
     "embodied_method": _k("lifecycle", STR, "act", "embodied-carbon method",
@@ -199,6 +215,10 @@ def check_value(file, name: str, value, section=None):
     key = KEYS[name]
     section = section or key.section
     err = lambda msg: SpecError(file, section, name, msg)  # noqa: E731
+    if key.kind == WHEN:
+        from .when import check_start
+
+        return check_start(file, section, value)
     if key.kind == BOOL:
         if not isinstance(value, bool):
             raise err(f"must be true or false, not {value!r}")
@@ -343,6 +363,14 @@ def resolve(file, flat: dict[str, Any], db, *, where: dict[str, str] | None = No
         missing = "carbon_intensity" if v["carbon_intensity"] is None else "pue"
         raise SpecError(file, sec("region"), "region",
                         f"is required unless carbon_intensity and pue are given ({missing} is missing)")
+    if v["offer"] is not None:
+        offers = db.tables.get("prices.csv", {})
+        if v["offer"] not in offers:
+            raise err("offer", f"unknown offer '{v['offer']}'{closest(v['offer'], offers)} (see: carbon-sweep prices list)")
+        if offers[v["offer"]]["hardware"] != v["hardware"] and "hardware" not in grid_keys:
+            raise err("offer", f"'{v['offer']}' is an offer of {offers[v['offer']]['hardware']}, not of {v['hardware']}")
+    if v["pause_fraction"] and v["start"] is None and "start" not in grid_keys:
+        raise err("pause_fraction", 'needs [site] start (a date, or "best"): the pause picks hours of the year')
     laws = db.docs.get("scaling_laws.toml", {})
     if v["law"] not in laws:
         raise err("law", f"unknown law '{v['law']}'{closest(v['law'], laws)} (allowed: {', '.join(laws)})")

@@ -76,6 +76,7 @@ class Study:
     law: str | None = None
     search: dict = field(default_factory=dict)
     uncertainty: Any = None           # sweep.uncertainty.Uncertainty of an [uncertainty] section, or None
+    start: Any = None                 # [grid] start: None, "best", or (hours of the year, labels) (sweep.when)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -280,7 +281,14 @@ def load_study(path_or_doc, db=None, *, extra_sections=("grid", "study", "search
         name = doc["study"].get("name") or Path(file).stem
         return Study(file=file, doc=doc, name=name, fixed={}, dims={}, options=options, base={}, law=None)
     fixed = flat_values(doc)
-    grid_raw = doc.get("grid", {})
+    grid_raw = dict(doc.get("grid", {}))
+    start = None
+    if "start" in grid_raw:  # not a dimension of the engine's grid: applied to its result (sweep.when)
+        from .when import grid_starts
+
+        if "start" in fixed:
+            raise SpecError(file, "grid", "start", "is also given in [site]; give it in one place only")
+        start = grid_starts(file, grid_raw.pop("start"))
     dims = {}
     for key, raw in grid_raw.items():
         if key in fixed:
@@ -292,7 +300,7 @@ def load_study(path_or_doc, db=None, *, extra_sections=("grid", "study", "search
         v = vals[0]
         first[key] = v.item() if hasattr(v, "item") else v
     where = {k: "grid" for k in dims}
-    base = resolve(file, first, db, where=where, grid_keys=set(dims))
+    base = resolve(file, first, db, where=where, grid_keys=set(dims) | ({"start"} if start is not None else set()))
     quality = doc.get("quality", {})
     law = quality.get("law", KEYS["law"].default)
     laws = db.docs.get("scaling_laws.toml", {})
@@ -325,5 +333,5 @@ def load_study(path_or_doc, db=None, *, extra_sections=("grid", "study", "search
         bases = tuple(dict.fromkeys(list(unc.outputs) + [b for n in named if (b := quantile_base(n))]))
         unc = dataclasses.replace(unc, outputs=bases)
     return Study(file=file, doc=doc, name=name, fixed=fixed, dims=dims, options=options, base=base, law=law,
-                 search=doc.get("search", {}), uncertainty=unc)
+                 search=doc.get("search", {}), uncertainty=unc, start=start)
 
