@@ -9,12 +9,13 @@ draws the value itself. Zero width gives the nominal value exactly: every form r
 Quantiles follow NumPy's default ("linear", Hyndman & Fan 1996 definition 7): with the n feasible
 samples sorted, q sits at position h = (n - 1)·q between the order statistics ⌊h⌋ and ⌊h⌋ + 1.
 ``sample_quantiles`` finds those two order statistics without sorting (a sort of 1,000 values per
-point costs ~40× the chain itself on CPU): bisection on the value, counting the samples below a
-threshold, then the exact values by a min over the samples above the bracket's floor.
+point costs ~40× the chain itself on CPU): bisection on the floats' bit patterns, counting the
+samples at or below a threshold, ends on the k-th value exactly; the next one is a min above it.
 """
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 DIST = {"normal": 0, "lognormal": 1, "uniform": 2, "triangular": 3}
 
@@ -48,55 +49,75 @@ def apply(nominal, sample, relative):
     return jnp.where(relative, nominal * sample, sample)
 
 
-def _order_statistics(v, ok, k, iterations):
-    """The k-th and (k+1)-th smallest (0-based) of ``v`` over ``ok`` along the last axis.
+def _sortable_bits(v):
+    """Integers in the order of the floats (IEEE-754 bits, negatives flipped): bisection on them
+    finds an order statistic exactly in at most 32 (float32) or 64 (float64) halvings."""
+    itype = jnp.int32 if v.dtype == jnp.float32 else jnp.int64
+    bits = jax.lax.bitcast_convert_type(v, itype)
+    return jnp.where(bits < 0, jnp.iinfo(itype).min - bits, bits)
 
-    Bisection on [min, max] keeps count(v ≤ lo) ≤ k < count(v ≤ hi); ``iterations`` halvings leave
-    (almost always) one distinct value in (lo, hi], found exactly by a min over v > lo; where the
-    bracket still holds several, the count below decides. The (k+1)-th is then the next value up.
-    """
-    big = jnp.asarray(jnp.inf, v.dtype)
-    vv = jnp.where(ok, v, big)
-    lo0 = jnp.min(vv, axis=-1)
-    hi0 = jnp.max(jnp.where(ok, v, -big), axis=-1)
-    count_le = lambda t: jnp.sum((vv <= t[..., None]) & ok, axis=-1)  # noqa: E731
 
-    def body(_, bracket):
-        lo, hi = bracket
-        mid = lo + 0.5 * (hi - lo)
+def _from_bits(keys, dtype):
+    itype = keys.dtype
+    bits = jnp.where(keys < 0, jnp.iinfo(itype).min - keys, keys)
+    return jax.lax.bitcast_convert_type(bits, dtype)
+
+
+def _quantiles_tile(v, ok, qs):
+    """``sample_quantiles`` on one tile of points (a few, so the samples stay in cache)."""
+    keys = _sortable_bits(v)
+    itype = keys.dtype
+    top = jnp.iinfo(itype).max
+    keys = jnp.where(ok, keys, top)  # infeasible samples sort last and are never counted
+    n = jnp.sum(ok, axis=-1)
+    h = (jnp.maximum(n, 1) - 1)[None, :] * jnp.asarray(qs, v.dtype)[:, None]  # (Q, points)
+    k = jnp.floor(h).astype(itype)
+    count_le = lambda t: jnp.sum(keys[None, :, :] <= t[..., None], axis=-1)  # noqa: E731
+    lo0 = jnp.min(keys, axis=-1) - 1  # count(≤ lo) = 0 ≤ k
+    hi0 = jnp.max(jnp.where(ok, keys, jnp.iinfo(itype).min), axis=-1)  # count(≤ hi) = n > k
+    lo = jnp.broadcast_to(lo0, k.shape)
+    hi = jnp.broadcast_to(jnp.maximum(hi0, lo0 + 1), k.shape)
+
+    def more(state):
+        lo, hi = state
+        return jnp.any(hi - lo > 1)
+
+    def halve(state):  # keeps count(≤ lo) ≤ k < count(≤ hi)
+        lo, hi = state
+        mid = lo + (hi - lo) // 2
         below = count_le(mid) <= k
         return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
 
-    # start just below the minimum so that count(v ≤ lo) = 0 ≤ k always holds
-    lo, hi = jax.lax.fori_loop(0, iterations, body, (lo0 - jnp.abs(lo0) * 1e-6 - 1e-30, hi0))
-    above = jnp.where(vv > lo[..., None], vv, big)
-    first = jnp.min(above, axis=-1)
-    c_lo = count_le(lo)
-    n_first = jnp.sum(vv == first[..., None], axis=-1)
-    # the k-th is `first` when it falls among the copies of `first`; else (a bracket still holding
-    # several values: an extremely rare tie of bisection steps) fall back to the nearest value
-    kth = first
-    second = jnp.min(jnp.where(vv > first[..., None], vv, big), axis=-1)
-    kplus = jnp.where(c_lo + n_first > k + 1, first, second)
-    return kth, kplus
+    lo, hi = jax.lax.while_loop(more, halve, (lo, hi))
+    kth = hi  # the smallest key with more than k samples at or below it: the k-th exactly
+    nxt = jnp.min(jnp.where(keys[None, :, :] > kth[..., None], keys[None, :, :], top), axis=-1)
+    kplus = jnp.where((count_le(kth) > k + 1) | (k + 1 >= n[None, :]), kth, nxt)
+    lo_v, hi_v = _from_bits(kth, v.dtype), _from_bits(kplus, v.dtype)
+    frac = (h - k).astype(v.dtype)
+    return jnp.where(n[None, :] > 0, lo_v + frac * (hi_v - lo_v), jnp.nan)
 
 
-def sample_quantiles(v, ok, qs, iterations: int = 40):
-    """Quantiles ``qs`` of ``v`` over the samples where ``ok`` (last axis), NumPy's "linear" rule.
+def sample_quantiles(v, ok, qs, tile: int = 64):
+    """Quantiles ``qs`` of ``v`` over the samples where ``ok`` (last axis), NumPy's "linear" rule,
+    exact: (len(qs),) + v.shape[:-1]; NaN where no sample is feasible.
 
-    Returns (len(qs),) + v.shape[:-1]; NaN where no sample is feasible.
+    The two order statistics each quantile sits between come from bisection on the floats' bits
+    (``_sortable_bits``), counting the samples at or below a threshold, all quantiles at once; the
+    points go through in tiles of ``tile`` (``jax.lax.map``) so a tile's samples stay in cache over
+    the halvings.
     """
-    n = jnp.sum(ok, axis=-1)
-    out = []
-    for q in qs:
-        h = (jnp.maximum(n, 1) - 1) * q
-        k = jnp.floor(h).astype(n.dtype)
-        lo, hi = _order_statistics(v, ok, k, iterations)
-        hi = jnp.where(k + 1 < n, hi, lo)
-        frac = (h - k).astype(v.dtype)
-        val = lo + frac * (hi - lo)
-        out.append(jnp.where(n > 0, val, jnp.nan))
-    return jnp.stack(out)
+    lead, s = v.shape[:-1], v.shape[-1]
+    p = int(np.prod(lead)) if lead else 1
+    vf, of = jnp.reshape(v, (p, s)), jnp.reshape(ok, (p, s))
+    t = max(1, min(tile, p))
+    pad = (-p) % t
+    if pad:
+        vf = jnp.concatenate([vf, jnp.broadcast_to(vf[-1:], (pad, s))])
+        of = jnp.concatenate([of, jnp.broadcast_to(of[-1:], (pad, s))])
+    tiles = jax.lax.map(lambda a: _quantiles_tile(a[0], a[1], qs),
+                        (vf.reshape(-1, t, s), of.reshape(-1, t, s)))  # (tiles, Q, t)
+    out = jnp.moveaxis(tiles, 1, 0).reshape(len(qs), -1)[:, :p]
+    return out.reshape((len(qs),) + lead)
 
 
 def sample_mean(v, ok):

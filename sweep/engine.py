@@ -41,7 +41,7 @@ from kernels import uncertainty as ku
 
 from . import reductions as red
 from .calibration import calibration_for
-from .inputs import point_inputs
+from .inputs import point_inputs, site_row
 from . import dimensions, results
 from .names import LAYOUT_OUTPUTS as LAYOUT_VARS
 from .names import QUANTILE_SUFFIXES, quantile_base
@@ -51,9 +51,6 @@ from .results import PARTIAL_DIR, SweepResult
 from .spec import SpecError
 from .study import Study, load_study
 
-# bisection steps of the sampled quantiles: enough to leave one representable value in the bracket
-# (float32: 24-bit mantissa over a range of a few decades; float64: 53 bits)
-ITERATIONS = {False: 32, True: 64}
 SMALL_GRID = 2_000_000        # grids up to this many points are kept in memory and written as NetCDF
 DEFAULT_BUDGET = 1 << 20      # evaluations per chunk (points × layouts): bounds memory
 SAMPLED_BUDGET = 1 << 22      # point-samples per chunk of a study with an [uncertainty] section
@@ -693,7 +690,7 @@ def sampled_outputs(x, cal, design, step, design_reason, reason, unc, outputs):
         v = o[base]
         good = feasible & jnp.isfinite(v)
         v = jnp.broadcast_to(v, good.shape)
-        q = ku.sample_quantiles(v, good, (0.05, 0.5, 0.95), iterations=ITERATIONS[dtype == jnp.float64])
+        q = ku.sample_quantiles(v, good, (0.05, 0.5, 0.95))
         out.update({f"{base}_p5": q[0], f"{base}_p50": q[1], f"{base}_p95": q[2],
                     f"{base}_mean": ku.sample_mean(v, good)})
     out["infeasible_samples"] = (samples - jnp.sum(feasible, axis=-1)).astype(jnp.int32)
@@ -899,7 +896,8 @@ def run(spec, out=None, *, resume=False, chunk_size=None, scheduler=None, quiet=
     if study.start is not None:  # [grid] start: the hours each design runs in (sweep.when)
         from .when import expand_grid
 
-        result = expand_grid(result, study, db)
+        result = expand_grid(result, study, db, lambda r: site_row(db, {**study.base, "region": r})[
+            "carbon_intensity_kg_per_kwh"])
     if write:
         results.write_result(result, out_dir)
         shutil.rmtree(part_dir, ignore_errors=True)

@@ -17,6 +17,8 @@ import hardware_db
 from hardware_db import closest
 from kernels.design import default_d_ff
 
+from .dates import check_start
+
 
 class SpecError(ValueError):
     """Bad input: the message names the file, the section, the key and what is allowed."""
@@ -216,9 +218,7 @@ def check_value(file, name: str, value, section=None):
     section = section or key.section
     err = lambda msg: SpecError(file, section, name, msg)  # noqa: E731
     if key.kind == WHEN:
-        from .when import check_start
-
-        return check_start(file, section, value)
+        return check_start(file, section, value, SpecError)
     if key.kind == BOOL:
         if not isinstance(value, bool):
             raise err(f"must be true or false, not {value!r}")

@@ -29,9 +29,9 @@ import numpy as np
 
 from hardware_db import HERE, DatabaseError
 
+from .dates import HOURS, hour_label, hour_of_year
 from .spec import SpecError
 
-HOURS = 8760
 PROFILE_FILE = "carbon_profiles.nc"
 USER_FOLDER = "carbon_profiles"
 # what a start adds to a grid (units, description)
@@ -45,46 +45,6 @@ OPERATIONAL = ("operational_device_tco2e", "operational_host_tco2e", "operationa
 
 
 # -- start times --------------------------------------------------------------------------------
-def hour_of_year(value) -> float:
-    """The UTC hour of a (non-leap) typical year of a date/datetime or ISO string; raises ValueError."""
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            when = dt.datetime.fromisoformat(text)
-        except ValueError:
-            raise ValueError(f"'{value}' is not an ISO date or datetime (e.g. \"2023-06-01\" or \"2023-06-01T14:00\")")
-    elif isinstance(value, dt.datetime):
-        when = value
-    elif isinstance(value, dt.date):
-        when = dt.datetime(value.year, value.month, value.day)
-    else:
-        raise ValueError(f"{value!r} is not a date: give an ISO date or datetime such as \"2023-06-01T14:00\", or \"best\"")
-    if when.tzinfo is not None:
-        when = when.astimezone(dt.timezone.utc).replace(tzinfo=None)
-    if when.month == 2 and when.day == 29:
-        raise ValueError(f"'{value}': the typical year has no 29 February")
-    base = dt.datetime(2001, 1, 1)  # a non-leap year
-    moved = when.replace(year=2001)
-    return (moved - base).total_seconds() / 3600.0
-
-
-def hour_label(hour: float) -> str:
-    """'06-01T14:00' (month-day and UTC hour of the typical year) of an hour of the year."""
-    t = dt.datetime(2001, 1, 1) + dt.timedelta(hours=float(hour) % HOURS)
-    return t.strftime("%m-%dT%H:%M")
-
-
-def check_start(file, section, value):
-    """A start as the spec gives it: "best", or a date (its ISO text kept); SpecError otherwise."""
-    if isinstance(value, str) and value.strip() == "best":
-        return "best"
-    try:
-        hour_of_year(value)
-    except ValueError as exc:
-        raise SpecError(file, section, "start", f"{exc} (allowed: an ISO date or datetime, or \"best\")") from None
-    return value if isinstance(value, str) else value.isoformat()
-
-
 # -- profiles -----------------------------------------------------------------------------------
 def _packaged() -> tuple[dict[str, np.ndarray], dict]:
     import xarray as xr
@@ -297,7 +257,7 @@ def grid_starts(file, raw):
     return np.asarray(hours), labels
 
 
-def _site_axes(ds, study, db):
+def _site_axes(ds, study, db, annual_of):
     """The grid's region and pause axes: (profile shapes (P, Y), pause per profile, profile index
     (an xarray variable over the grid's region/pause dims), annual intensity (likewise))."""
     import xarray as xr
@@ -314,25 +274,25 @@ def _site_axes(ds, study, db):
     if "carbon_intensity" in ds.dims:
         annual = ds["carbon_intensity"]
     else:
-        from .inputs import site_row
-
-        ci = [site_row(db, {**base, "region": r})["carbon_intensity_kg_per_kwh"] for r in regions]
+        ci = [annual_of(r) for r in regions]
         annual = xr.DataArray(ci, dims=["region"]) if "region" in ds.dims else xr.DataArray(ci[0])
     return shapes, pause, ix, annual
 
 
-def expand_grid(result, study, db):
+def expand_grid(result, study, db, annual_of):
     """A run's result with the start time applied: a ``start`` dimension (a list of starts) or, for
     "best", each design at its best start (``start_hour``). The carbon outputs are rescaled
     (``scale_carbon``), the effective ``carbon_intensity_kg_per_kwh``, ``wall_clock_days`` and
-    ``pause_days`` added; Pareto fronts and top-k are taken again over the expanded grid."""
+    ``pause_days`` added; Pareto fronts and top-k are taken again over the expanded grid.
+    ``annual_of(region)``: the region's annual intensity as the chain's inputs have it (sweep.inputs
+    site_row; passed in, as sweep.inputs reads this module's profiles)."""
     import xarray as xr
 
     if result.dataset is None:
         raise SpecError(study.file, "grid", "start", "needs the full grid ([study] keep_full_grid = true)")
     ds = result.dataset.load()
     dtype = np.float32 if study.options["dtype"] == "float32" else np.float64
-    shapes, pause, ix, annual = _site_axes(ds, study, db)
+    shapes, pause, ix, annual = _site_axes(ds, study, db, annual_of)
     hours = ds["train_days"] * 24.0
     hours, ix_b = xr.broadcast(hours, ix)
     flat_h, flat_ix = hours.values.ravel(), ix_b.values.ravel().astype(np.int64)
