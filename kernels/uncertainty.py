@@ -97,39 +97,48 @@ def _quantiles_tile(v, ok, qs):
     return jnp.where(n[None, :] > 0, lo_v + frac * (hi_v - lo_v), jnp.nan)
 
 
+def _tiled(fn, v, ok, tile):
+    """``fn(v_tile, ok_tile)`` over tiles of ``tile`` points of (..., samples) arrays, by
+    ``jax.lax.map``: a tile's samples stay in cache, and every tile has the same shape whatever the
+    number of points, so XLA rounds a reduction over the samples the same way in any chunk."""
+    lead, s = v.shape[:-1], v.shape[-1]
+    p = int(np.prod(lead)) if lead else 1
+    vf, of = jnp.reshape(v, (p, s)), jnp.reshape(ok, (p, s))
+    pad = (-p) % tile
+    if pad:
+        vf = jnp.concatenate([vf, jnp.broadcast_to(vf[-1:], (pad, s))])
+        of = jnp.concatenate([of, jnp.broadcast_to(of[-1:], (pad, s))])
+    tiles = jax.lax.map(lambda a: fn(a[0], a[1]), (vf.reshape(-1, tile, s), of.reshape(-1, tile, s)))  # (tiles, K, tile)
+    k = tiles.shape[1]
+    return jnp.moveaxis(tiles, 1, 0).reshape(k, -1)[:, :p].reshape((k,) + lead)
+
+
+def _mean_tile(v, ok):
+    n = jnp.sum(ok, axis=-1)
+    return jnp.where(n > 0, jnp.sum(jnp.where(ok, v, 0.0), axis=-1) / jnp.maximum(n, 1), jnp.nan).astype(v.dtype)
+
+
 def sample_quantiles(v, ok, qs, tile: int = 64):
     """Quantiles ``qs`` of ``v`` over the samples where ``ok`` (last axis), NumPy's "linear" rule,
     exact: (len(qs),) + v.shape[:-1]; NaN where no sample is feasible.
 
     The two order statistics each quantile sits between come from bisection on the floats' bits
-    (``_sortable_bits``), counting the samples at or below a threshold, all quantiles at once; the
-    points go through in tiles of ``tile`` (``jax.lax.map``) so a tile's samples stay in cache over
-    the halvings.
+    (``_sortable_bits``), counting the samples at or below a threshold, all quantiles at once, in
+    tiles of ``tile`` points (``_tiled``).
     """
-    lead, s = v.shape[:-1], v.shape[-1]
-    p = int(np.prod(lead)) if lead else 1
-    vf, of = jnp.reshape(v, (p, s)), jnp.reshape(ok, (p, s))
-    t = max(1, min(tile, p))
-    pad = (-p) % t
-    if pad:
-        vf = jnp.concatenate([vf, jnp.broadcast_to(vf[-1:], (pad, s))])
-        of = jnp.concatenate([of, jnp.broadcast_to(of[-1:], (pad, s))])
-    tiles = jax.lax.map(lambda a: _quantiles_tile(a[0], a[1], qs),
-                        (vf.reshape(-1, t, s), of.reshape(-1, t, s)))  # (tiles, Q, t)
-    out = jnp.moveaxis(tiles, 1, 0).reshape(len(qs), -1)[:, :p]
-    return out.reshape((len(qs),) + lead)
+    return _tiled(lambda a, b: _quantiles_tile(a, b, qs), v, ok, tile)
 
 
-def sample_mean(v, ok):
-    """Mean over the feasible samples (last axis); NaN where none is.
+def sample_mean(v, ok, tile: int = 64):
+    """Mean over the feasible samples (last axis); NaN where none is. In tiles (``_tiled``), so the
+    rounding is the same whatever the number of points."""
+    return _tiled(lambda a, b: _mean_tile(a, b)[None, :], v, ok, tile)[0]
 
-    Summed sample by sample in a loop, so the rounding is the same whatever the number of points
-    (XLA orders a vectorised reduction by the array's shape: a chunked sweep would differ by an ulp).
-    """
-    n = jnp.sum(ok, axis=-1)
-    terms = jnp.moveaxis(jnp.where(ok, v, 0.0), -1, 0)
-    total = jax.lax.fori_loop(0, terms.shape[0], lambda i, acc: acc + terms[i], jnp.zeros(terms.shape[1:], v.dtype))
-    return jnp.where(n > 0, total / jnp.maximum(n, 1), jnp.nan)
+
+def sample_summary(v, ok, qs, tile: int = 64):
+    """(quantiles as ``sample_quantiles``, mean as ``sample_mean``) in one pass over the tiles."""
+    out = _tiled(lambda a, b: jnp.concatenate([_quantiles_tile(a, b, qs), _mean_tile(a, b)[None, :]]), v, ok, tile)
+    return out[:-1], out[-1]
 
 
 def pick_freeze(a, b):

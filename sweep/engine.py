@@ -689,10 +689,10 @@ def sampled_outputs(x, cal, design, step, design_reason, reason, unc, outputs):
     for base in bases:
         v = o[base]
         good = feasible & jnp.isfinite(v)
-        v = jnp.broadcast_to(v, good.shape)
-        q = ku.sample_quantiles(v, good, (0.05, 0.5, 0.95))
-        out.update({f"{base}_p5": q[0], f"{base}_p50": q[1], f"{base}_p95": q[2],
-                    f"{base}_mean": ku.sample_mean(v, good)})
+        # materialised first: XLA would otherwise recompute the chain inside every halving
+        v, good = jax.lax.optimization_barrier((jnp.broadcast_to(v, good.shape), good))
+        q, mean = ku.sample_summary(v, good, (0.05, 0.5, 0.95))
+        out.update({f"{base}_p5": q[0], f"{base}_p50": q[1], f"{base}_p95": q[2], f"{base}_mean": mean})
     out["infeasible_samples"] = (samples - jnp.sum(feasible, axis=-1)).astype(jnp.int32)
     return out
 
