@@ -44,7 +44,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from . import reductions as red  # noqa: E402
-from .names import SHORT, output_units  # noqa: E402
+from .names import SHORT, output_units, short_label  # noqa: E402
 from .reductions import no_tradeoff  # noqa: E402
 from .results import front_objectives, open_result  # noqa: E402
 from .spec import KEYS  # noqa: E402
@@ -110,7 +110,7 @@ def _units_of(name, ds=None) -> str:
                 return str(ds[name].attrs["units"])
         except (AttributeError, TypeError):
             pass
-    units = output_units()
+    units = output_units(sampled=True)
     if name in units:
         return units[name][0]
     if name in KEYS:
@@ -121,6 +121,8 @@ def _units_of(name, ds=None) -> str:
 def short_name(name, ds=None) -> str:
     if name in SHORT:
         return SHORT[name]
+    if short_label(name):  # (the registry's: a sampled output's quantile, ...)
+        return short_label(name)
     if ds is not None and name in getattr(ds, "variables", {}):
         ln = str(ds[name].attrs.get("long_name", "") or "")
         if ln and len(ln) <= 40:
@@ -494,6 +496,11 @@ def pareto_figure(ds_or_cloud, front_df, x, y, group=None, *, title=None, color=
         handles.append(Line2D([], [], ls="", marker="o", ms=5, color="#888888", alpha=0.45,
                               label=f"feasible designs, faint ({shown})"))
     ax.plot(front[x], front[y], drawstyle="steps-post", color="black", lw=1.3, zorder=3, alpha=0.8)
+    band = _quantile_band(front, y)
+    if band is not None:  # [uncertainty]: each front design's p5–p95 range of the y objective
+        ax.fill_between(front[x], band[0], band[1], step="post", color="#4c72b0", alpha=0.16, lw=0, zorder=2)
+        ax.vlines(front[x], band[0], band[1], color="#4c72b0", lw=1.0, alpha=0.7, zorder=3)
+        handles.append(Patch(color="#4c72b0", alpha=0.3, label=f"p5–p95 of {short_name(band[2])} over the samples"))
     flab = lab(front)
     if color is not None and color in front:
         sc = ax.scatter(front[x], front[y], c=front[color], cmap="viridis", s=48, edgecolors="black",
@@ -555,6 +562,17 @@ def pareto_figure(ds_or_cloud, front_df, x, y, group=None, *, title=None, color=
 
 # ---------------------------------------------------------------------------------------------
 # surfaces, lines, heatmaps
+
+
+def _quantile_band(front, y):
+    """(p5, p95, the output) of a front's y objective when the study sampled it: ``y`` is an output
+    with ``_p5``/``_p95`` columns, or itself a quantile or mean of one; else None."""
+    from .names import quantile_base
+    base = quantile_base(y) or y
+    lo, hi = f"{base}_p5", f"{base}_p95"
+    if lo in front and hi in front and np.isfinite(front[lo]).any():
+        return front[lo].to_numpy(float), front[hi].to_numpy(float), base
+    return None
 
 
 def _marks(ax, marks):
