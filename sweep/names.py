@@ -148,6 +148,27 @@ REPORT_BEST = ("total_tco2e", "operational_tco2e", "embodied_tco2e", "operationa
                "device_hours", "params", "active_params", "train_flops", "loss", "mfu", "step_time_s", "memory_gb",
                "tp", "pp", "dp", "ep", "microbatch", "gpus_consumed", "material_kg", "water_m3")
 
+# the serving model's figures (sweep.serving, `carbon-sweep serve`, estimate's "serving" block)
+SERVING_OUTPUTS = {
+    "replica_devices": ("1", "devices per replica"),
+    "concurrency": ("1", "sequences batched per replica"),
+    "max_batch": ("1", "largest batch whose KV cache fits"),
+    "ttft_s": ("s", "time to first token"),
+    "tpot_s": ("s", "time per output token"),
+    "tokens_per_s_per_replica": ("token/s", "output tokens per second per replica"),
+    "device_power_w": ("W", "power of a busy device"),
+    "gpu_j_per_output_token": ("J/token", "accelerator energy per output token at full load (ML.ENERGY's measure)"),
+    "replicas": ("1", "replicas for requests_per_day"),
+    "load": ("1", "mean load of the replicas (the rest is idle capacity, drawing static power)"),
+    "device_hours_per_day": ("h/d", "device-hours per day, idle capacity included"),
+    "energy_kwh_per_day": ("kWh/d", "facility energy per day"),
+    "wh_per_request": ("Wh", "facility energy per request (host, PUE and idle capacity included)"),
+    "wh_per_1k_output_tokens": ("Wh", "facility energy per 1,000 output tokens"),
+    "gco2e_per_request": ("g CO2e", "operational + embodied per request"),
+    "gco2e_per_1k_output_tokens": ("g CO2e", "operational + embodied per 1,000 output tokens"),
+    "tco2e_per_day": ("t CO2e/d", "serving emissions per day"),
+}
+
 # what a sweep with an [uncertainty] section adds per point: for each sampled output, its quantiles
 # over the samples (name_p5, name_p50, name_p95) and mean (name_mean), and the infeasible samples
 QUANTILE_SUFFIXES = {"p5": "5th percentile", "p50": "median", "p95": "95th percentile", "mean": "mean"}
@@ -177,6 +198,8 @@ def _registry() -> dict[str, Name]:
                 short = f"{names[k].short or k}, {q}"
                 names[f"{k}_{q}"] = Name(unit, f"{desc}: {what} over the uncertainty samples", short=short,
                                          sampled=True)
+    for k, (unit, desc) in SERVING_OUTPUTS.items():
+        names.setdefault(k, Name(unit, desc, output=False))
     names["infeasible_samples"] = Name("1", "samples of the point that cannot run (a sampled input out of range, "
                                             "or infeasible), left out of its quantiles", sampled=True)
     return names

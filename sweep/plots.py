@@ -496,7 +496,7 @@ def pareto_figure(ds_or_cloud, front_df, x, y, group=None, *, title=None, color=
         handles.append(Line2D([], [], ls="", marker="o", ms=5, color="#888888", alpha=0.45,
                               label=f"feasible designs, faint ({shown})"))
     ax.plot(front[x], front[y], drawstyle="steps-post", color="black", lw=1.3, zorder=3, alpha=0.8)
-    band = _quantile_band(front, y)
+    band = quantile_band(front, y)
     if band is not None:  # [uncertainty]: each front design's p5–p95 range of the y objective
         ax.fill_between(front[x], band[0], band[1], step="post", color="#4c72b0", alpha=0.16, lw=0, zorder=2)
         ax.vlines(front[x], band[0], band[1], color="#4c72b0", lw=1.0, alpha=0.7, zorder=3)
@@ -564,7 +564,7 @@ def pareto_figure(ds_or_cloud, front_df, x, y, group=None, *, title=None, color=
 # surfaces, lines, heatmaps
 
 
-def _quantile_band(front, y):
+def quantile_band(front, y):
     """(p5, p95, the output) of a front's y objective when the study sampled it: ``y`` is an output
     with ``_p5``/``_p95`` columns, or itself a quantile or mean of one; else None."""
     from .names import quantile_base

@@ -288,25 +288,7 @@ def constants_toml(result: dict, header: str) -> str:
 
 DEVICE_CHOICES = (1, 2, 4, 8)
 BATCH_CHOICES = tuple(2 ** i for i in range(11))   # 1 … 1,024
-SERVING_OUTPUTS = {
-    "replica_devices": ("1", "devices per replica"),
-    "concurrency": ("1", "sequences batched per replica"),
-    "max_batch": ("1", "largest batch whose KV cache fits"),
-    "ttft_s": ("s", "time to first token"),
-    "tpot_s": ("s", "time per output token"),
-    "tokens_per_s_per_replica": ("token/s", "output tokens per second per replica"),
-    "device_power_w": ("W", "power of a busy device"),
-    "gpu_j_per_output_token": ("J/token", "accelerator energy per output token at full load (ML.ENERGY's measure)"),
-    "replicas": ("1", "replicas for requests_per_day"),
-    "load": ("1", "mean load of the replicas (the rest is idle capacity, drawing static power)"),
-    "device_hours_per_day": ("h/d", "device-hours per day, idle capacity included"),
-    "energy_kwh_per_day": ("kWh/d", "facility energy per day"),
-    "wh_per_request": ("Wh", "facility energy per request (host, PUE and idle capacity included)"),
-    "wh_per_1k_output_tokens": ("Wh", "facility energy per 1,000 output tokens"),
-    "gco2e_per_request": ("g CO2e", "operational + embodied per request"),
-    "gco2e_per_1k_output_tokens": ("g CO2e", "operational + embodied per 1,000 output tokens"),
-    "tco2e_per_day": ("t CO2e/d", "serving emissions per day"),
-}
+from .names import SERVING_OUTPUTS  # noqa: E402  (the serving figures, in the one registry of names)
 
 
 def serving_inputs(file, doc: dict, db) -> dict:

@@ -350,11 +350,11 @@ def test_zero_width_distributions_give_the_sweeps_point_values(tmp_path):
 
 
 def test_a_front_on_a_quantile_is_drawn_with_each_designs_p5_to_p95_band(tmp_path):
-    from sweep.plots import _quantile_band, pareto_figure
+    from sweep.plots import quantile_band, pareto_figure
 
     res = sweep.run(_study(tmp_path, STUDY))
     front = res.pareto["pareto_loss__total_tco2e_p95"]
-    lo, hi, base = _quantile_band(front, "total_tco2e_p95")
+    lo, hi, base = quantile_band(front, "total_tco2e_p95")
     assert base == "total_tco2e" and (lo <= hi).all() and (hi == front["total_tco2e_p95"].to_numpy()).all()
     fig = pareto_figure(res.dataset, front, "loss", "total_tco2e_p95")
     assert any("p5–p95" in t.get_text() for t in fig.legends[0].get_texts())
