@@ -144,7 +144,15 @@ def shape_of(db, region) -> np.ndarray:
 
 
 def annual_level(db, region) -> float | None:
-    """The annual figure a user's profile sets for its region (its mean); None otherwise."""
+    """The annual figure a user's profile sets for its region (its mean); None otherwise. A packaged
+    profile of level "region" (a shape only) sets none, so the packaged file is not read for it
+    (opening it costs ~2 s of imports and reading on a cold start, for every sweep with a region)."""
+    if not region:
+        return None
+    users = _user_profiles(tuple(str(f) for f in db.folders[1:]))
+    entry = db.docs.get("carbon_profiles.toml", {}).get("region", {}).get(region)
+    if region not in users and (not entry or entry.get("level", "region") != "profile"):
+        return None
     values, level = profile(db, region)
     return float(values.mean()) if values is not None and level == "profile" else None
 
