@@ -526,13 +526,37 @@ def optimize(spec, *, out=None, storage=None, trials=None, db=None, quiet=True, 
 
 
 def _loop(ostudy, ev, space, dists, opts: SearchOptions, quiet: bool) -> int:
-    """Ask ``batch`` trials, evaluate them in one jitted call, tell them; until the target total."""
+    """Ask ``batch`` trials, evaluate them in one jitted call, tell them; until the target total.
+
+    The sampler works on an in-memory mirror of the storage: TPE reads every trial at each ask, and
+    through SQLite that read cost ~0.12 s an ask (300 trials, batch 32: ask 43 s, tell 6 s, against
+    6.5 s in memory). Before each batch the mirror takes the trials finished in the storage since
+    (another worker's too); after it, the batch's finished trials are written to the storage at
+    once. A batch interrupted between ask and tell leaves nothing in the storage."""
     import optuna
 
     from .engine import progress_bar
 
     complete = (optuna.trial.TrialState.COMPLETE,)
-    done = len(ostudy.get_trials(deepcopy=False, states=complete))
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+    store = ostudy
+    ostudy = optuna.create_study(storage=optuna.storages.InMemoryStorage(), sampler=store.sampler,
+                                 directions=[d.name.lower() for d in store.directions])
+    mirrored: set[int] = set()  # the storage's trial ids the mirror holds
+
+    def sync() -> int:
+        """Mirror the storage's newly finished trials; the storage's count of completed trials."""
+        stored = store.get_trials(deepcopy=False, states=finished)
+        ostudy.add_trials([t for t in stored if t._trial_id not in mirrored])
+        mirrored.update(t._trial_id for t in stored)
+        return sum(t.state == optuna.trial.TrialState.COMPLETE for t in stored)
+
+    def save(trials) -> None:
+        for t in trials:  # (the storage numbers them in this order)
+            mirrored.add(store._storage.create_new_trial(store._study_id,
+                                                         template_trial=ostudy._storage.get_trial(t._trial_id)))
+
+    done = sync()
     names = opts.names
     signs = np.array([1.0 if d == "minimize" else -1.0 for d in opts.directions])
     # worst feasible value so far per objective (in the minimised sense): the infeasible penalty
@@ -568,10 +592,11 @@ def _loop(ostudy, ev, space, dists, opts: SearchOptions, quiet: bool) -> int:
                 if not ok[i]:
                     trial.set_user_attr("reason", REASONS.get(int(reason[i]), str(int(reason[i]))))
                 ostudy.tell(trial, told[i].tolist())
+            save(pending)
             pending = []
             n_new += k
             progress.update(k)
-            done = len(ostudy.get_trials(deepcopy=False, states=complete))
+            done = sync()
     finally:
         for trial in pending:  # interrupted between ask and tell: do not leave RUNNING trials behind
             try:
