@@ -45,8 +45,7 @@ from .inputs import point_inputs, site_row
 from . import dimensions, results
 from .names import LAYOUT_OUTPUTS as LAYOUT_VARS
 from .names import QUANTILE_SUFFIXES, quantile_base
-from .uncertainty import UNCERTAIN_INPUTS as UNCERTAIN_RANGE
-from .uncertainty import kernel_spec
+from .uncertainty import kernel_spec, sampled_inputs
 from .results import PARTIAL_DIR, SweepResult
 from .spec import SpecError
 from .study import Study, load_study
@@ -672,13 +671,7 @@ def sampled_outputs(x, cal, design, step, design_reason, reason, unc, outputs):
     draws = ku.draw(jax.random.key(seed), jnp.asarray(codes, jnp.int32), jnp.asarray(a, jnp.float64),
                     jnp.asarray(b, jnp.float64), jnp.asarray(c, jnp.float64), samples).astype(dtype)
     col = lambda v: jnp.asarray(v)[..., None]  # noqa: E731
-    xs = {k: col(v) for k, v in x.items()}
-    ok = jnp.ones((1, samples), bool)
-    for j, k in enumerate(names):
-        val = ku.apply(xs.get(k, jnp.ones((1,), dtype)), draws[:, j], rel[j])
-        lo, hi, lo_incl = UNCERTAIN_RANGE[k]
-        ok = ok & ((((val >= lo) if lo_incl else (val > lo)) & (val <= hi)) | ~jnp.isfinite(val))
-        xs[k] = val
+    xs, ok = sampled_inputs({k: col(v) for k, v in x.items()}, names, rel, draws)
     # barriers as in the grid path: every chunk shape then takes the same arithmetic path
     xs, cal, design, step = jax.tree_util.tree_map(jax.lax.optimization_barrier, (
         xs, None if cal is None else {k: col(v) for k, v in cal.items()}, {k: col(v) for k, v in design.items()},

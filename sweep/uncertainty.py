@@ -213,19 +213,30 @@ def draws_for(spec: tuple, dtype=jnp.float64):
                    jnp.asarray(c, dtype), samples)
 
 
+def sampled_inputs(x: dict, names, rel, draws):
+    """The chain's inputs with each sampled one replaced by nominal × factor (or the draw) on a
+    trailing sample axis; ``x``'s arrays must already end in a length-1 axis (or be scalars).
+    Returns (inputs, in_range): False for a sample with a value outside its input's allowed range
+    (``UNCERTAIN_INPUTS``); a NaN nominal (a figure not given) stays not given. The one rule the
+    estimate and the sweep engine share."""
+    xs = dict(x)
+    ok = jnp.ones((1, draws.shape[-2]), bool)
+    for j, name in enumerate(names):
+        val = ku.apply(jnp.asarray(x.get(name, 1.0)), draws[..., j], rel[j])  # (mfu_scale's nominal: 1)
+        lo, hi, lo_incl = UNCERTAIN_INPUTS[name]
+        inside = ((val >= lo) if lo_incl else (val > lo)) & (val <= hi)
+        xs[name] = val
+        ok = ok & (inside | ~jnp.isfinite(val))
+    return xs, ok
+
+
 @functools.lru_cache(maxsize=16)
 def _sampled_fn(with_cal: bool, names: tuple[str, ...], rel: tuple[bool, ...]):
     from kernels.footprint import footprint
 
     def run(x, cal, draws):
-        xs = dict(x)
-        ok = True
-        for j, name in enumerate(names):
-            val = ku.apply(jnp.asarray(x.get(name, 1.0))[..., None], draws[..., j], rel[j])
-            lo, hi, lo_incl = UNCERTAIN_INPUTS[name]
-            inside = ((val >= lo) if lo_incl else (val > lo)) & (val <= hi)
-            xs[name] = val
-            ok = ok & (inside | ~jnp.isfinite(val))
+        xs, ok = sampled_inputs({k: jnp.asarray(v)[..., None] for k, v in x.items()}, names, rel, draws)
+        ok = ok[0]
         out = footprint(xs, cal if with_cal else None)
         feasible = ok & (out["reason"] == 0) & jnp.isfinite(out["total_tco2e"])
         reason = jnp.where(ok, out["reason"], CODE["sample_out_of_range"])

@@ -205,27 +205,19 @@ def test_fp8_on_hardware_without_an_fp8_peak_is_a_spec_error(tmp_path, capsys):
     assert code == 2 and "precision" in err and "fp8" in err
 
 
-RUNS = """
-[[run]]
-id = "a"
-source = "test"
-hardware = "h100-sxm5-80gb"
-precision = "fp8"
-framework = "NeMo"
-published_tokens_per_s_per_device = {a}
-model = {{ layers = 32, d_model = 4096, heads = 32, kv_heads = 8, head_dim = 128, d_ff = 14336, ffn = "swiglu", vocab = 128256, seq_len = 8192 }}
-layout = {{ devices = 8, tp = 1, pp = 1, cp = 1, vp = 1, ep = 1, microbatch = 1, global_batch = 128, recompute = "none", distributed_optimizer = true, fsdp = false }}
+def _run(run_id, tokens, model, layout):
+    """One [[run]] of a runs file (H100, FP8, NeMo), its tokens/s a format field."""
+    return (f'[[run]]\nid = "{run_id}"\nsource = "test"\nhardware = "h100-sxm5-80gb"\nprecision = "fp8"\n'
+            f'framework = "NeMo"\npublished_tokens_per_s_per_device = {tokens}\nmodel = {{{{ {model} }}}}\n'
+            f'layout = {{{{ {layout}, microbatch = 1, global_batch = 128, recompute = "none", '
+            f'distributed_optimizer = true, fsdp = false }}}}\n')
 
-[[run]]
-id = "b"
-source = "test"
-hardware = "h100-sxm5-80gb"
-precision = "fp8"
-framework = "NeMo"
-published_tokens_per_s_per_device = {b}
-model = {{ layers = 80, d_model = 8192, heads = 64, kv_heads = 8, head_dim = 128, d_ff = 28672, ffn = "swiglu", vocab = 128256, seq_len = 8192 }}
-layout = {{ devices = 64, tp = 4, pp = 4, cp = 1, vp = 5, ep = 1, microbatch = 1, global_batch = 128, recompute = "none", distributed_optimizer = true, fsdp = false }}
-"""
+
+RUNS = "\n" + _run("a", "{a}", "layers = 32, d_model = 4096, heads = 32, kv_heads = 8, head_dim = 128, d_ff = 14336, "
+                    'ffn = "swiglu", vocab = 128256, seq_len = 8192',
+                    "devices = 8, tp = 1, pp = 1, cp = 1, vp = 1, ep = 1") + "\n" + \
+    _run("b", "{b}", "layers = 80, d_model = 8192, heads = 64, kv_heads = 8, head_dim = 128, d_ff = 28672, "
+         'ffn = "swiglu", vocab = 128256, seq_len = 8192', "devices = 64, tp = 4, pp = 4, cp = 1, vp = 5, ep = 1")
 
 
 def test_calibrate_command_writes_a_file_that_spec_and_db_folder_both_use(tmp_path, capsys, db):
