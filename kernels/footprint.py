@@ -18,7 +18,7 @@ scalars. NaN in an optional input means "not given":
 
 import jax.numpy as jnp
 
-from . import architecture, embodied, energy, flops, lifecycle, materials
+from . import architecture, embodied, energy, flops, lifecycle, materials, serving
 from .reasons import CODE
 
 # Inputs the chain reads, grouped by where they come from (the sweep gathers the hardware and
@@ -215,7 +215,7 @@ def footprint(x, cal=None, design=None, step=None):
         "reason": reason,
         "cost_usd": cost_usd(x, devices, hours, it_kwh * pue),
     }
-    out.update(_lifecycle(x, active, out, dev_w))
+    out.update(_lifecycle(x, params, active, out))
     return out
 
 
@@ -234,26 +234,47 @@ def cost_usd(x, devices, hours, facility_kwh):
     return jnp.where(_given(price), cloud, tco)
 
 
-def _lifecycle(x, active, out, dev_w):
+def serving_architecture(x, params, active):
+    """The mapping kernels.serving reads, from the chain's inputs (``params`` and ``active`` as
+    design_params counts them). A model known only by its size (params given, no architecture) has
+    no layers, attention or embedding table to count: zeros."""
+    sized = _given(x["params"])
+    z = lambda v: jnp.where(sized, 0.0, v)  # noqa: E731
+    moe_layers = architecture.moe_layer_count(x["layers"], x["experts"], x["moe_every"], x["first_dense_layers"])
+    routed = serving.routed_params(x["layers"], x["d_model"], x["experts"], x["expert_d_ff"], x["ffn_matrices"],
+                                   x["moe_every"], x["first_dense_layers"])
+    return {"layers": z(x["layers"]), "d_model": z(x["d_model"]), "heads": z(x["heads"]), "kv_heads": z(x["kv_heads"]),
+            "head_dim": z(x["head_dim"]), "vocab": z(x["vocab"]), "experts": jnp.where(sized, 1.0, x["experts"]),
+            "top_k": jnp.where(sized, 1.0, x["top_k"]), "moe_layers": z(moe_layers), "params": params,
+            # serving's active weights leave out the input embedding (a lookup; tied: it is the head)
+            "active_params": active - z(x["vocab"] * x["d_model"] * (1.0 - x["tied_embeddings"])),
+            "routed_params": z(routed), "kv_latent_dim": x.get("kv_latent_dim", 0.0),
+            "tied_embeddings": z(x["tied_embeddings"])}
+
+
+# the serving constants (hardware_db/serving.toml) as chain inputs: serve_<name>, given per accelerator
+SERVING_CONSTANT_INPUTS = tuple("serve_" + k for k in serving.CONSTANTS)
+
+
+def _lifecycle(x, params, active, out):
     """Inference, experimentation and storage (kernels.lifecycle), from optional inputs."""
     g = lambda k: x.get(k, LIFECYCLE_DEFAULTS[k])  # noqa: E731
-    d_attn = x["heads"] * x["head_dim"]
-    mfu = lifecycle.serve_mfu(g("serve_batch"), x["bytes_per_value"], x["hbm_bw_bytes_s"], x["peak_flops"])
-    dev_s = lifecycle.inference_device_s_per_token(active, x["vocab"], x["d_model"], x["tied_embeddings"],
-                                                   x["layers"], x["seq_len"], d_attn, x["peak_flops"], mfu)
-    # a model known only by size: 2·active per token
-    dev_s = jnp.where(_given(x["params"]), 2.0 * active / (x["peak_flops"] * mfu), dev_s)
-    power = dev_w + x["host_power_w"] * x["power_util"] / x["devices_per_node"]
+    cal = {k: x.get("serve_" + k, jnp.nan) for k in serving.CONSTANTS}
+    hw = {"peak_flops": x["peak_flops"], "hbm_bw_bytes_s": x["hbm_bw_bytes_s"], "tdp_w": x["tdp_w"]}
+    dev_s, busy_w = lifecycle.inference_per_token(serving_architecture(x, params, active), hw, g("serve_batch"),
+                                                  x["seq_len"], x["bytes_per_value"], cal)
+    power = busy_w + x["host_power_w"] * x["power_util"] / x["devices_per_node"]
     emb_per_device = x["device_embodied_kgco2e"] + x["host_embodied_kgco2e"] / x["devices_per_node"]
     per_token = lifecycle.inference_tco2e_per_token(dev_s, power, x["pue"], x["carbon_intensity_kg_per_kwh"],
                                                     emb_per_device, x["lifespan_years"])
     served = g("served_tokens_per_day") * g("serving_days")
-    inference = served * per_token
+    serves = served > 0  # nothing served: no inference, whatever the constants
+    inference = jnp.where(serves, served * per_token, 0.0)
     experiments = g("experiment_factor") * out["total_tco2e"]
     storage = lifecycle.storage_tco2e(g("storage_tb"), g("ssd_kgco2e_per_gb"), g("serving_days"), x["lifespan_years"])
     return {
         "inference_tco2e": inference,
-        "inference_energy_mwh": served * dev_s * power * x["pue"] / 3.6e9,
+        "inference_energy_mwh": jnp.where(serves, served * dev_s * power * x["pue"] / 3.6e9, 0.0),
         "experimentation_tco2e": experiments,
         "storage_tco2e": storage,
         "lifecycle_tco2e": out["total_tco2e"] + inference + experiments + storage,

@@ -16,7 +16,8 @@ Weights (Pope et al. 2022 §2; Kim et al. 2023 on weight-only quantisation):
                             n tokens routes to, each token picking k of E uniformly (expected value)
     streamed_weight_bytes = (params − routed_params − vocab·d_model
                              + routed_params · experts_touched/E) · weight_bytes / devices
-    (the input embedding is a lookup: one row per token, not streamed)
+    (the input embedding is a lookup: one row per token, not streamed; tied embeddings are
+     streamed once, as the output head)
 KV cache (Pope et al. 2022 §3.1; GQA Ainslie et al. 2023; MLA DeepSeek-AI 2024 §2.1.1):
     kv_bytes_per_token = layers · (2·kv_heads·head_dim, or kv_latent_dim for MLA) · kv_bytes
     max_batch = floor((kv_memory_fraction · hbm_bytes − resident_weight_bytes) · devices
@@ -80,11 +81,13 @@ def resident_weight_bytes(params, weight_bytes, devices):
     return params * weight_bytes / devices
 
 
-def streamed_weight_bytes(params, routed, experts, top_k, tokens, vocab, d_model, weight_bytes, devices):
+def streamed_weight_bytes(params, routed, experts, top_k, tokens, vocab, d_model, weight_bytes, devices,
+                          tied_embeddings=0.0):
     """Bytes of weights one step reads per device: the always-active weights (all but the routed
-    experts and the input embedding table) plus the share of routed experts the step's tokens touch."""
+    experts and the input embedding table, which tied embeddings share with the output head that is
+    read) plus the share of routed experts the step's tokens touch."""
     frac = experts_touched(experts, top_k, tokens) / jnp.maximum(experts, 1.0)
-    always = params - routed - vocab * d_model
+    always = params - routed - vocab * d_model * (1.0 - tied_embeddings)
     return (always + routed * jnp.where(experts > 1, frac, 0.0)) * weight_bytes / devices
 
 
@@ -126,7 +129,7 @@ def decode_step(m, hw, batch, input_tokens, output_tokens, devices, weight_bytes
     a = attn_flops_per_ctx(m["layers"], m["heads"], m["head_dim"], m["kv_latent_dim"])
     flops = (2.0 * m["active_params"] * tokens + batch * context * a + batch * ratio * input_tokens / 2.0 * a) / devices
     w = streamed_weight_bytes(m["params"], m["routed_params"], m["experts"], m["top_k"], tokens, m["vocab"],
-                              m["d_model"], weight_bytes, devices)
+                              m["d_model"], weight_bytes, devices, m.get("tied_embeddings", 0.0))
     kv = batch * context * kv_bytes_per_token(m["layers"], m["kv_heads"], m["head_dim"], m["kv_latent_dim"],
                                               kv_bytes) / devices
     nbytes = w + kv
@@ -145,7 +148,7 @@ def prefill_time_s(m, hw, input_tokens, devices, weight_bytes, cal):
     a = attn_flops_per_ctx(m["layers"], m["heads"], m["head_dim"], m["kv_latent_dim"])
     flops = (2.0 * m["active_params"] * input_tokens + input_tokens * input_tokens / 2.0 * a) / devices
     w = streamed_weight_bytes(m["params"], m["routed_params"], m["experts"], m["top_k"], input_tokens, m["vocab"],
-                              m["d_model"], weight_bytes, devices)
+                              m["d_model"], weight_bytes, devices, m.get("tied_embeddings", 0.0))
     n_tp, n_ep = collectives_per_step(m["layers"], m["moe_layers"], devices)
     return (jnp.maximum(flops / (cal["compute_eff"] * hw["peak_flops"]), w / (cal["hbm_eff"] * hw["hbm_bw_bytes_s"]))
             + m["layers"] * cal["layer_latency_s"] + n_tp * cal["tp_latency_s"] + n_ep * cal["ep_latency_s"])

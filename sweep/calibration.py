@@ -40,3 +40,14 @@ def calibration_for(db, hw_id: str) -> dict[str, float]:
                     cal[k] = float(v)
             break
     return cal
+
+
+def serving_constants(db, hw_id: str) -> dict[str, float]:
+    """The serving model's constants (hardware_db/serving.toml) for one accelerator: the top-level
+    ``[name] value``, overridden by the ``[class.X]`` of calibration.toml's class of ``hw_id``."""
+    doc = db.docs.get("serving.toml", {})
+    cal = {k: float(t["value"]) for k, t in doc.items() if k not in ("class", "fit") and isinstance(t, dict)}
+    for k, t in doc.get("class", {}).get(class_of(db, hw_id), {}).items():
+        if isinstance(t, dict) and "value" in t:
+            cal[k] = float(t["value"])
+    return cal

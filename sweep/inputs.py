@@ -13,6 +13,9 @@ import numpy as np
 
 import hardware_db
 from kernels import embodied, energy
+from kernels.footprint import SERVING_CONSTANT_INPUTS
+
+from .calibration import serving_constants
 
 NAN = math.nan
 
@@ -90,6 +93,8 @@ def hardware_row(db, hw_id: str, precision: str, method: str, host: str | None =
         "bytes_per_value": float(hardware_db.BYTES_PER_VALUE[precision]),
         "peak_bf16_flops": db.peak_tflops(hw_id, "bf16") * 1e12,  # the 16-bit work of an FP8 run
         "ssd_kgco2e_per_gb": _zero_if_nan(db.memory_kg_per_gb("ssd", "act" if method == "vendor_pcf" else method)),
+        # the serving model's constants, for the life cycle's served tokens (kernels.lifecycle)
+        **{"serve_" + k: v for k, v in serving_constants(db, hw_id).items() if "serve_" + k in SERVING_CONSTANT_INPUTS},
     }
 
 

@@ -17,7 +17,7 @@ import hardware_db
 from kernels import architecture
 from kernels import serving as ks
 
-from .calibration import class_of
+from .calibration import class_of, serving_constants
 
 RUNS_FILE = "serving_runs.toml"
 CONST_FILE = "serving.toml"
@@ -52,9 +52,11 @@ def model_arrays(model: dict) -> dict:
     routed = float(ks.routed_params(f["layers"], f["d_model"], f["experts"], f["expert_d_ff"], f["ffn_matrices"],
                                     f["moe_every"], f["first_dense_layers"]))
     moe_layers = float(architecture.moe_layer_count(f["layers"], f["experts"], f["moe_every"], f["first_dense_layers"]))
-    always = params - routed - f["vocab"] * f["d_model"]
+    tied = float(bool(m["tied_embeddings"]))
+    always = params - routed - f["vocab"] * f["d_model"] * (1.0 - tied)
     active = always + routed * (f["top_k"] / f["experts"] if f["experts"] > 1 else 0.0)
-    return {**f, "params": params, "routed_params": routed, "moe_layers": moe_layers, "active_params": active}
+    return {**f, "params": params, "routed_params": routed, "moe_layers": moe_layers, "active_params": active,
+            "tied_embeddings": tied}
 
 
 def hardware_arrays(db, hw_id: str, precision: str) -> dict:
@@ -71,12 +73,7 @@ def hardware_arrays(db, hw_id: str, precision: str) -> dict:
 def constants_for(db, hw_id: str) -> dict:
     """The serving constants of one accelerator: serving.toml's top-level [name] value, overridden by
     the [class.X] whose ids prefix hw_id (same class names as calibration.toml)."""
-    doc = db.docs.get(CONST_FILE, {})
-    cal = {k: float(t["value"]) for k, t in doc.items() if k not in ("class", "fit") and isinstance(t, dict)}
-    cls = class_of(db, hw_id)
-    for k, t in doc.get("class", {}).get(cls, {}).items():
-        if isinstance(t, dict) and "value" in t:
-            cal[k] = float(t["value"])
+    cal = serving_constants(db, hw_id)
     missing = [k for k in ks.CONSTANTS + ("kv_memory_fraction",) if k not in cal]
     if missing:
         raise ServingDataError(f"{CONST_FILE}: no value for {', '.join(missing)} (hardware '{hw_id}')")

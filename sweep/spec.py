@@ -152,7 +152,7 @@ KEYS: dict[str, Key] = {
     "served_tokens_per_day": _k("lifecycle", NUM, 0.0, "tokens generated per day when the model is served",
                                 minimum=0.0, unit="token/d"),
     "serving_days": _k("lifecycle", NUM, 365.0, "days the model is served", positive=True, unit="d"),
-    "serve_batch": _k("lifecycle", INT, 64, "sequences decoded together when serving (sets the decode roofline)",
+    "serve_batch": _k("lifecycle", INT, 64, "sequences decoded together per device for served_tokens_per_day (the serving model's batch, full load)",
                       positive=True),
     "experiment_factor": _k("lifecycle", NUM, 0.0, "earlier runs (ablations, tuning) as a multiple of this run",
                             minimum=0.0),

@@ -105,20 +105,31 @@ def test_float32_chain_agrees_with_float64():
     assert float(a["gpus_consumed"]) == float(b["gpus_consumed"])
 
 
+SERVE_CONSTANTS = dict(serve_hbm_eff=0.8, serve_compute_eff=0.5, serve_layer_latency_s=1e-4, serve_tp_latency_s=2e-5,
+                       serve_ep_latency_s=5e-5, serve_seq_overhead_s=5e-5, serve_static_frac=0.4,
+                       serve_flop_energy_frac=1.5, serve_byte_energy_frac=0.5)
+
+
 def test_lifecycle_phases_by_hand():
     x = run_inputs(served_tokens_per_day=1e9, serving_days=100, serve_batch=16, experiment_factor=0.5,
-                   storage_tb=10, ssd_kgco2e_per_gb=0.01)
+                   storage_tb=10, ssd_kgco2e_per_gb=0.01, **SERVE_CONSTANTS)
     out = {k: float(v) for k, v in footprint(x).items()}
-    # decode roofline: min(1, 2·16/2 · 2e12/300e12) = 0.10667
-    mfu = min(1.0, 2 * 16 / 2 * 2e12 / 300e12)
-    n = 24 * 50_335_744 + 50_000 * 2048 + 2048
-    per_token_flops = 2 * n + 4 * 24 * 1024 * 2048  # context = seq_len / 2
-    dev_s = per_token_flops / (300e12 * mfu)
-    power = 330 + 2000 * 0.8 / 8  # device + host share, W
+    # one device decodes 16 sequences at a mean context of seq_len / 2 = 1,024 tokens (no prompts)
+    n = 24 * 50_335_744 + 50_000 * 2048 + 2048  # tied: the embedding is the head, counted once
+    active = n  # serving's active weights: all but the input embedding, which tied is the head
+    flops = 2 * active * 16 + 16 * 1024 * (4 * 24 * 16 * 128)  # matmuls + QK^T, AV over the context
+    kv_per_token = 24 * 2 * 16 * 128 * 2  # layers · K and V · kv heads · head dim · 2 bytes
+    nbytes = n * 2 + 16 * 1024 * kv_per_token  # every weight once (bf16) + the batch's KV cache
+    memory_s, compute_s = nbytes / (0.8 * 2e12), flops / (0.5 * 300e12)
+    step_s = max(memory_s, compute_s) + 24 * 1e-4 + 16 * 5e-5  # + layer and per-sequence latencies
+    busy_w = min(400, 0.4 * 400 + 400 * (1.5 * flops / 300e12 + 0.5 * nbytes / 2e12) / step_s)
+    dev_s = step_s / 16
+    power = busy_w + 2000 * 0.8 / 8  # device + host share, W
     kwh = dev_s * power * 1.2 / 3.6e6
     emb = (30 + 400 / 8) * (dev_s / 3600) / (4 * 8760) / 1000
     per_token_t = kwh * 0.3 / 1000 + emb
     assert out["inference_tco2e"] == pytest.approx(1e11 * per_token_t, rel=1e-9)
+    assert out["inference_energy_mwh"] == pytest.approx(1e11 * kwh / 1000, rel=1e-9)
     assert out["breakeven_served_tokens"] == pytest.approx(out["total_tco2e"] / per_token_t, rel=1e-9)
     assert out["experimentation_tco2e"] == pytest.approx(0.5 * out["total_tco2e"], rel=1e-12)
     assert out["storage_tco2e"] == pytest.approx(10_000 * 0.01 * 2400 / (4 * 8760) / 1000, rel=1e-12)
@@ -130,3 +141,39 @@ def test_no_serving_means_no_inference_emissions():
     out = footprint(run_inputs())
     assert float(out["inference_tco2e"]) == 0
     assert float(out["lifecycle_tco2e"]) == float(out["total_tco2e"])
+
+
+def test_lifecycle_serving_is_the_serving_model():
+    """The life cycle's served tokens cost what kernels.serving says one device decoding
+    serve_batch sequences costs (one model for serving, not two)."""
+    from kernels import serving
+
+    x = run_inputs(served_tokens_per_day=1e9, serve_batch=64, tied_embeddings=0, **SERVE_CONSTANTS)
+    out = footprint(x)
+    m = {"layers": 24.0, "d_model": 2048.0, "heads": 16.0, "kv_heads": 16.0, "head_dim": 128.0, "vocab": 50000.0,
+         "experts": 1.0, "top_k": 1.0, "moe_layers": 0.0, "routed_params": 0.0, "kv_latent_dim": 0.0,
+         "tied_embeddings": 0.0, "params": float(out["params"]),
+         "active_params": float(out["params"]) - 50000 * 2048}
+    cal = {k: SERVE_CONSTANTS["serve_" + k] for k in serving.CONSTANTS}
+    req = {"batch": 64.0, "devices": 1.0, "input_tokens": 0.0, "output_tokens": 2048.0, "weight_bytes": 2.0,
+           "kv_bytes": 2.0, "requests_per_day": 1.0, "pue": 1.0, "carbon_intensity_kg_per_kwh": 0.0,
+           "power_util": 0.0, "lifespan_years": 4.0, "kv_memory_fraction": 0.9}
+    hw = {"peak_flops": 300e12, "hbm_bw_bytes_s": 2e12, "hbm_bytes": 80e9, "tdp_w": 400.0, "host_power_w": 0.0,
+          "devices_per_node": 8.0, "device_embodied_kgco2e": 0.0, "host_embodied_kgco2e": 0.0}
+    served = serving.serve(m, hw, req, cal)
+    # IT energy per token = the GPU's J per output token + the host's share (2000 W · 0.8 / 8) over
+    # the device-seconds of a token (step time / batch); facility energy = IT × PUE 1.2
+    it_j = float(served["gpu_j_per_output_token"]) + 200.0 * float(served["step_time_s"]) / 64
+    assert float(out["inference_energy_mwh"]) == pytest.approx(1e9 * 365 * it_j * 1.2 / 3.6e9, rel=1e-9)
+
+
+def test_lifecycle_serving_of_a_model_known_by_size():
+    """params given, no architecture: the step streams the weights (2 bytes each) and does 2·active
+    FLOPs per token; at batch 1 on this device the memory bound rules."""
+    x = run_inputs(params=7e9, layers=NAN, d_model=NAN, heads=NAN, kv_heads=NAN, head_dim=NAN, d_ff=NAN, vocab=NAN,
+                   served_tokens_per_day=1e9, serving_days=1, serve_batch=1, **SERVE_CONSTANTS)
+    out = footprint(x)
+    step_s = 7e9 * 2 / (0.8 * 2e12) + 1 * 5e-5  # memory-bound (2·7e9 FLOPs / 150e12 is far less) + per-sequence
+    busy_w = 0.4 * 400 + 400 * (1.5 * 2 * 7e9 / 300e12 + 0.5 * 7e9 * 2 / 2e12) / step_s
+    kwh = 1e9 * step_s * (busy_w + 200.0) * 1.2 / 3.6e6
+    assert float(out["inference_energy_mwh"]) == pytest.approx(kwh / 1000, rel=1e-9)
