@@ -157,9 +157,12 @@ def prefill_time_s(m, hw, input_tokens, devices, weight_bytes, cal):
 def device_power_w(step_flops, step_bytes, step_time_s, peak_flops, hbm_bw_bytes_s, tdp_w, cal):
     """Average power of a busy device: static_frac·tdp + (energy per FLOP·flops + per byte·bytes)/t,
     the energies expressed as fractions of tdp at peak rate; capped at tdp."""
-    dynamic = tdp_w * (cal["flop_energy_frac"] * step_flops / peak_flops
-                       + cal["byte_energy_frac"] * step_bytes / hbm_bw_bytes_s) / step_time_s
-    return jnp.minimum(cal["static_frac"] * tdp_w + dynamic, tdp_w)
+    # written as tdp·(static + dynamic share): no product feeds a sum directly, so XLA's CPU backend
+    # (which contracts a·b + c into one fused multiply-add wherever both land in one loop) rounds it
+    # the same in every fusion, and the grid and per-point paths agree to the bit
+    share = (cal["flop_energy_frac"] * step_flops / peak_flops
+             + cal["byte_energy_frac"] * step_bytes / hbm_bw_bytes_s) / step_time_s
+    return jnp.minimum(tdp_w * (cal["static_frac"] + share), tdp_w)
 
 
 def serve(m, hw, req, cal):
