@@ -28,6 +28,13 @@ batch/output_tokens per step and their prompts are prefilled in the same step, c
     step_tokens  = batch · (1 + input_tokens/output_tokens)                 decode + prefill tokens
     step_flops   = [2·active·step_tokens + batch·context·attn_flops_per_ctx
                     + batch·(input/output)·(input/2)·attn_flops_per_ctx] / devices
+A request mix (``request_mix``: requests of different lengths): a request holds its batch slot for
+its output_tokens steps, so a running slot holds request r with probability ∝ out_r, and the step
+sees the mix's moments (E over the requests):
+    context  = (E[in·out] + E[out²]/2) / E[out]       prefill ratio = E[in]/E[out]
+    prefill attention context per output token = E[in²] / (2·E[out])
+    a slot's final length (the KV reserve of max_batch) = (E[in·out] + E[out²]) / E[out]
+(one request shape gives back the single-shape terms above).
     attn_flops_per_ctx = 4·layers·heads·head_dim   (QK^T and AV; MLA: 4·layers·heads·kv_latent_dim)
     step_bytes   = streamed_weight_bytes(step_tokens) + batch·context·kv_bytes_per_token/devices
     step_time_s  = max(step_bytes/(hbm_eff·hbm_bw), step_flops/(compute_eff·peak))
@@ -118,16 +125,37 @@ def collectives_per_step(layers, moe_layers, devices):
     return jnp.where(multi, 2.0 * (layers - moe_layers), 0.0), jnp.where(multi, 2.0 * moe_layers, 0.0)
 
 
-def decode_step(m, hw, batch, input_tokens, output_tokens, devices, weight_bytes, kv_bytes, cal):
+def request_mix(input_tokens, output_tokens, axis=None):
+    """The moments of a request mix a steady-state decode step sees (module docstring), as a dict:
+    input_tokens = E[in], output_tokens = E[out], context_tokens, prefill_ratio, prefill_context
+    (attention context of the prefill per output token) and seq_tokens (a slot's final length).
+
+    ``axis`` None: one request shape (in, out), giving in + out/2, in/out, (in/out)·in/2, in + out.
+    Otherwise the mix's requests lie along ``axis`` (equally likely draws)."""
+    if axis is None:
+        ratio = input_tokens / output_tokens
+        return {"input_tokens": input_tokens, "output_tokens": output_tokens,
+                "context_tokens": input_tokens + output_tokens / 2.0, "prefill_ratio": ratio,
+                "prefill_context": ratio * input_tokens / 2.0, "seq_tokens": input_tokens + output_tokens}
+    mean = lambda v: jnp.mean(v, axis=axis)  # noqa: E731
+    e_in, e_out = mean(input_tokens), mean(output_tokens)
+    e_in_out, e_out2 = mean(input_tokens * output_tokens), mean(output_tokens * output_tokens)
+    return {"input_tokens": e_in, "output_tokens": e_out, "context_tokens": (e_in_out + e_out2 / 2.0) / e_out,
+            "prefill_ratio": e_in / e_out, "prefill_context": mean(input_tokens * input_tokens) / (2.0 * e_out),
+            "seq_tokens": (e_in_out + e_out2) / e_out}
+
+
+def decode_step(m, hw, batch, input_tokens, output_tokens, devices, weight_bytes, kv_bytes, cal, mix=None):
     """One steady-state step of continuous batching (module docstring). ``m``: architecture mapping
     (layers, d_model, heads, kv_heads, head_dim, vocab, experts, top_k, moe_layers, params,
     active_params, routed_params, kv_latent_dim); ``hw``: peak_flops (at the weight precision),
-    hbm_bw_bytes_s. Returns dict(step_time_s, step_flops, step_bytes, memory_s, compute_s, overhead_s)."""
-    ratio = input_tokens / output_tokens
-    context = input_tokens + output_tokens / 2.0
+    hbm_bw_bytes_s; ``mix``: a ``request_mix`` (default: the one shape input_tokens, output_tokens).
+    Returns dict(step_time_s, step_flops, step_bytes, memory_s, compute_s, overhead_s)."""
+    mix = request_mix(input_tokens, output_tokens) if mix is None else mix
+    ratio, context = mix["prefill_ratio"], mix["context_tokens"]
     tokens = batch * (1.0 + ratio)
     a = attn_flops_per_ctx(m["layers"], m["heads"], m["head_dim"], m["kv_latent_dim"])
-    flops = (2.0 * m["active_params"] * tokens + batch * context * a + batch * ratio * input_tokens / 2.0 * a) / devices
+    flops = (2.0 * m["active_params"] * tokens + batch * context * a + batch * mix["prefill_context"] * a) / devices
     w = streamed_weight_bytes(m["params"], m["routed_params"], m["experts"], m["top_k"], tokens, m["vocab"],
                               m["d_model"], weight_bytes, devices, m.get("tied_embeddings", 0.0))
     kv = batch * context * kv_bytes_per_token(m["layers"], m["kv_heads"], m["head_dim"], m["kv_latent_dim"],
@@ -170,22 +198,23 @@ def serve(m, hw, req, cal):
 
     ``m``: architecture (see ``decode_step``), ``hw``: peak_flops, hbm_bw_bytes_s, hbm_bytes, tdp_w,
     host_power_w, devices_per_node, device_embodied_kgco2e, host_embodied_kgco2e; ``req``: batch,
-    devices, input_tokens, output_tokens, weight_bytes, kv_bytes, requests_per_day, pue,
+    devices, input_tokens and output_tokens (or ``mix``, a ``request_mix``), weight_bytes, kv_bytes, requests_per_day, pue,
     carbon_intensity_kg_per_kwh, power_util, lifespan_years, kv_memory_fraction. Returns a dict with
     units in the names; ``fits`` is False where the batch's KV cache does not fit in memory.
     """
     b, n = req["batch"], req["devices"]
-    step = decode_step(m, hw, b, req["input_tokens"], req["output_tokens"], n, req["weight_bytes"], req["kv_bytes"], cal)
+    mix = req.get("mix") or request_mix(req["input_tokens"], req["output_tokens"])
+    step = decode_step(m, hw, b, None, None, n, req["weight_bytes"], req["kv_bytes"], cal, mix=mix)
     t = step["step_time_s"]
     p_busy = device_power_w(step["step_flops"], step["step_bytes"], t, hw["peak_flops"], hw["hbm_bw_bytes_s"],
                             hw["tdp_w"], cal)
     gpu_j_tok = n * p_busy * t / b
     resident = resident_weight_bytes(m["params"], req["weight_bytes"], n)
     kv_tok = kv_bytes_per_token(m["layers"], m["kv_heads"], m["head_dim"], m["kv_latent_dim"], req["kv_bytes"])
-    seq = req["input_tokens"] + req["output_tokens"]
+    seq = mix["seq_tokens"]
     bmax = max_batch(hw["hbm_bytes"], resident, kv_tok, seq, n, req["kv_memory_fraction"])
-    ttft = prefill_time_s(m, hw, req["input_tokens"], n, req["weight_bytes"], cal) + t
-    capacity_rps = b / (t * req["output_tokens"])
+    ttft = prefill_time_s(m, hw, mix["input_tokens"], n, req["weight_bytes"], cal) + t
+    capacity_rps = b / (t * mix["output_tokens"])
     demand_rps = req["requests_per_day"] / 86400.0
     replicas = jnp.maximum(jnp.ceil(demand_rps / capacity_rps), 1.0)
     load = demand_rps / (replicas * capacity_rps)
@@ -201,7 +230,7 @@ def serve(m, hw, req, cal):
     emb_g_day = devices_total * emb_kg_per_device * 1000.0 * 24.0 / (req["lifespan_years"] * 8760.0)
     op_g_req = wh_req / 1000.0 * req["carbon_intensity_kg_per_kwh"] * 1000.0
     g_req = op_g_req + emb_g_day / per_req
-    per_1k = 1000.0 / req["output_tokens"]
+    per_1k = 1000.0 / mix["output_tokens"]
     return {
         "step_time_s": t, "tpot_s": t, "ttft_s": ttft, "memory_s": step["memory_s"], "compute_s": step["compute_s"],
         "overhead_s": step["overhead_s"], "device_power_w": p_busy, "gpu_j_per_output_token": gpu_j_tok,

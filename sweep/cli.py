@@ -151,6 +151,12 @@ def print_sensitivity(out: dict, top: int = 12) -> None:
 
 def cmd_estimate(args, db):
     v = load_estimate(args.spec, db)
+    doc = read_toml(args.spec)
+    serving_spec = None
+    if "serving" in doc:  # checked before any work
+        from . import serving
+
+        serving_spec = serving.serving_inputs(args.spec, doc, db)
     out = evaluate(v, db, file=args.spec, objective=args.objective, sensitivity=args.sensitivity,
                    keep_samples=args.figures is not None, samples=args.samples, seed=args.seed)
     samples = out.pop("_samples", None)
@@ -158,12 +164,9 @@ def cmd_estimate(args, db):
         from .plots import estimate_figures
         for path in estimate_figures(out, samples, args.figures):
             print(f"wrote {path}", file=sys.stderr)
-    doc = read_toml(args.spec)
     serve = None
-    if "serving" in doc:  # the serving model (kernels/serving.py) beside the training run
-        from . import serving
-
-        s = serving.serving_inputs(args.spec, doc, db)
+    if serving_spec is not None:  # the serving model (kernels/serving.py) beside the training run
+        s = serving_spec
         pick = serving.best(s)
         life = serving.lifecycle(s, pick, out.get("total_tco2e"), float(v["serving_days"]))
         serve = (s, pick, life)
@@ -240,17 +243,24 @@ def print_serving(s: dict, pick: dict, life: dict | None, title: str) -> None:
     if not pick["feasible"]:
         why = "no configuration fits in memory" if not pick["fits"] else "no configuration meets the latency targets"
         print(f"\n  INFEASIBLE: {why}; below, the fastest configuration that fits")
+    if "mix_samples" in pick:
+        print(f"\n  Request mix: {pick['mix_samples']:,} requests drawn; mean {_fmt(pick['input_tokens_mean'], 'token')} in, "
+              f"{_fmt(pick['output_tokens_mean'], 'token')} out (below: the mix's mean figures, with its p5-p95 per request)")
     print("\n  Configuration")
     for k in ("replica_devices", "concurrency", "max_batch", "replicas", "load"):
         print(f"    {lab(k):<44} {_fmt(pick[k], '' if SERVING_OUTPUTS[k][0] == '1' else SERVING_OUTPUTS[k][0])}")
     print("\n  Latency and throughput")
-    for k in ("ttft_s", "tpot_s", "tokens_per_s_per_replica"):
-        print(f"    {lab(k):<44} {_fmt(pick[k], SERVING_OUTPUTS[k][0])}")
+    for k in ("ttft_s", "ttft_p50_s", "ttft_p95_s", "tpot_s", "tokens_per_s_per_replica"):
+        if k in pick:
+            print(f"    {lab(k):<44} {_fmt(pick[k], SERVING_OUTPUTS[k][0])}")
     print("\n  Energy and carbon")
     for k in ("device_power_w", "gpu_j_per_output_token", "device_hours_per_day", "energy_kwh_per_day",
               "wh_per_request", "wh_per_1k_output_tokens", "gco2e_per_request", "gco2e_per_1k_output_tokens",
               "tco2e_per_day"):
-        print(f"    {lab(k):<44} {_fmt(pick[k], SERVING_OUTPUTS[k][0])}")
+        spread = ""
+        if f"{k}_p5" in pick:
+            spread = f"   (p5 {_fmt(pick[k + '_p5'])}, p50 {_fmt(pick[k + '_p50'])}, p95 {_fmt(pick[k + '_p95'])})"
+        print(f"    {lab(k):<44} {_fmt(pick[k], SERVING_OUTPUTS[k][0])}{spread}")
     if life:
         print("\n  Life cycle")
         print(f"    {'serving over ' + _fmt(life['serving_days'], 'days'):<44} {_fmt(life['serving_tco2e'], 't CO2e')}")

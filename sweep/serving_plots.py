@@ -1,5 +1,6 @@
 """Figures of `carbon-sweep serve --out`: energy per token against batch and against latency, and
-dense against MoE (the spec's model and the measured ML.ENERGY rows)."""
+dense against MoE (the spec's model and the measured ML.ENERGY rows); with a request mix, the
+distribution of energy per request and time to first token over the mix at the chosen configuration."""
 
 from __future__ import annotations
 
@@ -46,6 +47,9 @@ def write_figures(s: dict, db, out_dir) -> list[str]:
     fig.savefig(files[-1], dpi=120)
     plt.close(fig)
 
+    if s.get("mix_draws") is not None:
+        files.append(_mix_figure(plt, s, out))
+
     # dense vs MoE: the measured rows (points) and the model (lines), per model and GPU
     runs = serving.load_runs(db)
     pred = serving.predict(runs, [serving.constants_for(db, r.hardware) for r in runs])
@@ -68,3 +72,40 @@ def write_figures(s: dict, db, out_dir) -> list[str]:
     fig.savefig(files[-1], dpi=120)
     plt.close(fig)
     return files
+
+
+def _mix_figure(plt, s: dict, out: Path) -> str:
+    """Energy per request and time to first token over the request mix, at the chosen configuration."""
+    pick = serving.best(s)
+    d = s["mix_draws"]
+    g = serving.grid(s, devices=[pick["replica_devices"]], batches=[pick["concurrency"]])
+    wh = pick["wh_per_request"] * d["output_tokens"] / s["req"]["output_tokens"]
+    from kernels import serving as ks
+
+    ttft = np.asarray(ks.prefill_time_s(s["m"], s["hw"], d["input_tokens"], float(pick["replica_devices"]),
+                                        s["req"]["weight_bytes"], s["cal"])) + g["step_time_s"][0, 0]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    bins = np.geomspace(max(wh.min(), 1e-9), wh.max(), 40)
+    a.hist(wh, bins=bins, color="C0", alpha=0.8)
+    for q, ls in (("p5", ":"), ("p50", "--"), ("p95", ":")):
+        a.axvline(pick[f"wh_per_request_{q}"], color="k", ls=ls, lw=1, label=f"{q} {pick[f'wh_per_request_{q}']:.3g} Wh")
+    a.axvline(pick["wh_per_request"], color="C3", lw=1.5, label=f"mean {pick['wh_per_request']:.3g} Wh")
+    a.set(xscale="log", xlabel="facility Wh per request", ylabel="requests drawn",
+          title="Energy per request over the mix")
+    b.hist(1e3 * ttft, bins=np.geomspace(1e3 * ttft.min(), 1e3 * ttft.max() * 1.001, 40), color="C2", alpha=0.8)
+    b.axvline(1e3 * pick["ttft_p95_s"], color="k", ls=":", lw=1, label=f"p95 {1e3 * pick['ttft_p95_s']:.3g} ms")
+    if s["ttft_target_s"]:
+        b.axvline(1e3 * s["ttft_target_s"], color="C3", ls="--", lw=1, label="TTFT target")
+    b.set(xscale="log", xlabel="time to first token (ms)", ylabel="requests drawn",
+          title="Time to first token over the mix")
+    for ax in (a, b):
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{s['model'].get('name') or 'model'} on {pick['replica_devices']} x {s['hw_id']}, batch "
+                 f"{pick['concurrency']}: {len(wh):,} requests drawn (mean {s['req']['input_tokens']:.0f} in / "
+                 f"{s['req']['output_tokens']:.0f} out tokens)", fontsize=10)
+    fig.tight_layout()
+    path = str(out / "request_mix.png")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -34,6 +34,7 @@ class SpecError(ValueError):
 
 
 INT, NUM, STR, BOOL = "int", "number", "string", "bool"
+MIX = "number or distribution"  # a number, or a distribution table (sweep.uncertainty.distribution; sweep.serving)
 WHEN = "datetime"  # an ISO date or datetime (a string or a TOML date), or "best" (sweep.when)
 
 
@@ -163,10 +164,13 @@ KEYS: dict[str, Key] = {
 }
 # [serving] (kernels/serving.py; `carbon-sweep serve`): the request mix, the latency targets, the configuration
 KEYS.update({
-    "input_tokens": _k("serving", NUM, None, "prompt tokens per request (system prompt and history included)",
-                       minimum=0.0, unit="token"),
-    "output_tokens": _k("serving", NUM, None, "generated tokens per request, reasoning tokens included",
-                        positive=True, unit="token"),
+    "input_tokens": _k("serving", MIX, None, "prompt tokens per request (system prompt and history included); "
+                       "a number, or the request mix's distribution {dist = ..., ...}", minimum=0.0, unit="token"),
+    "output_tokens": _k("serving", MIX, None, "generated tokens per request, reasoning tokens included; a number, "
+                        "or the request mix's distribution {dist = ..., ...}", positive=True, unit="token"),
+    "mix_samples": _k("serving", INT, 1000, "requests drawn from the input_tokens/output_tokens distributions "
+                      "(a request mix)", minimum=2),
+    "mix_seed": _k("serving", INT, 0, "seed of the request mix's draws (jax.random)", minimum=0),
     "requests_per_day": _k("serving", NUM, None, "requests served per day (sets the replicas and their load)",
                            minimum=0.0, unit="request/d"),
     "ttft_target_s": _k("serving", NUM, None, "latency target: time to first token", positive=True, unit="s"),
@@ -229,7 +233,12 @@ def check_value(file, name: str, value, section=None):
         if key.choices and value not in key.choices:
             raise err(f"'{value}' is not allowed{closest(value, key.choices)} (allowed: {', '.join(key.choices)})")
         return value
+    if key.kind == MIX and isinstance(value, dict):  # its parameters: sweep.uncertainty.distribution
+        return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if key.kind == MIX:
+            raise err(f"must be a number or a distribution such as {{dist = \"lognormal\", median = 800, "
+                      f"sigma = 0.9}}, not {value!r}")
         raise err(f"must be a number, not {value!r}")
     if isinstance(value, float) and not math.isfinite(value):
         raise err(f"must be a finite number, not {value}")

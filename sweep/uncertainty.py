@@ -105,7 +105,10 @@ def kernel_spec(unc: Uncertainty, mfu_given: bool) -> tuple:
             unc.seed, unc.samples)
 
 
-def _dist(file, section, name, body, source) -> Dist:
+def distribution(file, section, name, body, source="spec") -> Dist:
+    """One validated distribution table (``{rel = 0.1}``, ``{dist = "normal", mean = ..., sd = ...}``,
+    ...); a SpecError naming ``[section] name`` otherwise. Also the request mix's token counts
+    (sweep.serving)."""
     err = lambda msg: SpecError(file, section, name, msg)  # noqa: E731
     if isinstance(body, (int, float)) and not isinstance(body, bool):
         raise err(f"must be a distribution such as {{rel = 0.1}} or {{dist = \"normal\", mean = ..., sd = ...}}, "
@@ -183,7 +186,7 @@ def parse(file, section: dict | None, db, *, samples: int | None = None, seed: i
                             f"(allowed: {', '.join(SETTINGS)}, and the inputs {', '.join(sorted(UNCERTAIN_INPUTS))})")
         if key in given:
             raise SpecError(file, SECTION, name, f"names the same input as another entry ({key})")
-        given[key] = _dist(file, SECTION, name, body, "spec")
+        given[key] = distribution(file, SECTION, name, body, "spec")
         given[key] = Dist(key, *[getattr(given[key], f) for f in ("dist", "params", "relative", "source")])
     defaults = {}
     for name, body in db.docs.get("uncertainty.toml", {}).items():
@@ -197,7 +200,7 @@ def parse(file, section: dict | None, db, *, samples: int | None = None, seed: i
         rel_moe = body.pop("rel_moe", None)  # a default's width for mixture-of-experts designs
         if moe and rel_moe is not None:
             body["rel"] = rel_moe
-        defaults[name] = _dist("hardware_db/uncertainty.toml", None, name, body, "default")
+        defaults[name] = distribution("hardware_db/uncertainty.toml", None, name, body, "default")
     dists = tuple(given.values()) + tuple(defaults.values())
     return Uncertainty(int(n), int(s), tuple(sorted(dists, key=lambda d: d.input)), tuple(outputs))
 

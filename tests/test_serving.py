@@ -214,15 +214,21 @@ def test_serve_picks_a_configuration_meeting_the_latency_targets(capsys):
 
     assert main(["serve", str(ROOT / "studies" / "serving.toml"), "--json"]) == 0
     best = json.loads(capsys.readouterr().out)["best"]
-    assert best["feasible"] and best["tpot_s"] <= 0.05 and best["ttft_s"] <= 1.0
+    assert best["feasible"] and best["tpot_s"] <= 0.05 and best["ttft_p95_s"] <= 1.0
     assert best["concurrency"] <= best["max_batch"]
-    # replicas carry the day's requests: replicas · capacity ≥ demand
-    capacity = best["tokens_per_s_per_replica"] / 600.0
+    # replicas carry the day's requests: replicas · capacity ≥ demand (the mix's mean output per request)
+    capacity = best["tokens_per_s_per_replica"] / best["output_tokens_mean"]
     assert best["replicas"] * capacity >= 10_000_000 / 86400.0
 
 
 @pytest.mark.parametrize("edit, key", [
-    (('output_tokens = 600          # answer, reasoning tokens included\n', ''), "[serving] output_tokens: is required"),
+    (('output_tokens = {dist = "lognormal", median = 450, sigma = 0.9}\n', ''), "[serving] output_tokens: is required"),
+    (('median = 450, sigma = 0.9}', 'rel = 0.3}'), "[serving] output_tokens: a request mix's distribution takes its own"),
+    (('median = 800, sigma = 0.8}', 'median = -5, sigma = 0.8}'), "[serving] input_tokens: median must be greater than 0"),
+    (('input_tokens = {dist = "lognormal", median = 800, sigma = 0.8}', 'input_tokens = "long"'),
+     "[serving] input_tokens: must be a number or a distribution"),
+    (('[serving]\n', '[serving]\nmix_samples = 1\n'), "[serving] mix_samples: must be at least 2"),
+    (('median = 800, sigma = 0.8}', 'median = 800, sd = 0.8}'), "[serving] input_tokens: a lognormal distribution takes"),
     (('weight_precision = "bf16"', 'weight_precision = "int3"'), "[serving] weight_precision: 'int3' is not allowed"),
     (('tpot_target_s = 0.05', 'tpot_target_s = -1'), "[serving] tpot_target_s: must be greater than 0"),
 ])
@@ -248,3 +254,98 @@ def test_estimate_with_a_serving_section_reports_serving_and_break_even(tmp_path
     # break-even: training tCO2e / (gCO2e per request / 1e6)
     assert sv["breakeven_requests"] == pytest.approx(out["total_tco2e"] / (sv["gco2e_per_request"] / 1e6))
     assert sv["serving_tco2e"] == pytest.approx(sv["tco2e_per_day"] * 365.0)
+
+
+# ---- the request mix -------------------------------------------------------------------------------------
+
+def test_request_mix_moments_by_hand():
+    # requests (100 in, 50 out) and (300 in, 150 out), equally likely. A request holds its slot for its output
+    # tokens, so a running slot holds the second one 3/4 of the time: mean context 1/4·(100 + 25) + 3/4·(300 + 75)
+    # = 31.25 + 281.25 = 312.5; prompts per output token E[in]/E[out] = 200/100 = 2; prefill attention context per
+    # output token E[in²]/(2·E[out]) = ((100² + 300²)/2)/200 = 250; a slot's final length 1/4·150 + 3/4·450 = 375
+    mix = ks.request_mix(jnp.asarray([100.0, 300.0]), jnp.asarray([50.0, 150.0]), axis=0)
+    assert float(mix["context_tokens"]) == pytest.approx(312.5)
+    assert float(mix["prefill_ratio"]) == pytest.approx(2.0)
+    assert float(mix["prefill_context"]) == pytest.approx(250.0)
+    assert float(mix["seq_tokens"]) == pytest.approx(375.0)
+    assert float(mix["input_tokens"]) == 200.0 and float(mix["output_tokens"]) == 100.0
+
+
+def test_a_mix_of_one_request_shape_is_that_request():
+    m = {k: jnp.asarray(v) for k, v in _dense_8b().items()}
+    hw = {"peak_flops": 989.5e12, "hbm_bw_bytes_s": 3.35e12}
+    one = ks.decode_step(m, hw, 64.0, 700.0, 300.0, 1.0, 2.0, 2.0, ZERO_OVERHEAD)
+    mix = ks.request_mix(jnp.full(5, 700.0), jnp.full(5, 300.0), axis=0)
+    many = ks.decode_step(m, hw, 64.0, None, None, 1.0, 2.0, 2.0, ZERO_OVERHEAD, mix=mix)
+    for k in ("step_time_s", "step_flops", "step_bytes"):
+        assert float(many[k]) == pytest.approx(float(one[k]), rel=1e-12)
+
+
+def _serve_json(capsys, tmp_path, text):
+    import json
+
+    p = tmp_path / "s.toml"
+    p.write_text(text)
+    assert main(["serve", str(p), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)["best"]
+
+
+def test_a_zero_width_mix_gives_the_fixed_request_figures(tmp_path, capsys):
+    fixed = STUDY.replace('input_tokens = {dist = "lognormal", median = 800, sigma = 0.8}', "input_tokens = 800") \
+                 .replace('output_tokens = {dist = "lognormal", median = 450, sigma = 0.9}', "output_tokens = 450")
+    a = _serve_json(capsys, tmp_path, fixed)
+    b = _serve_json(capsys, tmp_path, fixed.replace("input_tokens = 800", 'input_tokens = {dist = "uniform", low = 800, '
+                                                    'high = 800}'))
+    for k in ("wh_per_request", "gco2e_per_request", "tpot_s", "ttft_s", "replicas", "max_batch"):
+        assert b[k] == pytest.approx(a[k], rel=1e-12), k
+    assert b["wh_per_request_p5"] == pytest.approx(a["wh_per_request"], rel=1e-12)  # every request alike
+
+
+def test_the_mix_is_drawn_from_its_seed_and_its_moments_are_the_draws(db):
+    from sweep.spec import KEYS
+
+    v = {k: key.default for k, key in KEYS.items()}
+    v.update(input_tokens={"dist": "lognormal", "median": 800.0, "sigma": 0.8},
+             output_tokens={"dist": "triangular", "low": 10.0, "mode": 200.0, "high": 2000.0}, mix_samples=4000)
+    mix, d = serving.request_mix("s.toml", v)
+    again, d2 = serving.request_mix("s.toml", v)
+    other, _ = serving.request_mix("s.toml", {**v, "mix_seed": 1})
+    np.testing.assert_array_equal(d["input_tokens"], d2["input_tokens"])
+    assert other["context_tokens"] != mix["context_tokens"]
+    i, o = d["input_tokens"], d["output_tokens"]
+    assert i.shape == (4000,) and (o >= 10).all() and (np.round(i) == i).all()
+    assert mix["context_tokens"] == pytest.approx(np.sum(o * (i + o / 2)) / np.sum(o), rel=1e-12)  # slot-weighted
+    assert mix["seq_tokens"] == pytest.approx(np.sum(o * (i + o)) / np.sum(o), rel=1e-12)
+    # the draws follow their distributions: lognormal median 800, triangular mean (10 + 200 + 2000)/3
+    assert np.median(i) == pytest.approx(800.0, rel=0.06)
+    assert o.mean() == pytest.approx(2210.0 / 3.0, rel=0.03)
+
+
+def test_a_mix_meets_the_ttft_target_at_its_95th_percentile(tmp_path, capsys):
+    # a mix whose long prompts (lognormal, sigma 1.5) push the p95 TTFT far above the mean request's
+    text = STUDY.replace('median = 800, sigma = 0.8}', 'median = 4000, sigma = 1.5}')
+    free = _serve_json(capsys, tmp_path, text.replace("ttft_target_s = 1.0", "ttft_target_s = 100.0"))
+    assert free["ttft_p95_s"] > 2.0 * free["ttft_s"]
+    target = 0.5 * (free["ttft_p95_s"] + free["ttft_p50_s"])  # between the median and p95: binding
+    held = _serve_json(capsys, tmp_path, text.replace("ttft_target_s = 1.0", f"ttft_target_s = {target!r}"))
+    assert held["ttft_p95_s"] <= target
+    assert (held["replica_devices"], held["concurrency"]) != (free["replica_devices"], free["concurrency"])
+
+
+def test_estimate_with_a_serving_mix_reports_its_spread(tmp_path, capsys):
+    import json
+
+    spec = (ROOT / "studies" / "llama2_70b.toml").read_text() + (
+        '\n[serving]\ninput_tokens = {dist = "lognormal", median = 500, sigma = 0.7}\noutput_tokens = 300\n'
+        'requests_per_day = 1e6\nserve_hardware = "h100-sxm5-80gb"\n')
+    p = tmp_path / "s.toml"
+    p.write_text(spec)
+    assert main(["estimate", str(p), "--json"]) == 0
+    sv = json.loads(capsys.readouterr().out)["serving"]
+    assert sv["mix_samples"] == 1000 and sv["output_tokens_mean"] == 300.0
+    # every request has 300 output tokens: each holds its slot as long, so the spread is nil
+    assert sv["wh_per_request_p5"] == pytest.approx(sv["wh_per_request_p95"], rel=1e-12)
+    assert sv["ttft_p95_s"] > sv["ttft_p50_s"]
+    p.write_text(spec.replace("median = 500", "median = 0"))
+    assert main(["estimate", str(p)]) == 2
+    assert "[serving] input_tokens: median must be greater than 0" in capsys.readouterr().err
