@@ -530,7 +530,7 @@ def _evaluate_grid(lead, a, n_valid, xvec, cvec, mats, searched, *, block, axis,
     return {**out, **pf}
 
 
-def prefilter(out, n_valid, reductions, bins=4096, stride=32, low=None, expand=None):
+def prefilter(out, n_valid, reductions, bins=4096, stride=31, low=None, expand=None):
     """In-kernel reductions of a chunk: each reduction's ``prefilter`` (sweep.reductions), e.g. exact
     candidate masks for its Pareto fronts and top-k, and its statistics (reason counts, min/max of
     the reduced outputs over feasible points), as ``__<reduction name>__<array>``.
@@ -573,7 +573,7 @@ def prefilter(out, n_valid, reductions, bins=4096, stride=32, low=None, expand=N
     def general(args):
         out = per_point(args)
         ok = (out["reason"] == 0) & valid
-        good = lambda names: ok & jnp.all(jnp.stack([jnp.isfinite(out[k]) for k in names]), axis=0)  # noqa: E731
+        good = lambda names: functools.reduce(jnp.logical_and, [jnp.isfinite(out[k]) for k in names], ok)  # noqa: E731
         return reduce_all(red.KernelChunk(out, good, valid, n_valid, False, low, expand, lo_hi, floats, ok=ok,
                                           bins=bins, stride=stride))
 
