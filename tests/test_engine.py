@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import hardware_db
 from sweep import engine
 from sweep.engine import Plan, run
-from sweep.reductions import ParetoFront, Statistics, TopK, objective_matrix, pareto_mask
+from sweep.reductions import HostChunk, ParetoFront, Statistics, TopK, objective_matrix, pareto_mask
 from sweep.spec import SpecError
 from sweep.study import load_study
 
@@ -491,7 +491,9 @@ def test_prefilter_masks_keep_every_front_member_and_the_top_k(seed, n_valid, le
     assert res["__top__mask"][order].all()
     assert not res["__top__mask"][n_valid:].any()
     feasible = np.flatnonzero(out["reason"][:n_valid] == 0)
-    np.testing.assert_array_equal(res["__stats__reasons"][[0, 3]], [len(feasible), n_valid - len(feasible)])
+    kernel = {k[len("__stats__"):]: v for k, v in res.items() if k.startswith("__stats__")}
+    host = Statistics().host_reduce(HostChunk({k: v[:n_valid] for k, v in out.items()}, kernel, 0, [], (), False))
+    np.testing.assert_array_equal(host["reasons"][[0, 3]], [len(feasible), n_valid - len(feasible)])
     assert res["__stats__min__total_tco2e"] == out["total_tco2e"][ok].min(initial=np.inf)  # ±inf: none
     assert res["__stats__max__total_tco2e"] == out["total_tco2e"][ok].max(initial=-np.inf)
     assert res["__stats__max__loss"] == out["loss"][feasible].max(initial=-np.inf)
