@@ -7,7 +7,8 @@ sampler     = "tpe"                              tpe, nsga2, gp (needs PyTorch),
 trials      = 300                                the target TOTAL of completed trials in the storage
 batch       = 8                                  trials asked, evaluated in one jitted call, told
 seed        = 0                                  sampler seed (whole number)
-storage     = "sqlite:///results/x-search/optuna.db"   any optuna / SQLAlchemy URL
+storage     = "journal:///results/x-search/optuna.log"  the default: optuna's journal file in the output
+                                                 folder; or any SQLAlchemy URL (sqlite:///…, postgresql://…)
 
 Design (the choices a user can rely on):
 
@@ -200,7 +201,7 @@ def parse_search(study: Study) -> SearchOptions:
         raise err("seed", f"must be a whole number ≥ 0, not {seed!r}")
     storage = body.get("storage")
     if storage is not None and (not isinstance(storage, str) or not storage.strip()):
-        raise err("storage", f"must be a storage URL such as \"sqlite:///search.db\" or "
+        raise err("storage", f"must be a storage URL such as \"journal:///search.log\", \"sqlite:///search.db\" or "
                   f"\"postgresql://user@host/db\", not {storage!r}")
     return SearchOptions(objectives, constraints, sampler, out["trials"], out["batch"], seed, storage)
 
@@ -345,11 +346,23 @@ def _sqlite_pragmas(dbapi_conn, _record):
     cur.close()
 
 
+JOURNAL = "journal://"  # journal:///path/file.log: optuna's JournalStorage on an append-only file
+
+
 def _rdb_storage(url: str):
-    """optuna's RDB storage; SQLite files in WAL mode without a sync per commit (a killed search
-    keeps every committed trial; only an OS crash can lose the last few)."""
+    """optuna's storage for a URL: ``journal:///path`` an append-only journal file (the default in
+    the output folder: writing a trial costs ~0.5 ms, against ~8-17 ms through SQLite's ORM; several
+    processes may share it, on one machine or NFS, and optuna-dashboard reads it); otherwise the
+    RDB storage, SQLite files in WAL mode without a sync per commit (a killed search keeps every
+    committed trial; only an OS crash can lose the last few), PostgreSQL for workers on many machines."""
     import optuna
 
+    if url.startswith(JOURNAL):
+        from optuna.storages.journal import JournalFileBackend
+
+        path = Path(url[len(JOURNAL):])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
     if not url.startswith("sqlite"):
         return optuna.storages.RDBStorage(url)
     from sqlalchemy import event
@@ -405,7 +418,7 @@ def optimize(spec, *, out=None, storage=None, trials=None, db=None, quiet=True, 
              batch=None, seed=None, sampler=None) -> SearchResult:
     """Search a study's grid with optuna. ``spec``: a path, a dict shaped like the TOML, or a Study.
 
-    ``storage``: a URL or an optuna storage object; default: SQLite ``<out>/optuna.db`` (out
+    ``storage``: a URL or an optuna storage object; default: the journal file ``<out>/optuna.log`` (out
     defaults to results/<study name>-search), or in memory with ``write=False``. ``trials``
     overrides [search] trials (a target total); ``batch``, ``seed``, ``sampler`` override theirs.
     With ``write=False`` nothing is written (unless ``storage`` names a file).
@@ -447,12 +460,12 @@ def optimize(spec, *, out=None, storage=None, trials=None, db=None, quiet=True, 
     from_flag = storage is not None
     storage = storage if storage is not None else opts.storage
     if storage is None:
-        storage = f"sqlite:///{(out_dir / 'optuna.db').resolve()}" if write else optuna.storages.InMemoryStorage()
+        storage = f"{JOURNAL}{(out_dir / 'optuna.log').resolve()}" if write else optuna.storages.InMemoryStorage()
     storage_label = _redact(storage) if isinstance(storage, str) else type(storage).__name__
     where = (None, None) if from_flag else ("search", "storage")
     if isinstance(storage, str) and "://" not in storage:
         raise SpecError(file, where[0], where[1] or "--storage", f"'{storage}' is not a URL (e.g. "
-                        "sqlite:///search.db, postgresql://user@host/db)")
+                        "journal:///search.log, sqlite:///search.db, postgresql://user@host/db)")
     # the evaluator, with every output the search needs
     needed = opts.names + [c.name for c in opts.constraints]
     chosen = study.options["outputs"]
@@ -479,7 +492,7 @@ def optimize(spec, *, out=None, storage=None, trials=None, db=None, quiet=True, 
             try:
                 if isinstance(storage, str):
                     if write and not from_flag and opts.storage is None:
-                        out_dir.mkdir(parents=True, exist_ok=True)  # the default SQLite file lives there
+                        out_dir.mkdir(parents=True, exist_ok=True)  # the default journal file lives there
                     storage_obj = _rdb_storage(storage)
                 else:
                     storage_obj = storage

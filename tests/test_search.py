@@ -123,10 +123,19 @@ def test_strict_and_greater_constraints():
 
 def test_resume_from_sqlite_continues_the_trial_count(tmp_path):
     d = doc(search={"sampler": "tpe", "trials": 6, "batch": 4})
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    r1 = optimize(d, out=tmp_path / "s", storage=url, db=DB)
+    r2 = optimize(d, out=tmp_path / "s", storage=url, trials=11, db=DB)
+    assert (r1.n_trials, r2.n_trials, r2.n_new) == (6, 11, 5)
+    assert len(optuna.load_study(study_name="tiny", storage=url).trials) == 11
+
+
+def test_resume_from_the_journal_file_continues_the_trial_count(tmp_path):
+    d = doc(search={"sampler": "tpe", "trials": 6, "batch": 4})
     out = tmp_path / "s"
     r1 = optimize(d, out=out, db=DB)
     assert (r1.n_trials, r1.n_new) == (6, 6)
-    assert (out / "optuna.db").exists()
+    assert (out / "optuna.log").exists()
     r2 = optimize(d, out=out, trials=13, db=DB)
     assert (r2.n_trials, r2.n_new) == (13, 7)
     numbers = sorted(t.number for t in r2.study.trials)
@@ -134,7 +143,10 @@ def test_resume_from_sqlite_continues_the_trial_count(tmp_path):
     r3 = optimize(d, out=out, trials=13, db=DB)  # target reached: nothing to do
     assert (r3.n_trials, r3.n_new) == (13, 0)
     assert r3.elapsed_s >= r2.elapsed_s  # summed over runs
-    loaded = optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'optuna.db'}")
+    from optuna.storages.journal import JournalFileBackend
+
+    loaded = optuna.load_study(study_name="tiny",
+                               storage=optuna.storages.JournalStorage(JournalFileBackend(str(out / "optuna.log"))))
     assert len(loaded.trials) == 13
     # a different spec under the same name in the same storage is refused
     d2 = doc(search={"trials": 30, "objectives": ["energy_mwh"]})
@@ -318,7 +330,7 @@ def test_json_output_and_files(tmp_path, capsys):
     assert set(got) == {"best", "n_trials", "n_feasible", "elapsed_s"}
     assert got["n_trials"] == 8 and got["n_feasible"] == 8
     assert set(got["best"]) >= {"params", "values"} and set(got["best"]["params"]) == {"layers", "d_model"}
-    for name in ("best.csv", "best.nc", "search.json", "optuna.db", "figures/optimization_history.png"):
+    for name in ("best.csv", "best.nc", "search.json", "optuna.log", "figures/optimization_history.png"):
         assert (out / name).exists(), name
     summary = json.loads((out / "search.json").read_text())
     assert summary["n_trials"] == 8 and summary["sampler"] == "tpe"
