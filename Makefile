@@ -43,6 +43,7 @@ studies: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/suite.py
+	$(BIN)/python bench/dask_workers.py
 	$(BIN)/python bench/search_quality.py
 	$(BIN)/python bench/uncertainty.py
 	$(BIN)/python bench/start_time.py
