@@ -683,14 +683,21 @@ def line_figure(ds, x_dim, var, hue=None, reduce="min", *, by="total_tco2e", mar
     categorical = _is_categorical(xcoord)
     xpos = np.arange(len(xcoord)) if categorical else np.asarray(xcoord, float)
     hues = list(ds[hue].values) if hue else [None]
+    banded = False
     for ax, (v, da) in zip(axes, panels):
+        band = line_band(ds, v, keep, reduce, by)
         for i, h in enumerate(hues):
             line = da.sel({hue: h}) if hue else da
             vals = np.asarray(line.transpose(x_dim).values, float)
             lab = (str(h) if _is_categorical([h]) else f"{short_name(hue)} = {fmt_num(h)}") if hue else None
-            ax.plot(xpos, vals, marker="o", ms=5, lw=1.8, color=GROUP_COLORS[i % len(GROUP_COLORS)] if hue
-                    else "#1f5fa8", label=lab)
-        _value_axis(ax, "y", da.values)
+            color = GROUP_COLORS[i % len(GROUP_COLORS)] if hue else "#1f5fa8"
+            ax.plot(xpos, vals, marker="o", ms=5, lw=1.8, color=color, label=lab)
+            if band is not None:  # [uncertainty]: the line's designs' p5-p95 over the samples
+                lo, hi = ((b.sel({hue: h}) if hue else b).transpose(x_dim).values for b in band)
+                ax.fill_between(xpos, np.asarray(lo, float), np.asarray(hi, float), color=color, alpha=0.15, lw=0)
+                banded = True
+        _value_axis(ax, "y", np.concatenate([np.ravel(da.values)] + ([np.ravel(b.values) for b in band]
+                                                                    if band is not None else [])))
         if ax.get_yscale() == "log":
             ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda t, _: fmt_num(t)))
         ax.set_ylabel("\n".join(_wrap(label(v, ds), 26)))
@@ -737,8 +744,28 @@ def line_figure(ds, x_dim, var, hue=None, reduce="min", *, by="total_tco2e", mar
         _marks(ax, [m for m in (marks or []) if len(m) == 3 and ax is axes[0]])
     head = title or (f"{short_name(panels[0][0])} vs {short_name(x_dim)}" if n == 1
                      else f"{', '.join(short_name(v) for v, _ in panels)} vs {short_name(x_dim)}")
+    if banded:
+        desc = "; ".join(filter(None, [desc, "band: p5–p95 over the uncertainty samples"]))
     _title(ax0, _shorten(head, 70), desc or None)
     return fig
+
+
+def line_band(ds, var, keep, reduce="min", by="total_tco2e"):
+    """(p5, p95) of ``var`` over ``keep`` at the designs a line of ``var`` shows, when the study
+    sampled it (``var_p5``/``var_p95`` in ``ds``; a quantile or mean of an output bands its output):
+    the design of least ``var`` for ``reduce = "min"``, of least ``by`` for ``"best"``; else None."""
+    from .names import quantile_base
+    base = quantile_base(var) or var
+    lo, hi = f"{base}_p5", f"{base}_p95"
+    if lo not in getattr(ds, "variables", {}) or hi not in ds.variables or reduce not in ("min", "best"):
+        return None
+    try:
+        res, _ = at_best(ds, keep, var if reduce == "min" else by, [lo, hi])
+    except FigureSkipped:
+        return None
+    if lo not in res or not np.isfinite(res[lo].values).any():
+        return None
+    return res[lo], res[hi]
 
 
 def _wrap(text, width):
@@ -1165,6 +1192,14 @@ def plan_figures(res) -> list[dict]:
             f"{short_name(main)} over {short_name(a)} × {short_name(b)} (feasible designs{red_txt}).",
             functools.partial(surface_figure, ds, a, b, main, marks=marks_for(a, b, main)))
         n_surf += 1
+    sampled = f"{main}_p95"
+    if pairs and _has(ds, sampled):  # [uncertainty]: the quantile surface
+        a, b = pairs[0]
+        add("surface", f"surface_{sampled}_{a}_{b}",
+            f"95th percentile of {short_name(main)} over the uncertainty samples, over {short_name(a)} × "
+            f"{short_name(b)} (the least p95 of the feasible designs in each cell): what a design costs with "
+            "19-in-20 confidence.", functools.partial(surface_figure, ds, a, b, sampled, marks=marks_for(a, b, main)))
+        n_surf += 1
     for a, b in pairs:
         if n_surf >= MAX_SURFACES:
             break
@@ -1204,7 +1239,9 @@ def plan_figures(res) -> list[dict]:
         reduce = "best" if best_line else "min"
         cap = (f"{', '.join(short_name(v) for v in variables)} against {short_name(xd)}"
                + (f", one line per {short_name(hue)}" if hue else "")
-               + ("; each point is the lowest-CO₂e design, its layout written above" if best_line else "") + ".")
+               + ("; each point is the lowest-CO₂e design, its layout written above" if best_line else "")
+               + ("; shaded: p5–p95 over the uncertainty samples" if any(_has(ds, f"{v}_p5") for v in variables)
+                  else "") + ".")
         add("line", f"line_{xd}", cap,
             functools.partial(line_figure, ds, xd, variables, hue, reduce))
     # heatmaps over two categorical dims

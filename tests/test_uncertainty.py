@@ -358,3 +358,32 @@ def test_a_front_on_a_quantile_is_drawn_with_each_designs_p5_to_p95_band(tmp_pat
     assert base == "total_tco2e" and (lo <= hi).all() and (hi == front["total_tco2e_p95"].to_numpy()).all()
     fig = pareto_figure(res.dataset, front, "loss", "total_tco2e_p95")
     assert any("p5–p95" in t.get_text() for t in fig.legends[0].get_texts())
+
+
+def test_lines_of_a_sampled_study_carry_the_p5_to_p95_band_of_the_designs_they_show(tmp_path):
+    from sweep.plots import line_band, line_figure
+
+    res = sweep.run(_study(tmp_path, STUDY))
+    ds = res.dataset
+    lo, hi = line_band(ds, "total_tco2e", ["layers"], "min")
+    # at each layers value the band is the p5/p95 of the design of least total CO2e
+    for layers in (16, 24, 32):
+        sub = ds.sel(layers=layers).stack(p=("d_model", "region"))
+        best = int(sub["total_tco2e"].argmin("p"))
+        assert float(lo.sel(layers=layers)) == float(sub["total_tco2e_p5"][best])
+        assert float(hi.sel(layers=layers)) == float(sub["total_tco2e_p95"][best])
+    fig = line_figure(ds, "layers", ["total_tco2e"], None, "min")
+    assert len(fig.axes[0].collections) >= 1  # the shaded band
+    assert line_band(ds.drop_vars(["total_tco2e_p5", "total_tco2e_p95"]), "total_tco2e", ["layers"]) is None
+
+
+def test_a_sampled_study_draws_its_quantile_surface(tmp_path):
+    from sweep.plots import plan_figures
+
+    res = sweep.run(_study(tmp_path, STUDY.replace("layers = [16, 24, 32]", "layers = [16, 24, 32, 40]")
+                           .replace("d_model = [2048, 4096]", "d_model = [2048, 3072, 4096]")))
+    plans = {p["name"]: p for p in plan_figures(res)}
+    name = "surface_total_tco2e_p95_layers_d_model"
+    assert name in plans and "95th percentile" in plans[name]["caption"]
+    fig = plans[name]["make"]()
+    assert "p95" in fig.axes[-1].get_ylabel() or "95" in fig.axes[-1].get_ylabel()
