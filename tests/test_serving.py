@@ -240,16 +240,20 @@ def test_bad_serving_spec_exits_2_naming_the_key(tmp_path, capsys, edit, key):
     assert key in capsys.readouterr().err
 
 
-def test_estimate_with_a_serving_section_reports_serving_and_break_even(tmp_path, capsys):
+def _estimate_with_serving(tmp_path, capsys, input_tokens):
+    """estimate --json of Llama 2 70B's training spec with a [serving] section (its path, its output)."""
     import json
 
-    spec = (ROOT / "studies" / "llama2_70b.toml").read_text() + (
-        '\n[serving]\ninput_tokens = 500\noutput_tokens = 300\nrequests_per_day = 1e6\n'
-        'serve_hardware = "h100-sxm5-80gb"\n')
     p = tmp_path / "s.toml"
-    p.write_text(spec)
+    p.write_text((ROOT / "studies" / "llama2_70b.toml").read_text() + (
+        f'\n[serving]\ninput_tokens = {input_tokens}\noutput_tokens = 300\nrequests_per_day = 1e6\n'
+        'serve_hardware = "h100-sxm5-80gb"\n'))
     assert main(["estimate", str(p), "--json"]) == 0
-    out = json.loads(capsys.readouterr().out)
+    return p, json.loads(capsys.readouterr().out)
+
+
+def test_estimate_with_a_serving_section_reports_serving_and_break_even(tmp_path, capsys):
+    _, out = _estimate_with_serving(tmp_path, capsys, "500")
     sv = out["serving"]
     # break-even: training tCO2e / (gCO2e per request / 1e6)
     assert sv["breakeven_requests"] == pytest.approx(out["total_tco2e"] / (sv["gco2e_per_request"] / 1e6))
@@ -333,19 +337,12 @@ def test_a_mix_meets_the_ttft_target_at_its_95th_percentile(tmp_path, capsys):
 
 
 def test_estimate_with_a_serving_mix_reports_its_spread(tmp_path, capsys):
-    import json
-
-    spec = (ROOT / "studies" / "llama2_70b.toml").read_text() + (
-        '\n[serving]\ninput_tokens = {dist = "lognormal", median = 500, sigma = 0.7}\noutput_tokens = 300\n'
-        'requests_per_day = 1e6\nserve_hardware = "h100-sxm5-80gb"\n')
-    p = tmp_path / "s.toml"
-    p.write_text(spec)
-    assert main(["estimate", str(p), "--json"]) == 0
-    sv = json.loads(capsys.readouterr().out)["serving"]
+    p, out = _estimate_with_serving(tmp_path, capsys, '{dist = "lognormal", median = 500, sigma = 0.7}')
+    sv = out["serving"]
     assert sv["mix_samples"] == 1000 and sv["output_tokens_mean"] == 300.0
     # every request has 300 output tokens: each holds its slot as long, so the spread is nil
     assert sv["wh_per_request_p5"] == pytest.approx(sv["wh_per_request_p95"], rel=1e-12)
     assert sv["ttft_p95_s"] > sv["ttft_p50_s"]
-    p.write_text(spec.replace("median = 500", "median = 0"))
+    p.write_text(p.read_text().replace("median = 500", "median = 0"))
     assert main(["estimate", str(p)]) == 2
     assert "[serving] input_tokens: median must be greater than 0" in capsys.readouterr().err
