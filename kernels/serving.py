@@ -28,13 +28,6 @@ batch/output_tokens per step and their prompts are prefilled in the same step, c
     step_tokens  = batch · (1 + input_tokens/output_tokens)                 decode + prefill tokens
     step_flops   = [2·active·step_tokens + batch·context·attn_flops_per_ctx
                     + batch·(input/output)·(input/2)·attn_flops_per_ctx] / devices
-A request mix (``request_mix``: requests of different lengths): a request holds its batch slot for
-its output_tokens steps, so a running slot holds request r with probability ∝ out_r, and the step
-sees the mix's moments (E over the requests):
-    context  = (E[in·out] + E[out²]/2) / E[out]       prefill ratio = E[in]/E[out]
-    prefill attention context per output token = E[in²] / (2·E[out])
-    a slot's final length (the KV reserve of max_batch) = (E[in·out] + E[out²]) / E[out]
-(one request shape gives back the single-shape terms above).
     attn_flops_per_ctx = 4·layers·heads·head_dim   (QK^T and AV; MLA: 4·layers·heads·kv_latent_dim)
     step_bytes   = streamed_weight_bytes(step_tokens) + batch·context·kv_bytes_per_token/devices
     step_time_s  = max(step_bytes/(hbm_eff·hbm_bw), step_flops/(compute_eff·peak))
@@ -46,6 +39,13 @@ sees the mix's moments (E over the requests):
     tpot_s = step_time_s;  output tokens/s per replica = batch / step_time_s
     ttft_s = prefill of one prompt alone: 2·active·input_tokens/devices/(compute_eff·peak)
              + layers·layer_latency_s + collectives, plus one step_time_s of queueing behind the batch
+A request mix (``request_mix``: requests of different lengths): a request holds its batch slot for
+its output_tokens steps, so a running slot holds request r with probability ∝ out_r, and the step
+sees the mix's moments (E over the requests):
+    context  = (E[in·out] + E[out²]/2) / E[out]       prefill ratio = E[in]/E[out]
+    prefill attention context per output token = E[in²] / (2·E[out])
+    a slot's final length (the KV reserve of max_batch) = (E[in·out] + E[out²]) / E[out]
+(one request shape gives back the single-shape terms above).
 Power and energy (component model: static power plus energy per operation, Horowitz 2014;
 the static share fitted like ML.ENERGY's "static power wastage"):
     device_power_w = min(tdp, static_frac·tdp + (flop_energy_frac·tdp·step_flops/peak

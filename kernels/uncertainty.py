@@ -49,7 +49,7 @@ def apply(nominal, sample, relative):
     return jnp.where(relative, nominal * sample, sample)
 
 
-def _sortable_bits(v):
+def sortable_bits(v):
     """Integers in the order of the floats (IEEE-754 bits, negatives flipped): bisection on them
     finds an order statistic exactly in at most 32 (float32) or 64 (float64) halvings."""
     itype = jnp.int32 if v.dtype == jnp.float32 else jnp.int64
@@ -65,7 +65,7 @@ def _from_bits(keys, dtype):
 
 def _quantiles_tile(v, ok, qs):
     """``sample_quantiles`` on one tile of points (a few, so the samples stay in cache)."""
-    keys = _sortable_bits(v)
+    keys = sortable_bits(v)
     itype = keys.dtype
     top = jnp.iinfo(itype).max
     keys = jnp.where(ok, keys, top)  # infeasible samples sort last and are never counted
@@ -123,7 +123,7 @@ def sample_quantiles(v, ok, qs, tile: int = 64):
     exact: (len(qs),) + v.shape[:-1]; NaN where no sample is feasible.
 
     The two order statistics each quantile sits between come from bisection on the floats' bits
-    (``_sortable_bits``), counting the samples at or below a threshold, all quantiles at once, in
+    (``sortable_bits``), counting the samples at or below a threshold, all quantiles at once, in
     tiles of ``tile`` points (``_tiled``).
     """
     return _tiled(lambda a, b: _quantiles_tile(a, b, qs), v, ok, tile)

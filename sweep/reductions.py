@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kernels.reasons import REASONS
+from kernels.uncertainty import sortable_bits
 
 from .results import front_name
 
@@ -284,9 +285,7 @@ def bin_key(v):
     order is float order; the conversion rounds monotonically), and about logarithmic in |v|, so
     equal-width bins of the key split outputs spanning decades (CO2e, days) evenly, where bins
     of v itself put nearly every point in the lowest few."""
-    itype = jnp.int32 if v.dtype == jnp.float32 else jnp.int64
-    bits = jax.lax.bitcast_convert_type(v, itype)
-    return jnp.where(bits < 0, jnp.iinfo(itype).min - bits, bits).astype(v.dtype)
+    return sortable_bits(v).astype(v.dtype)
 
 
 def bin_scale(v, good, bins):
