@@ -215,8 +215,11 @@ def step_python(p: dict, lay: dict, cal: dict) -> dict:
     proj = lin(T, (d_attn + 2.0 * kv_dim) / tp, h) + lin(T, h, d_attn / tp)
     nb = b * heads / tp
     hd_ = d_attn / heads
+    # sliding-window layers compute each query's last W scores: Σ min(i+1, W) ≈ W·s − W²/2 of s²
+    W, q_win = p.get("sliding_window", 0.0), p.get("window_layers", 0.0)
+    scores = (1.0 - q_win) * CAUSAL + q_win * (W / s - W * W / (2.0 * s * s) if 0 < W < s else CAUSAL)
     if flash:
-        core_g = CAUSAL * 4.0 * nb * sq * s * hd_ / (peak_a * cal.get("attention_eff", geff)) + stream(4.0 * nb * sq * hd_)
+        core_g = scores * 4.0 * nb * sq * s * hd_ / (peak_a * cal.get("attention_eff", geff)) + stream(4.0 * nb * sq * hd_)
         core_g *= 1.0 + 0.5 * wave / (nb * sq * hd_)
         core_el = 0.0
     else:
@@ -263,12 +266,12 @@ def step_python(p: dict, lay: dict, cal: dict) -> dict:
 
     def layer(g, mem, c, latency, sel):
         redo = g + mem if full else (sel if rc >= 1 else 0.0)
-        fwd = max(c - ov * g, 0.0)
+        fwd = max(c - (ov if tp <= node else 0.0) * g, 0.0)  # TP overlap: NVLink peers only
         return 3.0 * (g + mem) + redo + latency, fwd + max(c - g, 0.0) + (fwd if full else 0.0) + cp_hidden
 
     lat_l = cal.get("layer_latency_s", 0.0) + (FLASH_BWD_EXTRA * core_g if flash else 0.0)
     if flash and math.isfinite(cal.get("attention_exp_per_s", math.inf)):  # softmax exponentials on the special-function units
-        lat_l += CAUSAL * nb * sq * s * (3.0 if full else 2.0) / cal["attention_exp_per_s"]
+        lat_l += scores * nb * sq * s * (3.0 if full else 2.0) / cal["attention_exp_per_s"]
     comp_dense, comm_dense = layer(dense_g, dense_m, c_dense, lat_l, sel_dense)
     moe_lat = cal.get("moe_layer_latency_s", 0.0) + lay.get("moe_host_sync", 0.0) * cal.get("moe_sync_latency_s", 0.0)
     comp_moe, comm_moe = layer(moe_g, moe_m, c_moe, lat_l + moe_lat, sel_moe)
@@ -538,7 +541,11 @@ def step_numpy(p: dict, lay: dict, cal: dict) -> dict:
         proj = lin(T, (d_attn + 2.0 * kv_dim) / tp, h) + lin(T, h, d_attn / tp)
         nb = b * heads / tp
         hd_ = d_attn / heads
-        core_flash = ((CAUSAL * 4.0 * nb * sq * s * hd_ / (peak_a * c.get("attention_eff", geff)) + stream(4.0 * nb * sq * hd_))
+        W = a.get("sliding_window", zero_)
+        q_win = a.get("window_layers", zero_)
+        win = (W > 0) & (W < s)
+        scores = (one - q_win) * CAUSAL + q_win * np.where(win, W / s - W * W / (2.0 * s * s), dt.type(CAUSAL))
+        core_flash = ((scores * 4.0 * nb * sq * s * hd_ / (peak_a * c.get("attention_eff", geff)) + stream(4.0 * nb * sq * hd_))
                       * (1.0 + 0.5 * wave / (nb * sq * hd_)))
         core_g = np.where(flash, core_flash, gemm(sq, s, hd_, nb) + gemm(sq, hd_, s, nb))
         core_el = np.where(flash, zero_, 4.5 * heads * s * T / tp)
@@ -573,14 +580,14 @@ def step_numpy(p: dict, lay: dict, cal: dict) -> dict:
 
         def layer(g, mem, cc, latency, sel):
             redo = np.where(full, g + mem, np.where(rc >= 1, sel, zero_))
-            fwd = np.maximum(cc - ov * g, zero_)
+            fwd = np.maximum(cc - np.where(tp <= node, ov, zero_) * g, zero_)  # TP overlap: NVLink peers only
             comm = fwd + np.maximum(cc - g, zero_) + np.where(full, fwd, zero_) + cp_hidden
             return 3.0 * (g + mem) + redo + latency, comm
 
         lat_l = c.get("layer_latency_s", zero_) + np.where(flash, FLASH_BWD_EXTRA * core_g, zero_)
         if "attention_exp_per_s" in c:  # softmax exponentials on the special-function units
             rate = np.asarray(c["attention_exp_per_s"], dt)
-            lat_l = lat_l + np.where(flash & np.isfinite(rate), CAUSAL * nb * sq * s * np.where(full, dt.type(3.0), dt.type(2.0))
+            lat_l = lat_l + np.where(flash & np.isfinite(rate), scores * nb * sq * s * np.where(full, dt.type(3.0), dt.type(2.0))
                                      / np.where(np.isfinite(rate), rate, one), zero_)
         comp_dense, comm_dense = layer(dense_g, dense_m, c_dense, lat_l, sel_dense)
         moe_lat = (c.get("moe_layer_latency_s", zero_)

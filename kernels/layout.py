@@ -213,7 +213,20 @@ def _power_of_two(x):
 # --------------------------------------------------------------------------------------------
 # Per-layer work of one micro-batch on one device
 # --------------------------------------------------------------------------------------------
-def attention_gemms(T, b, s, h, heads, kv_dim, d_attn, tp, bpv, peak, bw, cal, flash, cp=1.0, lin=None):
+def score_fraction(s, window, window_layers):
+    """Fraction of the s×s attention scores a causal flash-attention kernel computes, averaged over
+    the layers [1]: CAUSAL_FRACTION on full-attention layers; on a sliding-window layer (window W <
+    s tokens, each query attends to the last W) Σᵢ min(i+1, W)/s² = W/s − W²/(2s²) (+ W/(2s²),
+    dropped) — Beltagy et al. 2020 (Longformer), Mistral 7B (Jiang et al. 2023), GPT-OSS (OpenAI
+    2025: window 128 on alternating layers). ``window`` 0 = no window; ``window_layers`` is the
+    fraction of layers that have it."""
+    w = jnp.where((window > 0) & (window < s), window, s)
+    windowed = jnp.where(w < s, w / s - w * w / (2.0 * s * s), CAUSAL_FRACTION)
+    return (1.0 - window_layers) * CAUSAL_FRACTION + window_layers * windowed
+
+
+def attention_gemms(T, b, s, h, heads, kv_dim, d_attn, tp, bpv, peak, bw, cal, flash, cp=1.0, lin=None,
+                    scores=CAUSAL_FRACTION):
     """Forward matrix-multiply time of one attention block, one micro-batch [s] → (projections, core).
 
     projections: QKV (T × h → (d_attn + 2·kv_dim)/tp) and output (T × d_attn/tp → h), T = b·s/cp
@@ -222,8 +235,8 @@ def attention_gemms(T, b, s, h, heads, kv_dim, d_attn, tp, bpv, peak, bw, cal, f
     exceeds the KV heads; core: QKᵀ and P·V, b·heads/tp batched (s/cp)×s×head_dim products
     (Korthikanti 2022 §4.1), always at 16-bit (Transformer Engine keeps attention in BF16).
     With flash attention the core's traffic is Q, K, V, O only (Dao 2022) and a causal mask skips
-    the blocks above the diagonal: CAUSAL_FRACTION of the counted FLOPs are computed (FlashAttention-2
-    §3.1), at ``attention_eff`` of the peak (a fused attention kernel is not a GEMM: FlashAttention-3
+    the blocks above the diagonal: ``scores`` (CAUSAL_FRACTION, less with sliding windows:
+    score_fraction) of the counted FLOPs are computed (FlashAttention-2 §3.1), at ``attention_eff`` of the peak (a fused attention kernel is not a GEMM: FlashAttention-3
     reports ~75 % of H100's BF16 peak forward and less backward); without it the whole s×s product is
     computed as two batched GEMMs, then masked (Megatron-LM 2021-22).
     """
@@ -234,7 +247,7 @@ def attention_gemms(T, b, s, h, heads, kv_dim, d_attn, tp, bpv, peak, bw, cal, f
     nb = b * heads / tp
     sq = s / cp
     core_plain = gemm_time(sq, s, hd, nb, bpv, peak, bw, cal) + gemm_time(sq, hd, s, nb, bpv, peak, bw, cal)
-    core_flash = (CAUSAL_FRACTION * 4.0 * nb * sq * s * hd / (peak * cal.get("attention_eff", cal["gemm_eff_max"]))
+    core_flash = (scores * 4.0 * nb * sq * s * hd / (peak * cal.get("attention_eff", cal["gemm_eff_max"]))
                   + stream_time(4.0 * nb * sq * hd, bpv, bw, cal))
     core_flash = core_flash * (1.0 + 0.5 * cal["gemm_wave_elements"] / (nb * sq * hd))
     return proj, jnp.where(flash > 0, core_flash, core_plain)
@@ -558,7 +571,9 @@ def step(design: Mapping, hw: Mapping, layout: Mapping, cal: Mapping) -> dict:
     imb = _imbalance(lay, cal)
 
     # ---- forward work of one layer (dense and MoE), one micro-batch: GEMMs g, streams m ----
-    proj, core_g = attention_gemms(T, b, s, h, heads, kv_dim, d_attn, tp, bpv, peak_a, bw, cal, flash, cp, lin)
+    scores = score_fraction(s, d.get("sliding_window", 0.0), d.get("window_layers", 0.0))
+    proj, core_g = attention_gemms(T, b, s, h, heads, kv_dim, d_attn, tp, bpv, peak_a, bw, cal, flash, cp, lin,
+                                   scores)
     rest_el, core_el = layer_stream_elements(T, h, heads, s, d_ff, fm, tp, sp, flash)
     core = core_g + stream_time(core_el, bpv, bw, cal)  # what selective recompute redoes (unfused attention)
     # with flash attention, selective recompute redoes the norms and activation functions instead
@@ -580,6 +595,10 @@ def step(design: Mapping, hw: Mapping, layout: Mapping, cal: Mapping) -> dict:
     moe_m = stream_time(moe_el, bpv, bw, cal)
     sel_moe = jnp.where(flash > 0, stream_time(norms_el + fm * f_e * (T * k * imb + n_sh * T) / tp, bpv, bw, cal), core)
 
+    # TP comm overlap (Transformer Engine's userbuffers, Megatron-core tp_comm_overlap) splits each
+    # GEMM and exchanges the pieces by peer-to-peer copies over NVLink (CUDA IPC): only a tensor-parallel
+    # group inside one NVLink domain hides its forward collectives; across nodes they are exposed
+    ov_tp = ov * (tp <= node)
     # ---- tensor-parallel collectives: 2 all-reduce volumes forward (1 in an MoE layer whose
     # experts are not tensor-split: tokens go to the experts from their sequence-parallel shard) ----
     bw_tp = group_bandwidth(tp, 1.0, node, intra, inter)
@@ -608,7 +627,7 @@ def step(design: Mapping, hw: Mapping, layout: Mapping, cal: Mapping) -> dict:
         launches and host synchronisation, layer_latency_s; an MoE layer adds moe_layer_latency_s
         for its router, token-count exchange and permutation launches), calibrated per class."""
         comp = 3.0 * (g + mem) + jnp.where(full, g + mem, jnp.where(rc >= 1, sel, 0.0)) + latency
-        fwd = jnp.maximum(c - ov * g, 0.0)
+        fwd = jnp.maximum(c - ov_tp * g, 0.0)
         comm = fwd + jnp.maximum(c - g, 0.0) + jnp.where(full, fwd, 0.0) + cp_exposed
         return comp, comm
 
@@ -623,7 +642,7 @@ def step(design: Mapping, hw: Mapping, layout: Mapping, cal: Mapping) -> dict:
     # overlapped with the matrix products here. A score costs 4·head_dim matmul FLOPs forward, so
     # the exponentials weigh most at small head_dim (GPT-OSS: 64). Absent: no term (A100 set).
     exp_rate = cal.get("attention_exp_per_s", jnp.inf)
-    n_exp = CAUSAL_FRACTION * (b * heads / lay["tp"]) * (s / cp) * s * (2.0 + (rc >= 2))
+    n_exp = scores * (b * heads / lay["tp"]) * (s / cp) * s * (2.0 + (rc >= 2))
     exp_ok = (flash > 0) & jnp.isfinite(exp_rate)  # NaN (a class without the figure) = absent
     lat = lat + jnp.where(exp_ok, n_exp / jnp.where(jnp.isfinite(exp_rate), exp_rate, 1.0), 0.0)
     comp_dense, comm_dense = layer_time(dense_g, dense_m, c_fwd, lat, sel_dense)

@@ -315,3 +315,38 @@ def test_step_breakdown_adds_up(a100, cal):
     total = float(out["compute_s"]) + float(out["comm_exposed_s"]) + float(out["bubble_s"])
     assert float(out["step_time_s"]) == pytest.approx(total, rel=1e-12)
     assert float(out["tokens_per_s"]) == pytest.approx(1536 * 2048 / float(out["step_time_s"]))
+
+
+def test_sliding_window_score_fraction_by_hand():
+    from kernels.layout import CAUSAL_FRACTION, score_fraction
+
+    # no window, or a window as long as the sequence: the causal half
+    assert float(score_fraction(4096.0, 0.0, 0.0)) == CAUSAL_FRACTION
+    assert float(score_fraction(4096.0, 4096.0, 1.0)) == CAUSAL_FRACTION
+    # GPT-OSS: window 128 on every second layer of a 4,096-token sequence:
+    # windowed layer 128/4096 − 128²/(2·4096²) = 0.03125 − 0.00048828125 = 0.03076171875
+    assert float(score_fraction(4096.0, 128.0, 1.0)) == pytest.approx(0.03076171875, rel=1e-12)
+    assert float(score_fraction(4096.0, 128.0, 0.5)) == pytest.approx(0.5 * 0.5 + 0.5 * 0.03076171875, rel=1e-12)
+
+
+def test_a_sliding_window_shortens_only_the_attention_core(a100, cal):
+    flash_cal = {**cal, "attention_eff": 0.6}
+    d = gpt_design(24, 2048, 16, 8192, 51200, 8192, 64)
+    lay = _layout(devices=8, tp=8, flash_attention=1)
+    full = STEP(d, a100, lay, flash_cal)
+    win = STEP({**d, "sliding_window": 1024.0, "window_layers": 1.0}, a100, lay, flash_cal)
+    assert float(win["step_time_s"]) < float(full["step_time_s"])
+    assert float(win["tp_comm_s"]) == pytest.approx(float(full["tp_comm_s"]), rel=1e-12)
+    assert float(win["memory_bytes"]) == pytest.approx(float(full["memory_bytes"]), rel=1e-12)
+
+
+def test_tp_comm_overlap_hides_forward_collectives_only_inside_an_nvlink_domain(a100, cal):
+    # userbuffers' GEMM/collective overlap is peer-to-peer over NVLink: overlap_eff matters for a
+    # tensor-parallel group of 8 on an 8-GPU node, not for one of 16 that spans two nodes
+    d = gpt_design(24, 8192, 64, 32768, 51200, 2048, 64)
+    for tp, hides in ((8, True), (16, False)):
+        lay = _layout(devices=tp, tp=tp, sequence_parallel=1, overlap=1)
+        lo = STEP(d, a100, lay, {**cal, "overlap_eff": 0.1})
+        hi = STEP(d, a100, lay, {**cal, "overlap_eff": 0.9})
+        changed = float(hi["tp_comm_s"]) < float(lo["tp_comm_s"])
+        assert changed == hides, tp

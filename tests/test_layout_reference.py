@@ -169,6 +169,8 @@ def modern_cases(n: int, seed: int = 11) -> tuple[dict, dict]:
     lay["ep_dedup"] = pick(0.0, 1.0)
     lay["moe_host_sync"] = pick(0.0, 1.0)
     x["dropout"] = pick(0.0, 1.0)
+    x["sliding_window"] = pick(0.0, 0.0, 128.0, 1024.0, 1e6)  # none, short, long, longer than the sequence
+    x["window_layers"] = np.where(x["sliding_window"] > 0, pick(0.5, 1.0), 0.0)
     uneven = rng.random(n) < 0.2  # power-of-two pp that may not divide the layers
     lay["pp"] = np.where(uneven, pick(2.0, 4.0, 8.0, 16.0), lay["pp"])
     replicated = rng.random(n) < 0.15  # tp above the KV heads
@@ -188,7 +190,7 @@ def test_modern_layout_terms_kernel_equals_numpy_and_python(cal):
     design = {k: x[k] for k in ("layers", "d_model", "heads", "kv_heads", "head_dim", "d_ff", "ffn_matrices",
                                 "vocab", "seq_len", "tied_embeddings", "experts", "top_k", "expert_d_ff",
                                 "shared_experts", "global_batch", "bytes_per_value", "params", "active_params",
-                                "dropout")}
+                                "dropout", "sliding_window", "window_layers")}
     design["moe_layers"] = np.asarray(moe_layer_count(x["layers"], x["experts"], x["moe_every"], x["first_dense_layers"]))
     hw = {k: x[k] for k in ("peak_flops", "peak_bf16_flops", "hbm_bytes", "hbm_bw_bytes_s", "intra_bw_bytes_s",
                             "inter_bw_bytes_s", "devices_per_node")}
@@ -202,6 +204,7 @@ def test_modern_layout_terms_kernel_equals_numpy_and_python(cal):
         if k != "reason":
             np.testing.assert_allclose(kernel[k], ref[k], rtol=1e-12, err_msg=k)
     ok = np.flatnonzero(reason == 0)
+    assert (x["sliding_window"][ok] == 128).any() and (lay["tp"][ok] > x["devices_per_node"][ok]).any()
     assert (lay["zero_stage"][ok] == 3).any() and (lay["cp"][ok] > 1).any() and (x["bytes_per_value"][ok] < 1.5).any()
     for i in range(0, 1500, 11):
         got = step_python({k: float(v[i]) for k, v in x.items()}, {k: float(v[i]) for k, v in lay.items()}, c)
