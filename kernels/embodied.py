@@ -25,3 +25,20 @@ def memory_kgco2e(capacity_gb, kgco2e_per_gb):
 def amortised_tco2e(kgco2e, hours, lifespan_years):
     """Share charged to a run: kgco2e · hours / (lifespan_years · 8760) / 1000 (t CO2e)."""
     return kgco2e * hours / (lifespan_years * HOURS_PER_YEAR) / 1000.0
+
+
+def life_share(hours, lifespan_years):
+    """Fraction of the hardware's life a run of ``hours`` uses: hours / (lifespan_years · 8760) [1]."""
+    return hours / (lifespan_years * HOURS_PER_YEAR)
+
+
+def run_embodied_tco2e(kgco2e, hours, lifespan_years):
+    """``amortised_tco2e`` of a training run, evaluated as kgco2e · life_share / 1000 (t CO2e).
+
+    The same equation in another order, for the chain's training figures, whose per-point, grid and
+    sampled paths must round alike: XLA reassociates products whose operands are broadcasts, so
+    (devices · kg) · hours rounded differently in the sampled and the per-point fusions (one ulp);
+    here no product of products forms, and the last operation is a division, which no sum contracts
+    into a fused multiply-add. (The serving terms keep ``amortised_tco2e``'s order, which rounds
+    alike there and this one does not.)"""
+    return kgco2e * life_share(hours, lifespan_years) / 1000.0
