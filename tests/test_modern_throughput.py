@@ -74,9 +74,20 @@ def test_modern_set_error_with_packaged_constants_is_bounded(db, modern):
     # the mean target; the MoE runs do not yet (README: Accuracy)
     _, runs, _ = modern
     rows = packaged_predictions(db, runs)
-    for kind, mean_bound in (("dense", 10.0), ("moe", 30.0)):
+    for kind, mean_bound, max_bound in (("dense", 10.0, 25.0), ("moe", 20.0, 80.0)):
         err = [abs(r["error_pct"]) for r in rows if r["kind"] == kind]
-        assert np.mean(err) <= mean_bound, (kind, np.mean(err))
+        assert np.mean(err) <= mean_bound and max(err) <= max_bound, (kind, np.mean(err), max(err))
+
+
+def test_fit_moves_a_class_constant_only_where_runs_measure_it(db, modern):
+    # gemm_eff_max (16-bit GEMMs) is measured by dense 16-bit runs: the H100 class has Meta's three,
+    # B200 and GB200 none (their 16-bit runs are MoE), so those keep the packaged MAMF figure
+    _, runs, _ = modern
+    res = fit(db, runs, constants=("gemm_eff_max",), shared=(), leave_one_out=False)
+    assert "gemm_eff_max" in res["constants"]["h100"]
+    assert "gemm_eff_max" not in res["constants"]["b200"] and "gemm_eff_max" not in res["constants"]["gb200"]
+    moved = {r["id"] for r in res["rows"] if r["predicted"] != pytest.approx(r["predicted_start"], rel=1e-9)}
+    assert moved and all(next(x for x in runs if x.id == i).cls == "h100" for i in moved)
 
 
 def _synthetic_runs(db, modern, truth):
@@ -106,18 +117,25 @@ def test_fittable_constants_are_fractions_or_seconds():
     assert set(FITTABLE.values()) == {"fraction", "seconds"}
 
 
-def test_layout_finds_feasible_layouts_for_llama31_405b_on_8192_and_16384_h100(db):
-    for devices in (8192, 16384):
-        v = load_estimate_dict({**LLAMA_405B, "devices": devices}, db)
-        res = best_layouts(v, db, top=3)
-        assert res["feasible"] > 0 and res["layouts"], devices
-        assert res["layouts"][0]["mfu"] > 0.2
+@pytest.mark.parametrize("devices, published_mfu", [(8192, 0.43), (16384, 0.41)])
+def test_layouts_best_405b_layout_is_within_10_percent_of_metas_mfu(db, devices, published_mfu):
+    # Llama 3 paper Table 4: BF16 MFU 43 % on 8,192 H100 and 41 % on 16,384 (TP 8, PP 16)
+    v = load_estimate_dict({**LLAMA_405B, "devices": devices}, db)
+    res = best_layouts(v, db, top=3)
+    assert res["feasible"] > 0 and res["layouts"], devices
+    assert abs(res["layouts"][0]["mfu"] - published_mfu) / published_mfu <= 0.10
 
 
-def test_layout_finds_feasible_layouts_for_a_deepseek_v3_like_moe_on_2048_h800(db):
+def test_layouts_best_deepseek_v3_like_layout_is_within_10_percent_of_the_reports_mfu(db, modern):
+    # the published MFU, in the layout model's FLOP convention: DeepSeek-V3's tokens/s per H800
+    # (report: 2.664 M GPU-hours for 14.8 T tokens) × model FLOPs per token / FP8 peak
+    doc, runs, _ = modern
+    run = next(r for r in runs if r.id == "deepseekv3-report-pretrain-h800")
+    published_mfu = run.published * float(batch([run]).flops_per_token[0]) / run.hw["peak_flops"]
     v = load_estimate_dict(DEEPSEEK_V3_LIKE, db)
     res = best_layouts(v, db, top=3)
     assert res["feasible"] > 0 and res["layouts"]
+    assert abs(res["layouts"][0]["mfu"] - published_mfu) / published_mfu <= 0.10
 
 
 def test_metas_405b_layout_is_feasible_tp8_pp16_with_kv_heads_replicated_uneven_stages(db):
