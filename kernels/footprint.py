@@ -292,7 +292,7 @@ _STEP_HARDWARE = ("peak_flops", "hbm_bytes", "hbm_bw_bytes_s", "intra_bw_bytes_s
 _STEP_LAYOUT = ("devices", "tp", "pp", "ep", "microbatch", "recompute", "interleave", "shard_optimizer",
                 "sequence_parallel")
 # optional inputs, passed on when present (NaN = not given: kernels.layout.layout_fields's default)
-STEP_OPTIONAL = {"design": ("dropout",), "hardware": ("peak_bf16_flops",),
+STEP_OPTIONAL = {"design": ("dropout", "sliding_window", "window_layers"), "hardware": ("peak_bf16_flops",),
                  "layout": ("flash_attention", "cp", "etp", "zero_stage", "overlap", "ep_overlap", "ep_dedup",
                             "moe_imbalance", "offload_layers")}
 LAYOUT_STEP_INPUTS = (_STEP_DESIGN + ("moe_every", "first_dense_layers") + _STEP_HARDWARE + _STEP_LAYOUT

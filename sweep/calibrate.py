@@ -135,7 +135,7 @@ def _design(run, file, i):
         "params": float(params), "active_params": float(active), "bytes_per_value": bpv,
         "dropout": float(bool(m.get("dropout", False))),  # today's LLMs train without dropout
         "sliding_window": g("sliding_window", 0, pos=False),
-        "window_layers": 1.0 / g("sliding_window_every", 1) if m.get("sliding_window") else 0.0,
+        "window_layers": g("window_layers", 1.0, pos=False) if m.get("sliding_window") else 0.0,
     }
     return design, tuple(notes)
 

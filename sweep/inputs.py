@@ -152,6 +152,8 @@ def design_row(v: dict) -> dict[str, float]:
         **{k: _flag(v.get(k)) for k in ("etp", "zero_stage", "overlap", "flash_attention", "moe_imbalance")},
         "ep_overlap": float(bool(v.get("ep_overlap"))),
         "dropout": float(v.get("dropout", True) is not False),
+        "sliding_window": float(v.get("sliding_window") or 0.0),
+        "window_layers": float(v["window_layers"]) if v.get("window_layers") is not None else 1.0,
         "goodput": float(v["goodput"]) if v.get("goodput") is not None else 1.0,
         "lifespan_years": g("lifespan_years"),
         "served_tokens_per_day": g("served_tokens_per_day"), "serving_days": g("serving_days"),

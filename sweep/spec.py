@@ -75,6 +75,10 @@ KEYS: dict[str, Key] = {
     "first_dense_layers": _k("model", INT, 0, "leading dense layers before the MoE pattern", minimum=0),
     "shared_experts": _k("model", INT, 0, "always-active experts per MoE layer", minimum=0),
     "expert_d_ff": _k("model", INT, None, "FFN width of one expert; default = d_ff", positive=True),
+    "sliding_window": _k("model", INT, 0, "tokens a query attends to on sliding-window layers (Mistral, "
+                         "Gemma, GPT-OSS: 128); 0 = full causal attention", minimum=0, unit="token"),
+    "window_layers": _k("model", NUM, 1.0, "fraction of the layers that have the sliding window (GPT-OSS "
+                        "alternates: 0.5; Gemma 3, five local to one global: 0.833)", minimum=0, maximum=1),
     "dropout": _k("model", BOOL, True, "trained with dropout (Megatron GPT): its masks are kept for the "
                   "backward pass; false for Llama-style models"),
     "params": _k("model", NUM, None, "total parameters, for a model known only by size", positive=True),

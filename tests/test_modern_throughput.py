@@ -275,3 +275,26 @@ def test_validate_shows_the_modern_rows(db):
     rows = validation_rows(db)
     modern = [r for r in rows if r["case"].endswith(("(dense)", "(moe)"))]
     assert len(modern) >= 25 and all(math.isfinite(r["error_pct"]) for r in modern)
+
+
+def test_a_sliding_window_in_the_spec_shortens_a_long_sequence_run(db):
+    # Mistral-style: every layer attends to the last 4,096 of 32,768 tokens; attention dominates
+    # less, so the step is shorter, with the same model FLOPs counted for MFU (full causal)
+    spec = {**LLAMA_405B, "layers": 32, "d_model": 4096, "heads": 32, "d_ff": 14336, "seq_len": 32768,
+            "global_batch": 128, "devices": 64, "tp": 8, "pp": 1, "cp": 1, "microbatch": 1, "recompute": "selective"}
+    full = evaluate(spec, db)
+    win = evaluate({**spec, "sliding_window": 4096}, db)
+    half = evaluate({**spec, "sliding_window": 4096, "window_layers": 0.5}, db)
+    assert win["train_days"] < half["train_days"] < full["train_days"]
+    assert win["reason"] == full["reason"] == 0
+
+
+@pytest.mark.parametrize("extra,key", [("sliding_window = -1", "sliding_window"),
+                                      ("window_layers = 1.5", "window_layers")])
+def test_bad_sliding_window_keys_are_spec_errors_naming_the_key(tmp_path, capsys, extra, key):
+    path = tmp_path / "run.toml"
+    path.write_text(SPEC.format(precision="bf16", hardware="h100-sxm5-80gb", extra="").replace(
+        "seq_len = 8192", "seq_len = 8192\n" + extra))
+    code = main(["estimate", str(path)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"[model] {key}" in err and "Traceback" not in err
