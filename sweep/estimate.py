@@ -118,7 +118,7 @@ def evaluate(values: dict, db=None, *, file="<spec>", objective="co2e", sensitiv
         if when.get("carbon_intensity_kg_per_kwh") is not None:  # the start's effective intensity, held fixed
             xs["carbon_intensity_kg_per_kwh"] = when["carbon_intensity_kg_per_kwh"]
         if unc is not None:
-            out.update(sampled(xs, cal, unc, keep_samples))
+            out.update(sampled(xs, cal, unc, keep_samples, held_step(out) if cal is not None else None))
         if sensitivity:
             out["sensitivity"] = sensitivities(xs, cal, unc, predicted_mfu=v.get("mfu") is None)
     return out
@@ -152,11 +152,20 @@ def held_layout_inputs(v: dict, x: dict, layout: dict, db) -> tuple[dict, dict |
     return xs, db_calibration(db, v["hardware"])
 
 
-def sampled(x: dict, cal, unc, keep_samples: bool = False) -> dict:
+def held_step(out: dict) -> dict:
+    """The layout model's outputs of the point estimate, as kernels.footprint reads them."""
+    from . import uncertainty as su
+
+    step = {k: out[k] for k in su.STEP_KEYS if k != "memory_bytes"}
+    step["memory_bytes"] = out["memory_gb"] * 1e9
+    return step
+
+
+def sampled(x: dict, cal, unc, keep_samples: bool = False, step: dict | None = None) -> dict:
     """Quantiles and means of the summary outputs over the samples, and what was sampled."""
     from . import uncertainty as su
 
-    values, feasible, reason = su.sample_point(x, cal, unc)
+    values, feasible, reason = su.sample_point(x, cal, unc, step=step)
     summary, infeasible = su.summarise(values, feasible, reason)
     summary["uncertainty"] = {
         "samples": unc.samples, "seed": unc.seed, "feasible_samples": int(np.asarray(feasible).sum()),

@@ -233,14 +233,20 @@ def sampled_inputs(x: dict, names, rel, draws):
     return xs, ok
 
 
+# the layout model's outputs the chain reads (kernels.footprint's ``step``)
+STEP_KEYS = ("step_time_s", "compute_s", "comm_exposed_s", "bubble_s", "tokens_per_s", "mfu", "hfu",
+             "memory_bytes", "dp", "reason")
+
+
 @functools.lru_cache(maxsize=16)
-def _sampled_fn(with_cal: bool, names: tuple[str, ...], rel: tuple[bool, ...]):
+def _sampled_fn(with_cal: bool, names: tuple[str, ...], rel: tuple[bool, ...], with_step: bool = False):
     from kernels.footprint import footprint
 
-    def run(x, cal, draws):
+    def run(x, cal, draws, step=None):
         xs, ok = sampled_inputs({k: jnp.asarray(v)[..., None] for k, v in x.items()}, names, rel, draws)
         ok = ok[0]
-        out = footprint(xs, cal if with_cal else None)
+        held = {k: jnp.asarray(v)[..., None] for k, v in step.items()} if with_step else None
+        out = footprint(xs, cal if with_cal else None, step=held)
         feasible = ok & (out["reason"] == 0) & jnp.isfinite(out["total_tco2e"])
         reason = jnp.where(ok, out["reason"], CODE["sample_out_of_range"])
         return {k: out[k] for k in SUMMARY_OUTPUTS}, feasible, reason
@@ -251,14 +257,19 @@ def _spec_for(unc: Uncertainty, x: dict) -> tuple:
     return kernel_spec(unc, mfu_given=bool(np.isfinite(x.get("mfu", np.nan))))
 
 
-def sample_point(x: dict, cal, unc: Uncertainty, draws=None):
+def sample_point(x: dict, cal, unc: Uncertainty, draws=None, step: dict | None = None):
     """Outputs of one configuration over the samples: ({output: (samples,)}, feasible, reason).
     The draws are those of ``kernel_spec`` (the sweep's, for the same section); ``draws`` given:
-    rows over those columns (a Sobol design)."""
+    rows over those columns (a Sobol design). ``step``: the layout model's outputs of the point
+    estimate (``STEP_KEYS``), which no sampled input changes: held, not recomputed, so a zero-width
+    section gives the point estimate to the bit (a second compiled program may round a·b + c once
+    where the first rounded twice)."""
     spec = _spec_for(unc, x)
     draws = draws_for(spec) if draws is None else draws
-    fn = _sampled_fn(cal is not None, spec[0], spec[1])
-    return fn({k: jnp.asarray(v) for k, v in x.items()}, cal, draws)
+    fn = _sampled_fn(cal is not None, spec[0], spec[1], step is not None)
+    held = None if step is None else {k: jnp.asarray(step[k], jnp.float64 if k != "reason" else jnp.int32)
+                                      for k in STEP_KEYS}
+    return fn({k: jnp.asarray(v) for k, v in x.items()}, cal, draws, held)
 
 
 def summarise(values: dict, feasible, reason) -> dict:
