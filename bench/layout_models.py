@@ -373,7 +373,9 @@ def step_python(p: dict, lay: dict, cal: dict) -> dict:
         dp_exposed += m * max(ag - ov * compute_mb, 0.0)
     t_opt = stream((p_nonexp / D + p_exp / edp if zero >= 1 else p_nonexp + p_exp) * OPTIMIZER_BYTES_PER_PARAM, 1.0)
     compute_s = m * compute_mb + t_opt
-    comm_s = m * (tp_mb + a2a_mb + p2p_mb) + dp_exposed
+    # interleaved schedules hide the p2p sends under the other chunk's compute (overlap_p2p_comm)
+    p2p_exp = p2p_mb - min(p2p_mb, ov * compute_mb) if (overlap and v > 1) else p2p_mb
+    comm_s = m * (tp_mb + a2a_mb + p2p_exp) + dp_exposed
     step_s = compute_s + comm_s + bubble
 
     n_mm = p["active_params"] - (0.0 if p["tied_embeddings"] else V * h)
@@ -682,7 +684,8 @@ def step_numpy(p: dict, lay: dict, cal: dict) -> dict:
         t_opt = stream(np.where(zero >= 1, p_nonexp / D + p_exp / edp, p_nonexp + p_exp) * OPTIMIZER_BYTES_PER_PARAM,
                        one)
         compute_s = m * compute_mb + t_opt
-        comm_s = m * (tp_mb + a2a_mb + p2p_mb) + dp_exposed
+        p2p_exp = p2p_mb - np.where(overlap & (v > 1), np.minimum(p2p_mb, ov * compute_mb), zero_)
+        comm_s = m * (tp_mb + a2a_mb + p2p_exp) + dp_exposed
         step_s = compute_s + comm_s + bubble
 
         n_mm = a["active_params"] - np.where(a["tied_embeddings"] != 0, zero_, V * h)

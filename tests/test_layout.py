@@ -350,3 +350,14 @@ def test_tp_comm_overlap_hides_forward_collectives_only_inside_an_nvlink_domain(
         hi = STEP(d, a100, lay, {**cal, "overlap_eff": 0.9})
         changed = float(hi["tp_comm_s"]) < float(lo["tp_comm_s"])
         assert changed == hides, tp
+
+
+def test_interleaved_pipelines_hide_their_sends_under_compute_only_with_overlap(a100, cal):
+    # Megatron-core overlaps p2p with the other chunk's compute in interleaved schedules only
+    d = gpt_design(32, 4096, 32, 16384, 51200, 2048, 64)
+    for v, hides in ((1, False), (4, True)):
+        lay = _layout(devices=32, tp=4, pp=8, interleave=v, sequence_parallel=1)
+        plain = STEP(d, a100, {**lay, "overlap": 0.0}, {**cal, "overlap_eff": 0.9})
+        over = STEP(d, a100, {**lay, "overlap": 1.0}, {**cal, "overlap_eff": 0.9})
+        assert float(plain["pp_comm_s"]) > 0
+        assert (float(over["pp_comm_s"]) < float(plain["pp_comm_s"])) == hides, v
