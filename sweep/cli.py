@@ -220,6 +220,22 @@ def cmd_validate(args, db):
     for r in rows:
         print(f"{r['case']:<{w}}  {r['quantity']:<20} {r['predicted']:>12.4g} {r['published']:>12.4g} "
               f"{r['error_pct']:>+7.2f}%  {r['unit']}")
+    a100 = [abs(r["error_pct"]) for r in rows if r["quantity"] in ("iteration_time_s", "tflops_per_device")]
+    if a100:
+        print(f"\nA100 set (Korthikanti et al. 2022, Narayanan et al. 2021; {len(a100)} rows): mean abs. error "
+              f"{sum(a100) / len(a100):.1f} %, max {max(a100):.1f} % (targets: mean <= 4 %, max <= 10 %)")
+    modern = [r for r in rows if r.get("set") == "modern"]
+    if modern:
+        from .validate_layout import modern_loo_note
+
+        parts = []
+        for kind in ("dense", "moe"):
+            e = [abs(r["error_pct"]) for r in modern if r["kind"] == kind and math.isfinite(r["error_pct"])]
+            if e:
+                parts.append(f"{'MoE' if kind == 'moe' else kind} {len(e)} runs: mean {sum(e) / len(e):.1f} %, max {max(e):.1f} %")
+        loo = modern_loo_note(db)
+        print(f"modern set (throughput_runs_modern.toml), packaged constants: {'; '.join(parts)} "
+              f"(targets: mean <= 10 %, max <= 25 % per kind)" + (f"; when fitted, {loo}" if loo else ""))
     serving = [r for r in rows if r["quantity"] == "gpu_j_per_output_token"]
     if serving:
         from .serving import summary

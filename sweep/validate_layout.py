@@ -180,6 +180,18 @@ def modern_validation_rows(db) -> list[dict]:
         unit = "1" if r["quantity"] == "mfu" else "token/s per device"
         rows.append({"case": f"{r['id']} ({r['kind']})", "quantity": r["quantity"], "unit": unit,
                      "predicted": r["predicted"], "published": r["published"], "error_pct": r["error_pct"],
-                     "source": r["source"]})
+                     "source": r["source"], "set": "modern", "kind": r["kind"]})
     return rows
+
+
+def modern_loo_note(db) -> str:
+    """The leave-one-out errors the packaged constants were fitted with, as the last ``carbon-sweep
+    calibrate`` of throughput_runs_modern.toml wrote them into calibration.toml ('' if none)."""
+    classes = db.docs.get("calibration.toml", {}).get("class", {})
+    for table in classes.values():
+        for entry in table.values():
+            notes = entry.get("notes", "") if isinstance(entry, dict) else ""
+            if "leave-one-out" in notes and "throughput_runs_modern" in notes:
+                return notes[notes.index("leave-one-out"):]
+    return ""
 

@@ -299,3 +299,14 @@ def test_bad_sliding_window_keys_are_spec_errors_naming_the_key(tmp_path, capsys
     code = main(["estimate", str(path)])
     err = capsys.readouterr().err
     assert code == 2 and f"[model] {key}" in err and "Traceback" not in err
+
+
+def test_validate_reports_the_modern_set_by_kind_with_the_fits_leave_one_out_error(capsys, monkeypatch):
+    import sweep.cli
+    from sweep.validate_layout import modern_validation_rows
+
+    monkeypatch.setattr(sweep.cli, "validation_rows", modern_validation_rows)  # the other sets are slow
+    assert main(["validate"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("modern set"))
+    assert "dense 37 runs: mean" in line and "MoE 28 runs: mean" in line
+    assert "leave-one-out mean abs. error dense" in line  # as the packaged fit recorded it
