@@ -39,8 +39,9 @@ FITTABLE = {"gemm_eff_max": "fraction", "attention_eff": "fraction", "gemm_eff_f
 # the grouped-GEMM efficiency (it sat at 1) and the dense layer latency add nothing to the fit
 DEFAULT_FIT = ("attention_eff", "gemm_eff_fp8", "gemm_eff_max", "overlap_eff", "moe_layer_latency_s",
                "moe_sync_latency_s")
-# A per-class constant moves only in a class with at least MIN_INFORMING_RUNS runs that measure it
-# directly; elsewhere it keeps its packaged value (calibration.toml: a datasheet or MAMF figure).
+# A per-class constant that only some runs measure (INFORMED_BY) moves only in a class with at least
+# MIN_INFORMING_RUNS of them; elsewhere it keeps its packaged value (calibration.toml: a datasheet or
+# MAMF figure). The others move with any run.
 # The 16-bit GEMM efficiency is measured by dense 16-bit runs: in MoE runs it is entangled with the
 # experts' grouped GEMMs, the dispatch and the router, and fitted on those alone (the B200 class has
 # only GPT-OSS's two BF16 MoE rows) it drifted to unphysical values (0.28 of peak).
@@ -442,12 +443,14 @@ def fit(db, runs: list[Run], constants=DEFAULT_FIT, goodput: float = 1.0, leave_
 
 
 def informed(runs: list[Run], constant: str, classes: tuple, shared: bool) -> np.ndarray:
-    """Per class (one entry when ``shared``): whether at least MIN_INFORMING_RUNS runs measure
-    ``constant`` (INFORMED_BY; any run for the others), so the fit may move it there."""
+    """Per class (one entry when ``shared``): whether the runs measure ``constant``, so the fit may
+    move it there: at least MIN_INFORMING_RUNS of the runs INFORMED_BY names for it; any run for the
+    others (as a user's file of one run fits them)."""
     measures = INFORMED_BY.get(constant, lambda r: True)
+    least = MIN_INFORMING_RUNS if constant in INFORMED_BY else 1
     if shared:
-        return np.array([sum(map(measures, runs)) >= MIN_INFORMING_RUNS])
-    return np.array([sum(measures(r) for r in runs if r.cls == cls) >= MIN_INFORMING_RUNS for cls in classes])
+        return np.array([sum(map(measures, runs)) >= least])
+    return np.array([sum(measures(r) for r in runs if r.cls == cls) >= least for cls in classes])
 
 
 def summarise(rows: list[dict]) -> dict:

@@ -310,3 +310,10 @@ def test_validate_reports_the_modern_set_by_kind_with_the_fits_leave_one_out_err
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("modern set"))
     assert "dense 37 runs: mean" in line and "MoE 28 runs: mean" in line
     assert "leave-one-out mean abs. error dense" in line  # as the packaged fit recorded it
+
+
+def test_a_one_run_file_fits_the_general_constants_but_not_one_that_needs_two_measuring_runs(db, modern):
+    _, runs, _ = modern
+    one = [r for r in runs if r.id == "llama3-paper-405b-16384gpu-cp1"]
+    res = fit(db, one, constants=("attention_eff", "gemm_eff_max"), shared=(), leave_one_out=False)
+    assert set(res["constants"]["h100"]) == {"attention_eff"}  # one dense BF16 run: gemm_eff_max stays
