@@ -220,8 +220,7 @@ def score_fraction(s, window, window_layers):
     dropped) — Beltagy et al. 2020 (Longformer), Mistral 7B (Jiang et al. 2023), GPT-OSS (OpenAI
     2025: window 128 on alternating layers). ``window`` 0 = no window; ``window_layers`` is the
     fraction of layers that have it."""
-    w = jnp.where((window > 0) & (window < s), window, s)
-    windowed = jnp.where(w < s, w / s - w * w / (2.0 * s * s), CAUSAL_FRACTION)
+    windowed = jnp.where((window > 0) & (window < s), window / s - window * window / (2.0 * s * s), CAUSAL_FRACTION)
     return (1.0 - window_layers) * CAUSAL_FRACTION + window_layers * windowed
 
 
