@@ -36,7 +36,7 @@ import hardware_db
 from kernels.design import DERIVABLE, DESIGN_INPUTS, design_stage
 from kernels.footprint import DESIGN_KEYS, LAYOUT_STEP_INPUTS, OUTPUTS, footprint
 from kernels.selection import best_layout_stage
-from kernels.reasons import CODE
+from kernels.reasons import CODE, REASONS
 from kernels import uncertainty as ku
 
 from . import reductions as red
@@ -524,13 +524,16 @@ def _evaluate_grid(lead, a, n_valid, xvec, cvec, mats, searched, *, block, axis,
     out = evaluate_points(x, cal, staged=staged, layout_staged=layout_staged, **core)
     reduced = set().union(*(r.reads for r in reduce))
     low = {k: v for k, v in per_design.items() if k in reduced}
-    pf = prefilter({k: out[k] for k in reduced if k not in low}, n_valid, reduce, low=low, expand=full)
+    # the axes that usually decide feasibility: the design's, and categorical rows (hardware, region)
+    cells = tuple(dshape[j] > 1 or len(tables[plan[axis + j][0]]) > 1 for j in range(nblk))
+    pf = prefilter({k: out[k] for k in reduced if k not in low}, n_valid, reduce, low=low, expand=full,
+                   cells=(cells, block))
     if compact:  # the loss once per design, not spread over the points: the host reads it at its few rows
         out = {**out, **{k: v for k, v in per_design.items() if k in out}}
     return {**out, **pf}
 
 
-def prefilter(out, n_valid, reductions, bins=4096, stride=31, low=None, expand=None):
+def prefilter(out, n_valid, reductions, bins=4096, stride=31, low=None, expand=None, cells=None):
     """In-kernel reductions of a chunk: each reduction's ``prefilter`` (sweep.reductions), e.g. exact
     candidate masks for its Pareto fronts and top-k, and its statistics (reason counts, min/max of
     the reduced outputs over feasible points), as ``__<reduction name>__<array>``.
@@ -547,6 +550,17 @@ def prefilter(out, n_valid, reductions, bins=4096, stride=31, low=None, expand=N
     on its first objective alone, are computed there. The masks are the same. ``out`` need not hold
     them per point: they are then spread inside the branches, where XLA fuses the spreading into
     the loops that read them instead of writing a per-point copy (branch operands are buffers).
+
+    ``cells``: (for each axis of the chunk's block whether it may decide feasibility, the block's
+    shape), with ``expand`` spreading arrays shaped on those axes to the points. A chunk whose
+    reasons are constant over the other axes within each cell of the deciding ones (whole designs
+    infeasible, top_k > experts; a device without a published figure) and whose feasible cells are
+    finite takes a third branch: its masks are the cells' (spread into the loops that read them)
+    and its statistics and reason counts come from plain reductions over the other axes, masked at
+    the cells' rank. The check is plain reductions too (each cell's least and greatest reason). A
+    wrong guess of the deciding axes costs speed, not exactness: the general branch then runs.
+    Building per-point masks and masked copies costs more than the chain on CPU (XLA materialises a
+    masked copy of each output before its reduction).
     """
     n = out["reason"].shape[0]
     valid = jnp.arange(n) < n_valid
@@ -577,7 +591,52 @@ def prefilter(out, n_valid, reductions, bins=4096, stride=31, low=None, expand=N
         return reduce_all(red.KernelChunk(out, good, valid, n_valid, False, low, expand, lo_hi, floats, ok=ok,
                                           bins=bins, stride=stride))
 
-    return jax.lax.cond(clean, all_good, general, (out, low))
+    if cells is None:
+        return jax.lax.cond(clean, all_good, general, (out, low))
+    deciding, block = cells
+    axes = tuple(j for j, (d, n) in enumerate(zip(deciding, block)) if not d or n == 1)  # the axes within a cell
+    within = lambda v, op: op(jnp.reshape(v, block), axis=axes, keepdims=True)  # noqa: E731
+
+    def by_cell(args):
+        args, cell_reason, stats = args
+        out = per_point(args)
+        ok = valid & expand(cell_reason == 0)
+        return reduce_all(red.KernelChunk(out, lambda names: ok, valid, n_valid, False, low, expand, lo_hi, floats,
+                                          ok=ok, bins=bins, stride=stride, stats=stats,
+                                          reasons=cell_counts(cell_reason, block, n_valid)))
+
+    def finite_cells(args):  # every point of a feasible cell finite: the statistics at the cells' rank
+        (out, low), cell_reason = args
+        c_ok = cell_reason == 0
+        finite, stats = True, {}
+        for k in floats:
+            lo, hi = (low[k], low[k]) if k in low else (within(out[k], jnp.min), within(out[k], jnp.max))
+            finite = finite & jnp.all(c_ok <= (jnp.isfinite(lo) & jnp.isfinite(hi)))  # a NaN shows in both
+            stats[k] = (jnp.min(jnp.where(c_ok, lo, jnp.inf)), jnp.max(jnp.where(c_ok, hi, -jnp.inf)))
+        return jax.lax.cond(finite, by_cell, lambda a: general(a[0]), ((out, low), cell_reason, stats))
+
+    def not_clean(args):
+        hi = within(args[0]["reason"], jnp.max)
+        constant = jnp.all(within(args[0]["reason"], jnp.min) == hi)
+        return jax.lax.cond(constant, finite_cells, lambda a: general(a[0]), (args, hi))
+
+    return jax.lax.cond(clean, all_good, not_clean, (out, low))
+
+
+def cell_counts(cell_reason, block, n_valid):
+    """The chunk's reason counts when its reasons are constant within cells (``cell_reason``, shaped
+    on the deciding axes of ``block``, 1 on the others): each cell's code counted once per valid
+    point of it. Valid points are the first ``n_valid`` in C order, i.e. those whose index on the
+    block's first axis is below n_valid / (points per index on it): the padding repeats that axis's
+    last index."""
+    real = (n_valid // math.prod(block[1:])).astype(jnp.int32)
+    rest = math.prod(n for j, (m, n) in enumerate(zip(cell_reason.shape, block)) if m == 1 and j > 0)
+    if cell_reason.shape[0] == 1:  # the first axis runs within each cell: `real` of its indices are valid
+        w = jnp.broadcast_to(rest * real, cell_reason.shape)
+    else:
+        first = jnp.arange(block[0], dtype=jnp.int32).reshape((-1,) + (1,) * (len(block) - 1))
+        w = jnp.broadcast_to(rest * (first < real).astype(jnp.int32), cell_reason.shape)
+    return jnp.zeros(len(REASONS), jnp.int32).at[cell_reason.reshape(-1)].add(w.reshape(-1))
 
 
 def _searched(keys) -> bool:

@@ -230,7 +230,10 @@ class KernelChunk:
     the branch taken when every point is feasible and finite (then ``good_for`` is ``valid``);
     ``low``/``expand``: outputs also given once per design and the map spreading them to the
     points; ``lo_hi``: (min, max) of each float output over the whole chunk; ``floats``: their
-    names; ``ok``: the feasible valid points (``clean`` False only)."""
+    names; ``ok``: the feasible valid points (``clean`` False only); ``stats``: the statistics
+    (min, max over the good points) when the chunk's reasons are constant within cells of the axes
+    that decide them and were reduced at that rank (sweep.engine.prefilter), and ``reasons`` their
+    counts."""
     out: dict
     good_for: Callable
     valid: object
@@ -243,6 +246,8 @@ class KernelChunk:
     ok: object = None
     bins: int = 4096
     stride: int = 31  # prime: a power-of-two stride samples only a few residues of the inner axes
+    stats: dict | None = None  # {output: (min, max) over the good points}, when already reduced
+    reasons: object = None  # the valid points' reason counts, when already counted
 
 
 @dataclass
@@ -329,7 +334,11 @@ class Statistics(Reduction):
             return res
         # counted on the host (``host_reduce``), which holds the reasons anyway: a bincount is a
         # scatter, slow in XLA on CPU (~1/3 of a chunk's time), and NumPy's runs beside the next chunk
-        res = {"reasons": jnp.full(len(REASONS), -1, jnp.int32)}
+        res = {"reasons": jnp.full(len(REASONS), -1, jnp.int32) if c.reasons is None else c.reasons}
+        if c.stats is not None:  # reduced at a lower rank already: whole cells infeasible
+            for k, (lo, hi) in c.stats.items():
+                res[f"min__{k}"], res[f"max__{k}"] = lo, hi
+            return res
         for k in c.floats:
             good = c.ok & jnp.isfinite(c.out[k])
             res[f"min__{k}"] = jnp.min(jnp.where(good, c.out[k], jnp.inf))

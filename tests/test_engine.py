@@ -710,3 +710,66 @@ def test_best_layout_chunks_bound_the_layout_evaluations_not_points_times_layout
     tables, _ = ev.grid_tables()
     assert math.prod(engine.searched_shape(plan.block, ev.dims[plan.axis:], tables)) * ev.n_layouts <= \
         engine.DEFAULT_BUDGET
+
+
+@pytest.mark.parametrize("size", [7, 96, 10_000])
+def test_chunks_whose_infeasible_points_are_whole_cells_reduce_as_the_full_grid(size):
+    """Whole designs (top_k > experts) and a whole device (MI300X: no published die area) are
+    infeasible here: such chunks reduce their statistics and count their reasons at the rank of
+    the axes that decide them, and the summary, fronts and top-k equal the full grid's."""
+    grid = {"experts": [1, 4], "top_k": [1, 2], "layers": [12, 24], "d_model": [1024, 2048], "lifespan_years": [1, 3, 5],
+            "hardware": ["a100-sxm4-80gb", "mi300x", "h100-sxm5-80gb"], "tokens": [1e11, 3e11]}
+    full = run(spec(training__tokens=None) | {"grid": grid}, write=False, chunk_size=size)
+    fast = run(spec(training__tokens=None, study__keep_full_grid=False) | {"grid": grid}, write=False, chunk_size=size)
+    assert set(full.summary["infeasible"]) == {"top_k_exceeds_experts", "missing_data"}
+    assert fast.summary["infeasible"] == full.summary["infeasible"]
+    assert fast.summary["n_feasible"] == full.summary["n_feasible"]
+    for k in ("loss", "total_tco2e", "train_days", "mfu"):
+        assert fast.summary["min"][k] == full.summary["min"][k], k
+        assert fast.summary["max"][k] == full.summary["max"][k], k
+    same_tables(full.pareto, fast.pareto)
+    np.testing.assert_array_equal(full.top["index"].values, fast.top["index"].values)
+
+
+@functools.cache
+def _prefilter_cells_jit(block, deciding):
+    import jax
+
+    reductions = (Statistics(), ParetoFront(("loss", "total_tco2e")), TopK("total_tco2e", 10))
+    expand = functools.partial(engine.spread, block=block)
+    return jax.jit(lambda o, m: engine.prefilter(o, m, reductions, expand=expand, cells=(deciding, block)))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 6), st.sampled_from(["cells", "points"]),
+       st.sampled_from(["none", "infeasible cell", "feasible cell"]))
+def test_prefilter_by_cells_gives_the_per_point_masks_and_statistics(seed, n_pad, reasons, nan):
+    """Given which axes decide feasibility, the prefilter's masks, statistics and reason counts are
+    those of the per-point computation: when the reasons are constant within cells (computed at the
+    cells' rank), and when they are not or a feasible cell holds a NaN (the general branch)."""
+    rng = np.random.default_rng(seed)
+    block, deciding = (6, 3, 4, 5), (True, False, True, False)
+    cell = rng.integers(0, 3, (6, 1, 4, 1)) * (rng.random((6, 1, 4, 1)) < 0.3)
+    reason = np.broadcast_to(cell, block).copy()
+    if reasons == "points":
+        reason[tuple(rng.integers(0, n) for n in block)] = 2
+    total = rng.integers(0, 50, block).astype(np.float64)
+    if nan != "none":
+        pick = np.argwhere(np.broadcast_to(cell, block) != 0 if nan == "infeasible cell" else reason == 0)
+        if len(pick):
+            total[tuple(pick[rng.integers(0, len(pick))])] = np.nan
+    loss = rng.integers(0, 20, block).astype(np.float64)
+    real = block[0] - min(n_pad, block[0] - 1)
+    for a in (total, loss, reason):  # the grid pads a chunk by repeating the last index of its first axis
+        a[real:] = a[real - 1]
+    out = {"total_tco2e": total.ravel(), "loss": loss.ravel(), "reason": reason.ravel().astype(np.int32)}
+    n_valid = np.int64(real * 60)
+    by_cells = {k: np.asarray(v) for k, v in _prefilter_cells_jit(block, deciding)(out, n_valid).items()}
+    per_point = {k: np.asarray(v) for k, v in _prefilter_jit()(out, n_valid).items()}
+    for k in per_point:
+        if k != "__stats__reasons":
+            np.testing.assert_array_equal(by_cells[k], per_point[k], err_msg=k)
+    host = [Statistics().host_reduce(HostChunk({k: v[:n_valid] for k, v in out.items()},
+                                               {k[len("__stats__"):]: v for k, v in r.items() if k.startswith("__stats__")},
+                                               0, [], (), False))["reasons"] for r in (by_cells, per_point)]
+    np.testing.assert_array_equal(host[0], host[1])
