@@ -44,7 +44,7 @@ from .calibration import calibration_for
 from .inputs import point_inputs, site_row
 from . import dimensions, results
 from .names import LAYOUT_OUTPUTS as LAYOUT_VARS
-from .names import QUANTILE_SUFFIXES, quantile_base
+from .names import QUANTILE_SUFFIXES, quantile_base, samples_base
 from .uncertainty import kernel_spec, sampled_inputs
 from .results import PARTIAL_DIR, SweepResult
 from .spec import SpecError
@@ -419,8 +419,9 @@ class Evaluator:
             start = stop
         return out
 
-    def evaluate_values(self, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Outputs at arbitrary values of the dimensions ({dimension: 1-D array}, equal lengths).
+    def evaluate_values(self, values: dict[str, np.ndarray], outputs: tuple | None = None) -> dict[str, np.ndarray]:
+        """Outputs at arbitrary values of the dimensions ({dimension: 1-D array}, equal lengths);
+        ``outputs``: other outputs than the study's (e.g. the kept samples, ``<output>_samples``).
 
         One point is evaluated as two (the same twice): XLA compiles a one-point call differently,
         and its last bits would differ from the grid's."""
@@ -430,8 +431,30 @@ class Evaluator:
         x, cal = self.inputs_from_values(values)
         x["_points"] = np.zeros(max(n, 2), np.int8)  # carries the batch shape into the kernel
         picked = self.search(values) if self.mode == "best" else None
-        out = self.fn(x, cal, layout_staged=picked)
+        fn = self.fn if outputs is None else _values_jit(tuple(self.core_kwargs(outputs).items()))
+        out = fn(x, cal, layout_staged=picked)
         return {k: np.asarray(v)[:n] for k, v in out.items()}
+
+    def kept_samples(self, dataset):
+        """``dataset`` with every sample of the [uncertainty] outputs (``<output>_samples``, on the
+        grid's dimensions and ``sample``; NaN where a sample is infeasible), evaluated in batches of
+        about 2^20 values through the same chain as the quantile outputs."""
+        unc = self.study.uncertainty
+        names = tuple(f"{b}_samples" for b in unc.outputs)
+        n, s = self.study.n_points, unc.samples
+        batch = max(2, 1 << max(1, int(np.log2(max(2, (1 << 20) // s)))))
+        kept = {k: np.empty((n, s), self.dtype) for k in names}
+        for start in range(0, n, batch):
+            flat = np.arange(start, min(n, start + batch))
+            pad = np.concatenate([flat, np.full(batch - len(flat), flat[0])])  # one compiled shape
+            out = self.evaluate_values(self.values_at(pad), names)
+            for k in names:
+                kept[k][flat] = out[k][:len(flat)]
+        data = {k: ((*self.dims, "sample"), v.reshape(tuple(self.shape) + (s,)), results.var_attrs(k))
+                for k, v in kept.items()}
+        sample = ("sample", np.arange(s), {"long_name": "uncertainty sample (the same draws at every point)",
+                                           "units": "1"})
+        return dataset.assign(data).assign_coords(sample=sample)
 
 
 class _PerDesign:
@@ -704,7 +727,7 @@ def evaluate_points(x, cal, *, mode, derive, law, law_table, outputs, staged=Non
         step = layout_staged if mode == "best" else None
         out.update(sampled_outputs(x, cal if mode == "fixed" else None, design, step, reason, out["reason"],
                                    uncertainty, outputs))
-    out = {k: bc(v) for k, v in out.items()}
+    out = {k: v if samples_base(k) else bc(v) for k, v in out.items()}  # (kept samples: points × samples)
     out["reason"] = bc(jnp.where(reason != 0, reason, out["reason"]).astype(jnp.int32))
     missing = ~jnp.isfinite(out["total_tco2e"]) & (out["reason"] == 0)
     out["reason"] = jnp.where(missing, CODE["missing_data"], out["reason"]).astype(jnp.int32)
@@ -722,7 +745,7 @@ def sampled_outputs(x, cal, design, step, design_reason, reason, unc, outputs):
     point is; quantiles by kernels.uncertainty.sample_quantiles over the feasible samples.
     """
     names, rel, codes, a, b, c, seed, samples = unc
-    bases = sorted({qb for o in outputs if (qb := quantile_base(o))})
+    bases = sorted({qb for o in outputs if (qb := quantile_base(o) or samples_base(o))})
     if not bases and "infeasible_samples" not in outputs:
         return {}
     dtype = jnp.result_type(x["tokens"])
@@ -746,6 +769,8 @@ def sampled_outputs(x, cal, design, step, design_reason, reason, unc, outputs):
         good = feasible & jnp.isfinite(v)
         # materialised first: XLA would otherwise recompute the chain inside every halving
         v, good = jax.lax.optimization_barrier((jnp.broadcast_to(v, good.shape), good))
+        if f"{base}_samples" in outputs:  # [uncertainty] keep_samples: every sample, NaN where infeasible
+            out[f"{base}_samples"] = jnp.where(good, v, jnp.nan)
         q, mean = ku.sample_summary(v, good, (0.05, 0.5, 0.95))
         out.update({f"{base}_p5": q[0], f"{base}_p50": q[1], f"{base}_p95": q[2], f"{base}_mean": mean})
     out["infeasible_samples"] = (samples - jnp.sum(feasible, axis=-1)).astype(jnp.int32)
@@ -948,6 +973,8 @@ def run(spec, out=None, *, resume=False, chunk_size=None, scheduler=None, quiet=
     elapsed = prior_elapsed + (time.perf_counter() - t0)
     result.summary["elapsed_s"] = elapsed
     result.summary = results.study_doc(study, result.summary, layout=ev.mode, outputs=ev.outputs)
+    if study.uncertainty is not None and study.uncertainty.keep_samples and result.dataset is not None:
+        result.dataset = ev.kept_samples(result.dataset.load())
     if study.start is not None:  # [grid] start: the hours each design runs in (sweep.when)
         from .when import expand_grid
 

@@ -185,6 +185,12 @@ QUANTILE_SUFFIXES = {"p5": "5th percentile", "p50": "median", "p95": "95th perce
 NOT_SAMPLED = ("reason", "dp", "params", "active_params", "train_flops", "memory_gb")
 
 
+def samples_base(name: str) -> str | None:
+    """The output a kept-samples name is of (``total_tco2e_samples`` → ``total_tco2e``), else None."""
+    base = name[:-len("_samples")] if name.endswith("_samples") else None
+    return base if base in KERNEL_OUTPUTS and base not in NOT_SAMPLED else None
+
+
 def quantile_base(name: str) -> str | None:
     """The output a quantile name is of (``total_tco2e_p95`` → ``total_tco2e``), else None."""
     base, _, suffix = name.rpartition("_")
@@ -208,6 +214,9 @@ def _registry() -> dict[str, Name]:
                 short = f"{names[k].short or k}, {q}"
                 names[f"{k}_{q}"] = Name(unit, f"{desc}: {what} over the uncertainty samples", short=short,
                                          sampled=True)
+            # [uncertainty] keep_samples: every sample, on a `sample` dimension (not a per-point output)
+            names[f"{k}_samples"] = Name(unit, f"{desc}: each uncertainty sample (NaN: an infeasible sample)",
+                                         short=f"{names[k].short or k}, samples", output=False, sampled=True)
     for k, (unit, desc) in SERVING_OUTPUTS.items():
         names.setdefault(k, Name(unit, desc, output=False))
     names["infeasible_samples"] = Name("1", "samples of the point that cannot run (a sampled input out of range, "
@@ -227,7 +236,7 @@ def output_units(sampled: bool = False) -> dict[str, tuple[str, str]]:
 def attrs_of(name: str) -> dict:
     """A variable's ``units`` and ``long_name`` (the name itself for one not registered)."""
     n = NAMES.get(name)
-    if n is None or not n.output:
+    if n is None or not (n.output or samples_base(name)):  # (kept samples: a variable, not a per-point output)
         return {"units": "1", "long_name": name}
     return {"units": n.unit, "long_name": n.description}
 

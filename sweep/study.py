@@ -325,13 +325,22 @@ def load_study(path_or_doc, db=None, *, extra_sections=("grid", "study", "search
     unc = None
     if "uncertainty" in doc:
         unc = uncertainty.parse(file, doc["uncertainty"], db, mfu_given=mfu_given,
-                                moe=bool(np.all(np.asarray(dims.get("experts", [base.get("experts") or 1])) > 1)))
+                                moe=bool(np.all(np.asarray(dims.get("experts", [base.get("experts") or 1])) > 1)),
+                                sweep=True)
         # the outputs the reductions and [study] outputs read quantiles of are sampled too
         named = [n[4:] if n.startswith(("max:", "min:")) else n for n in
                  (options["outputs"] or []) + [n for p in options["pareto"] for n in p]
                  + ([options["top"]["by"]] if options["top"] else [])]
         bases = tuple(dict.fromkeys(list(unc.outputs) + [b for n in named if (b := quantile_base(n))]))
         unc = dataclasses.replace(unc, outputs=bases)
+        if unc.keep_samples:
+            from .engine import SMALL_GRID  # (the grids a run keeps in memory; engine imports this module)
+
+            uncertainty.check_kept_samples(file, unc, options, int(np.prod([len(v) for v in dims.values()])),
+                                           SMALL_GRID)
+            if start is not None:
+                raise SpecError(file, "uncertainty", "keep_samples", "is not available with [grid] start (the "
+                                "samples would not follow the start hour's carbon intensity); use the quantile outputs")
     return Study(file=file, doc=doc, name=name, fixed=fixed, dims=dims, options=options, base=base, law=law,
                  search=doc.get("search", {}), uncertainty=unc, start=start)
 

@@ -2,7 +2,9 @@
 the same kernels, quantiles, elasticities and Sobol indices.
 
 A spec's ``[uncertainty]`` section holds ``samples`` (default 1,000), ``seed`` (default 0),
-``outputs`` (the sweep's quantile outputs; default ``["total_tco2e"]``) and one entry per uncertain
+``outputs`` (the sweep's quantile outputs; default ``["total_tco2e"]``), ``keep_samples`` (a sweep
+that keeps its full grid also keeps every sample of those outputs, on a ``sample`` dimension:
+``<output>_samples``; default false) and one entry per uncertain
 input, named as the chain's input (``carbon_intensity_kg_per_kwh``; the spec keys
 ``carbon_intensity`` and ``wue`` name the same inputs)::
 
@@ -35,7 +37,7 @@ from .names import NOT_SAMPLED
 from .spec import SpecError
 
 SECTION = "uncertainty"
-SETTINGS = ("samples", "seed", "outputs")
+SETTINGS = ("samples", "seed", "outputs", "keep_samples")
 DEFAULT_SAMPLES = 1000
 SOBOL_BASE = 2048  # base draws of the Sobol design at most (N·(D + 2) evaluations)
 QUANTILES = {"p5": 0.05, "p50": 0.5, "p95": 0.95}
@@ -81,6 +83,7 @@ class Uncertainty:
     seed: int
     dists: tuple[Dist, ...]
     outputs: tuple[str, ...] = ("total_tco2e",)
+    keep_samples: bool = False  # a sweep keeps <output>_samples on a `sample` dimension
 
     @property
     def active(self) -> tuple[Dist, ...]:
@@ -93,6 +96,24 @@ class Uncertainty:
         p = np.array([d.params for d in self.dists], dtype).reshape(len(self.dists), 3)
         rel = np.array([d.relative for d in self.dists], bool)
         return codes, p[:, 0], p[:, 1], p[:, 2], rel
+
+
+MAX_KEPT_VALUES = 100_000_000  # kept samples at most (0.8 GB in float64, held in memory and in grid.nc)
+
+
+def check_kept_samples(file, unc: Uncertainty, options, n_points: int, max_points: int) -> None:
+    """``keep_samples`` needs the full grid kept in memory (at most ``max_points`` points) and at
+    most MAX_KEPT_VALUES sample values: a SpecError before any work otherwise."""
+    if not options["keep_full_grid"]:
+        raise SpecError(file, SECTION, "keep_samples", "needs [study] keep_full_grid = true (the samples are kept "
+                        "with the grid); a reductions-only sweep streams the quantile outputs instead "
+                        "(total_tco2e_p5, _p50, _p95, _mean)")
+    values = n_points * unc.samples * len(unc.outputs)
+    if n_points > max_points or values > MAX_KEPT_VALUES:
+        raise SpecError(file, SECTION, "keep_samples", f"would keep {values:,} values ({n_points:,} points × "
+                        f"{unc.samples:,} samples × {len(unc.outputs)} outputs); allowed: at most "
+                        f"{MAX_KEPT_VALUES:,} values on at most {max_points:,} points. Use fewer samples or "
+                        "points, or the streamed quantile outputs")
 
 
 def kernel_spec(unc: Uncertainty, mfu_given: bool) -> tuple:
@@ -155,15 +176,22 @@ def distribution(file, section, name, body, source="spec") -> Dist:
 
 
 def parse(file, section: dict | None, db, *, samples: int | None = None, seed: int | None = None,
-          mfu_given: bool = False, moe: bool = False) -> Uncertainty | None:
+          mfu_given: bool = False, moe: bool = False, sweep: bool = False) -> Uncertainty | None:
     """The validated ``[uncertainty]`` section with the shipped defaults for the inputs it does not
-    name (None when there is no section and no ``samples`` override: a point estimate)."""
+    name (None when there is no section and no ``samples`` override: a point estimate). ``sweep``:
+    the section is a study's (``keep_samples`` applies to sweeps only)."""
     if section is None and samples is None:
         return None
     section = dict(section or {})
     n = section.pop("samples", DEFAULT_SAMPLES) if samples is None else samples
     s = section.pop("seed", 0) if seed is None else seed
     outputs = section.pop("outputs", ["total_tco2e"])
+    keep = section.pop("keep_samples", False)
+    if not isinstance(keep, bool):
+        raise SpecError(file, SECTION, "keep_samples", f"must be true or false, not {keep!r}")
+    if keep and not sweep:
+        raise SpecError(file, SECTION, "keep_samples", "applies to a sweep (carbon-sweep run), which keeps every "
+                        "sample on a `sample` dimension; an estimate prints its quantiles (--json: the same)")
     section.pop("samples", None), section.pop("seed", None)
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
         raise SpecError(file, SECTION, "samples", f"must be a whole number of at least 2, not {n!r}")
@@ -202,7 +230,7 @@ def parse(file, section: dict | None, db, *, samples: int | None = None, seed: i
             body["rel"] = rel_moe
         defaults[name] = distribution("hardware_db/uncertainty.toml", None, name, body, "default")
     dists = tuple(given.values()) + tuple(defaults.values())
-    return Uncertainty(int(n), int(s), tuple(sorted(dists, key=lambda d: d.input)), tuple(outputs))
+    return Uncertainty(int(n), int(s), tuple(sorted(dists, key=lambda d: d.input)), tuple(outputs), keep)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import xarray as xr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -387,3 +388,59 @@ def test_a_sampled_study_draws_its_quantile_surface(tmp_path):
     assert name in plans and "95th percentile" in plans[name]["caption"]
     fig = plans[name]["make"]()
     assert "p95" in fig.axes[-1].get_ylabel() or "95" in fig.axes[-1].get_ylabel()
+
+
+# --- kept samples: a `sample` dimension -----------------------------------------------------------
+
+KEPT = STUDY.replace("seed = 3\n", "seed = 3\nkeep_samples = true\noutputs = [\"total_tco2e\", \"energy_mwh\"]\n")
+
+
+def test_a_sweep_with_keep_samples_has_a_sample_dimension_whose_quantiles_are_the_quantile_outputs(tmp_path):
+    ds = sweep.run(_study(tmp_path, KEPT), tmp_path / "out").dataset
+    for base in ("total_tco2e", "energy_mwh"):
+        v = ds[f"{base}_samples"]
+        assert v.dims == ("layers", "d_model", "region", "sample") and v.sizes["sample"] == 400
+        assert v.attrs["units"] == ds[base].attrs["units"]
+        values = v.values.reshape(-1, 400)
+        for q, p in (("p5", 5), ("p50", 50), ("p95", 95)):
+            np.testing.assert_allclose(np.nanpercentile(values, p, axis=1), ds[f"{base}_{q}"].values.ravel(),
+                                       rtol=1e-12, err_msg=f"{base}_{q}")
+        np.testing.assert_allclose(np.nanmean(values, axis=1), ds[f"{base}_mean"].values.ravel(), rtol=1e-12)
+    # written with the grid, in the open format
+    on_disk = xr.open_dataset(tmp_path / "out" / "grid.nc", engine="h5netcdf")
+    np.testing.assert_array_equal(on_disk["total_tco2e_samples"].values, ds["total_tco2e_samples"].values)
+    on_disk.close()
+
+
+def test_kept_samples_are_the_same_chunked_and_unchunked(tmp_path):
+    whole = sweep.run(_study(tmp_path, KEPT), write=False).dataset
+    chunked = sweep.run(_study(tmp_path, KEPT.replace('name = "sampled"', 'name = "sampled"\nchunk_size = 5'),
+                               "c.toml"), write=False).dataset
+    np.testing.assert_array_equal(whole["total_tco2e_samples"].values, chunked["total_tco2e_samples"].values)
+
+
+def test_infeasible_samples_are_nan_in_the_kept_samples_and_counted(tmp_path):
+    text = KEPT.replace("mfu = {rel = 0.1}", 'mfu = {rel = 0.1}\npue = {dist = "normal", mean = 1.02, sd = 0.1}')
+    ds = sweep.run(_study(tmp_path, text), write=False).dataset
+    nan = np.isnan(ds["total_tco2e_samples"].values).sum(axis=-1)
+    np.testing.assert_array_equal(nan, ds["infeasible_samples"].values)
+    assert nan.min() > 0
+
+
+@pytest.mark.parametrize("text, words", [
+    (KEPT.replace("keep_samples = true", "keep_samples = 1"), "true or false"),
+    (KEPT.replace('name = "sampled"', 'name = "sampled"\nkeep_full_grid = false'), "keep_full_grid = true"),
+    (KEPT.replace("samples = 400", "samples = 10000000"), "at most 100,000,000 values"),
+])
+def test_a_bad_keep_samples_is_an_error_naming_the_key_before_any_work(tmp_path, text, words):
+    with pytest.raises(SpecError) as e:
+        sweep.run(_study(tmp_path, text), tmp_path / "out")
+    assert "[uncertainty] keep_samples" in str(e.value) and words in str(e.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_keep_samples_in_an_estimate_is_an_error_naming_the_key(tmp_path):
+    p = spec(tmp_path, FIXED_MFU, "keep_samples = true\n")
+    with pytest.raises(SpecError) as e:
+        evaluate(load_estimate(p), file=p)
+    assert "[uncertainty] keep_samples" in str(e.value) and "carbon-sweep run" in str(e.value)
