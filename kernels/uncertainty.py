@@ -72,7 +72,14 @@ def _quantiles_tile(v, ok, qs):
     n = jnp.sum(ok, axis=-1)
     h = (jnp.maximum(n, 1) - 1)[None, :] * jnp.asarray(qs, v.dtype)[:, None]  # (Q, points)
     k = jnp.floor(h).astype(itype)
-    count_le = lambda t: jnp.sum(keys[None, :, :] <= t[..., None], axis=-1)  # noqa: E731
+    # counted in rows of 32 samples, then over the rows: XLA on CPU splits a longer reduction into a
+    # reduce-window and a reduce (tree reduction) and materialises the comparisons between them
+    s = keys.shape[-1]
+    rows = jnp.concatenate([keys, jnp.full(keys.shape[:-1] + ((-s) % 32,), top, itype)], axis=-1)
+    rows = rows.reshape(keys.shape[:-1] + (-1, 32))  # padding with `top`: never at or below a threshold
+
+    def count_le(t):
+        return jnp.sum(jnp.sum((rows[None] <= t[..., None, None]).astype(jnp.int32), axis=-2), axis=-1)
     lo0 = jnp.min(keys, axis=-1) - 1  # count(≤ lo) = 0 ≤ k
     hi0 = jnp.max(jnp.where(ok, keys, jnp.iinfo(itype).min), axis=-1)  # count(≤ hi) = n > k
     lo = jnp.broadcast_to(lo0, k.shape)
