@@ -48,9 +48,8 @@ from .names import QUANTILE_SUFFIXES, quantile_base, samples_base
 from .uncertainty import kernel_spec, sampled_inputs
 from .results import PARTIAL_DIR, SweepResult
 from .spec import SpecError
-from .study import Study, load_study
+from .study import SMALL_GRID, Study, load_study
 
-SMALL_GRID = 2_000_000        # grids up to this many points are kept in memory and written as NetCDF
 DEFAULT_BUDGET = 1 << 20      # evaluations per chunk (points × layouts): bounds memory
 SAMPLED_BUDGET = 1 << 22      # point-samples per chunk of a study with an [uncertainty] section
 # inputs of the design stage: what the architecture and the token budget alone fix

@@ -33,6 +33,7 @@ from .spec import LAYOUT_KEYS, OBJECTIVE_OUTPUT, resolve
 CATEGORICAL_DIMS = ("hardware", "region", "ffn", "recompute")
 NUMERIC_DIMS = tuple(k for k, key in KEYS.items() if key.kind in (INT, NUM, BOOL))
 GRID_DIMS = NUMERIC_DIMS + CATEGORICAL_DIMS
+SMALL_GRID = 2_000_000  # grids up to this many points are kept in memory and written as NetCDF (sweep.engine)
 STUDY_KEYS = ("name", "outputs", "layout", "objective", "pareto", "top", "keep_full_grid", "chunk_size", "dtype",
               "description", "marks", "kind")
 LAYOUT_MODES = ("best", "fixed")
@@ -334,8 +335,6 @@ def load_study(path_or_doc, db=None, *, extra_sections=("grid", "study", "search
         bases = tuple(dict.fromkeys(list(unc.outputs) + [b for n in named if (b := quantile_base(n))]))
         unc = dataclasses.replace(unc, outputs=bases)
         if unc.keep_samples:
-            from .engine import SMALL_GRID  # (the grids a run keeps in memory; engine imports this module)
-
             uncertainty.check_kept_samples(file, unc, options, int(np.prod([len(v) for v in dims.values()])),
                                            SMALL_GRID)
             if start is not None:
