@@ -21,6 +21,7 @@ on every path, one compiled shape per call) best read in one file.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import shutil
 import sys
@@ -952,11 +953,13 @@ def run(spec, out=None, *, resume=False, chunk_size=None, scheduler=None, quiet=
         if client is not None:
             _run_dask(ev, plan, todo, str(out_dir), keep_full, zarr_path, client, progress)
         else:
-            for i, handle in pipelined(ev, plan, todo):
+            if merger is not None:
+                work = lambda i, handle: chunk_partial(ev, plan, i, keep_full, handle)[0]  # noqa: E731
+            else:
+                work = lambda i, handle: run_chunk(ev, plan, i, str(out_dir), keep_full, zarr_path, handle)  # noqa: E731
+            for i, part in in_threads(ev, plan, todo, work):
                 if merger is not None:
-                    merger.add(chunk_partial(ev, plan, i, keep_full, handle)[0], plan.bounds(i))
-                else:
-                    run_chunk(ev, plan, i, str(out_dir), keep_full, zarr_path, handle)
+                    merger.add(part, plan.bounds(i))
                 progress.update(1)
     finally:
         progress.close()
@@ -989,6 +992,34 @@ def run(spec, out=None, *, resume=False, chunk_size=None, scheduler=None, quiet=
             tmp.cleanup()
         result.out_dir = None
     return result
+
+
+THREADS = 2  # chunks worked on side by side (each: its jitted call, then its host reductions)
+
+
+def in_threads(ev: Evaluator, plan: Plan, todo: list[int], work, threads: int = THREADS):
+    """(chunk, ``work(chunk, handle)``) in chunk order, the chunks worked on by ``threads`` threads.
+
+    XLA on CPU runs a call's small loops (the quantiles' bisection) and the host its NumPy
+    reductions on one core each; two calls from two threads run side by side (one thread's calls
+    run one after another, however they are dispatched). The first chunk runs on this thread (it
+    builds the compiled function and the tables once). At most 2 × ``threads`` chunks' results wait
+    to be merged, so memory stays bounded; each chunk's results are the same whichever thread."""
+    if not todo:
+        return
+    yield todo[0], work(todo[0], ev.dispatch_chunk(plan, todo[0]))
+    rest = iter(todo[1:])
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(threads) as pool:
+        pending = [(i, pool.submit(work, i, None)) for i in itertools.islice(rest, 2 * threads)]
+        while pending:
+            i, done = pending.pop(0)
+            part = done.result()
+            nxt = next(rest, None)
+            if nxt is not None:
+                pending.append((nxt, pool.submit(work, nxt, None)))
+            yield i, part
 
 
 def pipelined(ev: Evaluator, plan: Plan, todo: list[int]):

@@ -250,7 +250,8 @@ def test_resume_after_a_kill_gives_the_uninterrupted_result(tmp_path, monkeypatc
         run(spec(), out, chunk_size=5)
     assert not (out / "study.json").exists()  # never mistaken for a finished run
     parts = sorted((out / ".chunks").glob("chunk_*.npz"))
-    assert len(parts) == 7
+    # the other thread may finish the chunks it had started before the interruption reaches the loop
+    assert 7 <= len(parts) < ref.summary["n_chunks"]
     (out / ".chunks" / "chunk_00000007.npz.tmp.npz").write_bytes(b"half-written")  # a torn write
     monkeypatch.setattr(engine, "run_chunk", real)
     res = run(spec(), out, resume=True, chunk_size=999)  # the saved plan wins over a new chunk size
