@@ -125,13 +125,15 @@ def design_terms(x):
     return {"params": params, "active_params": active, "flops_per_token": per_token, "train_flops": train_flops}
 
 
-def footprint(x, cal=None, design=None, step=None):
+def footprint(x, cal=None, design=None, step=None, check_missing=True):
     """The footprint of a training run; see the module docstring for inputs and ``OUTPUTS``.
 
     ``design``: ``design_terms(x)`` computed beforehand (the sweep evaluates it on the design
     axes only); computed here when not given. ``step``: the layout model's outputs
     (``layout_step``) computed beforehand (the sweep's best-layout search picks them); computed
     here from ``cal`` when not given, and not used at all when neither is given (MFU given).
+    ``check_missing`` False: a non-finite total is left to the caller (not marked ``missing_data``;
+    the sweep's sampled path checks it where it reads the samples, so the chain runs once).
 
     Long (just over 80 lines): the whole chain in one place, equation by equation, as the module
     docstring lists it.
@@ -180,7 +182,8 @@ def footprint(x, cal=None, design=None, step=None):
     gpus = materials.gpus_consumed(train_flops, x["peak_flops"], mfu * goodput, x["lifespan_years"])
     total = op_device + op_host + emb_device + emb_host
     # a feasible design whose total is unknown lacks a published figure (a TDP, a die area, ...)
-    reason = jnp.where((reason == 0) & ~jnp.isfinite(total), CODE["missing_data"], reason).astype(jnp.int32)
+    if check_missing:
+        reason = jnp.where((reason == 0) & ~jnp.isfinite(total), CODE["missing_data"], reason).astype(jnp.int32)
 
     out = {
         "params": params,

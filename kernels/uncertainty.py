@@ -104,18 +104,17 @@ def _quantiles_tile(v, ok, qs):
     return jnp.where(n[None, :] > 0, lo_v + frac * (hi_v - lo_v), jnp.nan)
 
 
-def _tiled(fn, v, ok, tile):
-    """``fn(v_tile, ok_tile)`` over tiles of ``tile`` points of (..., samples) arrays, by
+def _tiled(fn, v, ok, tile, *more):
+    """``fn(v_tile, ok_tile, *more_tiles)`` over tiles of ``tile`` points of (..., samples) arrays, by
     ``jax.lax.map``: a tile's samples stay in cache, and every tile has the same shape whatever the
     number of points, so XLA rounds a reduction over the samples the same way in any chunk."""
     lead, s = v.shape[:-1], v.shape[-1]
     p = int(np.prod(lead)) if lead else 1
-    vf, of = jnp.reshape(v, (p, s)), jnp.reshape(ok, (p, s))
+    arrays = [jnp.reshape(a, (p, s)) for a in (v, ok) + more]
     pad = (-p) % tile
     if pad:
-        vf = jnp.concatenate([vf, jnp.broadcast_to(vf[-1:], (pad, s))])
-        of = jnp.concatenate([of, jnp.broadcast_to(of[-1:], (pad, s))])
-    tiles = jax.lax.map(lambda a: fn(a[0], a[1]), (vf.reshape(-1, tile, s), of.reshape(-1, tile, s)))  # (tiles, K, tile)
+        arrays = [jnp.concatenate([a, jnp.broadcast_to(a[-1:], (pad, s))]) for a in arrays]
+    tiles = jax.lax.map(lambda a: fn(*a), tuple(a.reshape(-1, tile, s) for a in arrays))  # (tiles, K, tile)
     k = tiles.shape[1]
     return jnp.moveaxis(tiles, 1, 0).reshape(k, -1)[:, :p].reshape((k,) + lead)
 
@@ -142,10 +141,18 @@ def sample_mean(v, ok, tile: int = 64):
     return _tiled(lambda a, b: _mean_tile(a, b)[None, :], v, ok, tile)[0]
 
 
-def sample_summary(v, ok, qs, tile: int = 64):
-    """(quantiles as ``sample_quantiles``, mean as ``sample_mean``) in one pass over the tiles."""
-    out = _tiled(lambda a, b: jnp.concatenate([_quantiles_tile(a, b, qs), _mean_tile(a, b)[None, :]]), v, ok, tile)
-    return out[:-1], out[-1]
+def sample_summary(v, ok, qs, tile: int = 64, finite=None):
+    """(quantiles as ``sample_quantiles``, mean as ``sample_mean``, the number of samples used) in one
+    pass over the tiles, over the samples where ``ok`` and ``v`` (and ``finite``, if given) are
+    finite. The finiteness is checked inside each tile: a caller passes the values once, where a
+    mask computed outside would make XLA compute the values' expression twice (into the values and
+    into the mask). The count is exact below 2^24 samples in float32."""
+    def one(a, b, c=None):
+        good = b & jnp.isfinite(a) & (True if c is None else jnp.isfinite(c))
+        return jnp.concatenate([_quantiles_tile(a, good, qs), _mean_tile(a, good)[None, :],
+                                jnp.sum(good, axis=-1).astype(a.dtype)[None, :]])
+    out = _tiled(one, v, ok, tile, *(() if finite is None else (finite,)))
+    return out[:-2], out[-2], out[-1]
 
 
 def pick_freeze(a, b):

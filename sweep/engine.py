@@ -756,24 +756,32 @@ def sampled_outputs(x, cal, design, step, design_reason, reason, unc, outputs):
     # into every per-point loop that reads them, recomputing each sample for every point (~10x the chain)
     draws = red.as_buffer(draws)
     col = lambda v: jnp.asarray(v)[..., None]  # noqa: E731
-    xs, ok = sampled_inputs({k: col(v) for k, v in x.items()}, names, rel, draws)
+    xs, ok = sampled_inputs({k: col(v) for k, v in x.items()}, names, rel, draws, codes)
     # barriers as in the grid path: every chunk shape then takes the same arithmetic path
     xs, cal, design, step = jax.tree_util.tree_map(jax.lax.optimization_barrier, (
         xs, None if cal is None else {k: col(v) for k, v in cal.items()}, {k: col(v) for k, v in design.items()},
         None if step is None else {k: col(v) for k, v in step.items()}))
-    o = footprint(xs, cal, design=design, step=step)
-    feasible = ok & (o["reason"] == 0) & (col(design_reason) == 0) & (col(reason) == 0)
-    out = {}
+    # a sample whose total is not finite lacks a figure (missing_data, as the point estimate's): that
+    # is checked where the samples are read (sample_summary), so the chain runs once per sample
+    o = footprint(xs, cal, design=design, step=step, check_missing=False)
+    ok = ok & (o["reason"] == 0) & (col(design_reason) == 0) & (col(reason) == 0)
+    total = o["total_tco2e"]
+    out, n_feasible = {}, None
     for base in bases:
-        v = o[base]
-        good = feasible & jnp.isfinite(v)
+        v = jnp.broadcast_to(o[base], ok.shape)
+        other = None if base == "total_tco2e" else jnp.broadcast_to(total, ok.shape)
         # materialised first: XLA would otherwise recompute the chain inside every halving
-        v, good = jax.lax.optimization_barrier((jnp.broadcast_to(v, good.shape), good))
+        v, ok_b, other = jax.lax.optimization_barrier((v, ok, other))
         if f"{base}_samples" in outputs:  # [uncertainty] keep_samples: every sample, NaN where infeasible
+            good = ok_b & jnp.isfinite(v) & (True if other is None else jnp.isfinite(other))
             out[f"{base}_samples"] = jnp.where(good, v, jnp.nan)
-        q, mean = ku.sample_summary(v, good, (0.05, 0.5, 0.95))
+        q, mean, n = ku.sample_summary(v, ok_b, (0.05, 0.5, 0.95), finite=other)
         out.update({f"{base}_p5": q[0], f"{base}_p50": q[1], f"{base}_p95": q[2], f"{base}_mean": mean})
-    out["infeasible_samples"] = (samples - jnp.sum(feasible, axis=-1)).astype(jnp.int32)
+        if other is None:
+            n_feasible = n.astype(jnp.int32)  # feasible samples: in range, and a finite total
+    if n_feasible is None:
+        n_feasible = jnp.sum(ok & jnp.isfinite(total), axis=-1)
+    out["infeasible_samples"] = (samples - n_feasible).astype(jnp.int32)
     return out
 
 
@@ -840,13 +848,14 @@ def chunk_partial(ev: Evaluator, plan: Plan, i: int, keep_full: bool, handle=Non
 
 
 def run_chunk(ev: Evaluator, plan: Plan, i: int, out_dir: str, keep_full: bool, zarr_path: str | None,
-              handle=None) -> int:
-    """Evaluate chunk i and write its partial file (and Zarr block); returns i. Idempotent."""
+              handle=None, give: bool = False):
+    """Evaluate chunk i and write its partial file (and Zarr block); returns i (``give``: the
+    partial results). Idempotent."""
     res, out = chunk_partial(ev, plan, i, keep_full and zarr_path is None, handle)
     if zarr_path is not None:
         results.write_zarr_block(ev.dims, plan.region(i), ev.grid_outputs, zarr_path, out)
     results.write_partial(out_dir, i, res)
-    return i
+    return res if give else i
 
 
 # ---------------------------------------------------------------------------------------------
@@ -947,16 +956,18 @@ def run(spec, out=None, *, resume=False, chunk_size=None, scheduler=None, quiet=
     done = set() if memory_only else results.finished_chunks(part_dir)
     todo = [i for i in range(plan.n_chunks) if i not in done]
     progress = progress_bar(plan.n_chunks, len(done), quiet)
-    # in memory, each chunk is merged while the next one's call runs
-    merger = _Merger(ev, keep_full) if memory_only else None
+    # each chunk is merged while the next ones' calls run (in chunk order, as an uninterrupted run);
+    # a resumed or dask run merges the partial files at the end instead
+    merger = _Merger(ev, keep_full and zarr_path is None) if memory_only or (client is None and not done) else None
     try:
         if client is not None:
             _run_dask(ev, plan, todo, str(out_dir), keep_full, zarr_path, client, progress)
         else:
-            if merger is not None:
+            if memory_only:
                 work = lambda i, handle: chunk_partial(ev, plan, i, keep_full, handle)[0]  # noqa: E731
-            else:
-                work = lambda i, handle: run_chunk(ev, plan, i, str(out_dir), keep_full, zarr_path, handle)  # noqa: E731
+            else:  # the partial file written for a resume, and the results kept for the merge
+                work = lambda i, handle: run_chunk(ev, plan, i, str(out_dir), keep_full, zarr_path, handle,  # noqa: E731
+                                                   give=merger is not None)
             for i, part in in_threads(ev, plan, todo, work):
                 if merger is not None:
                     merger.add(part, plan.bounds(i))

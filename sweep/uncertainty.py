@@ -244,20 +244,27 @@ def draws_for(spec: tuple, dtype=jnp.float64):
                    jnp.asarray(c, dtype), samples)
 
 
-def sampled_inputs(x: dict, names, rel, draws):
+def sampled_inputs(x: dict, names, rel, draws, codes=None):
     """The chain's inputs with each sampled one replaced by nominal × factor (or the draw) on a
     trailing sample axis; ``x``'s arrays must already end in a length-1 axis (or be scalars).
     Returns (inputs, in_range): False for a sample with a value outside its input's allowed range
     (``UNCERTAIN_INPUTS``); a NaN nominal (a figure not given) stays not given. The one rule the
-    estimate and the sweep engine share."""
+    estimate and the sweep engine share.
+
+    ``codes`` (the distributions' kinds, ``kernels.uncertainty.DIST``): a lognormal factor is
+    positive, so on a range from 0 to infinity its samples are in range exactly where the nominal
+    is: checked once per point, not per sample (the same result, at the points' rank)."""
     xs = dict(x)
     ok = jnp.ones((1, draws.shape[-2]), bool)
     for j, name in enumerate(names):
-        val = ku.apply(jnp.asarray(x.get(name, 1.0)), draws[..., j], rel[j])  # (mfu_scale's nominal: 1)
+        nominal = jnp.asarray(x.get(name, 1.0))  # (mfu_scale's nominal: 1)
+        val = ku.apply(nominal, draws[..., j], rel[j])
         lo, hi, lo_incl = UNCERTAIN_INPUTS[name]
-        inside = ((val >= lo) if lo_incl else (val > lo)) & (val <= hi)
+        positive = codes is not None and codes[j] == ku.DIST["lognormal"] and rel[j] and lo == 0 and hi == math.inf
+        at = nominal if positive else val
+        inside = ((at >= lo) if lo_incl else (at > lo)) & (at <= hi)
         xs[name] = val
-        ok = ok & (inside | ~jnp.isfinite(val))
+        ok = ok & (inside | ~jnp.isfinite(at))
     return xs, ok
 
 
@@ -267,11 +274,12 @@ STEP_KEYS = ("step_time_s", "compute_s", "comm_exposed_s", "bubble_s", "tokens_p
 
 
 @functools.lru_cache(maxsize=16)
-def _sampled_fn(with_cal: bool, names: tuple[str, ...], rel: tuple[bool, ...], with_step: bool = False):
+def _sampled_fn(with_cal: bool, names: tuple[str, ...], rel: tuple[bool, ...], with_step: bool = False,
+                codes: tuple[int, ...] | None = None):
     from kernels.footprint import footprint
 
     def run(x, cal, draws, step=None):
-        xs, ok = sampled_inputs({k: jnp.asarray(v)[..., None] for k, v in x.items()}, names, rel, draws)
+        xs, ok = sampled_inputs({k: jnp.asarray(v)[..., None] for k, v in x.items()}, names, rel, draws, codes)
         ok = ok[0]
         held = {k: jnp.asarray(v)[..., None] for k, v in step.items()} if with_step else None
         out = footprint(xs, cal if with_cal else None, step=held)
@@ -294,7 +302,7 @@ def sample_point(x: dict, cal, unc: Uncertainty, draws=None, step: dict | None =
     where the first rounded twice)."""
     spec = _spec_for(unc, x)
     draws = draws_for(spec) if draws is None else draws
-    fn = _sampled_fn(cal is not None, spec[0], spec[1], step is not None)
+    fn = _sampled_fn(cal is not None, spec[0], spec[1], step is not None, spec[2])
     held = None if step is None else {k: jnp.asarray(step[k], jnp.float64 if k != "reason" else jnp.int32)
                                       for k in STEP_KEYS}
     return fn({k: jnp.asarray(v) for k, v in x.items()}, cal, draws, held)

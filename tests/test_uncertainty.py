@@ -444,3 +444,22 @@ def test_keep_samples_in_an_estimate_is_an_error_naming_the_key(tmp_path):
     with pytest.raises(SpecError) as e:
         evaluate(load_estimate(p), file=p)
     assert "[uncertainty] keep_samples" in str(e.value) and "carbon-sweep run" in str(e.value)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.sampled_from([0.0, -1.0, 0.3, 5.0, float("nan"), float("inf")]), min_size=1, max_size=6),
+       st.integers(0, 2**31 - 1))
+def test_a_lognormal_factors_range_check_at_the_nominal_gives_the_per_sample_check(nominals, seed):
+    """A lognormal factor is positive: on a range from 0 to infinity, checking the nominal once per
+    point gives what checking every sample gives (zero, negative, NaN and infinite nominals too)."""
+    from sweep.uncertainty import sampled_inputs
+
+    x = {"carbon_intensity_kg_per_kwh": jnp.asarray(nominals)[:, None], "idle_w": jnp.asarray(nominals)[:, None]}
+    draws = jnp.asarray(np.random.default_rng(seed).lognormal(0.0, 0.5, (64, 2)))
+    names, rel = ("carbon_intensity_kg_per_kwh", "idle_w"), (True, True)
+    codes = (ku.DIST["lognormal"], ku.DIST["lognormal"])
+    per_sample = sampled_inputs(x, names, rel, draws)
+    per_point = sampled_inputs(x, names, rel, draws, codes)
+    np.testing.assert_array_equal(np.asarray(per_sample[1]), np.asarray(per_point[1]))
+    for k in names:
+        np.testing.assert_array_equal(np.asarray(per_sample[0][k]), np.asarray(per_point[0][k]))
