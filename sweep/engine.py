@@ -45,7 +45,7 @@ from .calibration import calibration_for
 from .inputs import point_inputs, site_row
 from . import dimensions, results
 from .names import LAYOUT_OUTPUTS as LAYOUT_VARS
-from .names import QUANTILE_SUFFIXES, quantile_base, samples_base
+from .names import QUANTILE_SUFFIXES, elasticity_of, quantile_base, samples_base
 from .uncertainty import kernel_spec, sampled_inputs
 from .results import PARTIAL_DIR, SweepResult
 from .spec import SpecError
@@ -723,6 +723,10 @@ def evaluate_points(x, cal, *, mode, derive, law, law_table, outputs, staged=Non
     else:
         out = footprint(x, None, design=design)
     out.update(loss)
+    pairs = [(n, *e) for n in outputs if (e := elasticity_of(n))]
+    if pairs:  # <output>_elasticity_<input>: d ln output / d ln input, by forward-mode differentiation
+        out.update(point_elasticities(x, cal if mode == "fixed" else None, layout_staged if mode == "best" else None,
+                                      pairs, points))
     if uncertainty is not None:
         step = layout_staged if mode == "best" else None
         out.update(sampled_outputs(x, cal if mode == "fixed" else None, design, step, reason, out["reason"],
@@ -732,6 +736,24 @@ def evaluate_points(x, cal, *, mode, derive, law, law_table, outputs, staged=Non
     missing = ~jnp.isfinite(out["total_tco2e"]) & (out["reason"] == 0)
     out["reason"] = jnp.where(missing, CODE["missing_data"], out["reason"]).astype(jnp.int32)
     return {k: out[k] for k in outputs if k in out}
+
+
+def point_elasticities(x, cal, step, pairs, points):
+    """Each (name, output, input) of ``pairs``: d ln(output) / d ln(input) at every point, by
+    jax.jvp through the chain with the input scaled by e^s at s = 0 (the estimate's elasticities,
+    sweep.uncertainty.elasticities, point by point). The design terms are recomputed from the
+    inputs (the input may be the tokens); a best layout's step is held, as in the sampled path."""
+    res = {}
+    for inp in dict.fromkeys(i for _, _, i in pairs):
+        def chain(s, inp=inp):
+            xs = {**x, inp: x.get(inp, 1.0) * jnp.exp(s)}
+            return footprint(xs, cal, step=step)
+        s0 = jnp.zeros(points, jnp.result_type(x["tokens"]))
+        value, tangent = jax.jvp(chain, (s0,), (jnp.ones_like(s0),))
+        for name, output, i in pairs:
+            if i == inp:
+                res[name] = tangent[output] / value[output]
+    return res
 
 
 def sampled_outputs(x, cal, design, step, design_reason, reason, unc, outputs):

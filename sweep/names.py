@@ -185,6 +185,14 @@ QUANTILE_SUFFIXES = {"p5": "5th percentile", "p50": "median", "p95": "95th perce
 NOT_SAMPLED = ("reason", "dp", "params", "active_params", "train_flops", "memory_gb")
 
 
+def elasticity_of(name: str, inputs=None) -> tuple[str, str] | None:
+    """(output, input) of an elasticity output, ``<output>_elasticity_<input>`` (d ln output /
+    d ln input at each point), else None; ``inputs``: the inputs allowed (any name when None)."""
+    out, sep, inp = name.partition("_elasticity_")
+    ok = sep and out in KERNEL_OUTPUTS and out not in NOT_SAMPLED and inp and (inputs is None or inp in inputs)
+    return (out, inp) if ok else None
+
+
 def samples_base(name: str) -> str | None:
     """The output a kept-samples name is of (``total_tco2e_samples`` → ``total_tco2e``), else None."""
     base = name[:-len("_samples")] if name.endswith("_samples") else None
@@ -236,6 +244,8 @@ def output_units(sampled: bool = False) -> dict[str, tuple[str, str]]:
 def attrs_of(name: str) -> dict:
     """A variable's ``units`` and ``long_name`` (the name itself for one not registered)."""
     n = NAMES.get(name)
+    if n is None and (e := elasticity_of(name)):
+        return {"units": "1", "long_name": f"elasticity d ln({e[0]}) / d ln({e[1]}) at the point"}
     if n is None or not (n.output or samples_base(name)):  # (kept samples: a variable, not a per-point output)
         return {"units": "1", "long_name": name}
     return {"units": n.unit, "long_name": n.description}

@@ -26,7 +26,7 @@ import hardware_db
 from hardware_db import closest
 
 from . import uncertainty
-from .names import output_units, quantile_base
+from .names import elasticity_of, output_units, quantile_base
 from .spec import BOOL, INT, KEYS, NUM, SpecError, check_sections, check_value, flat_values, read_toml
 from .spec import LAYOUT_KEYS, OBJECTIVE_OUTPUT, resolve
 
@@ -200,6 +200,15 @@ def _check_outputs(file, names, where="outputs", allowed=None):
     allowed = allowed or output_units()
     for n in names:
         base = n[4:] if n.startswith(("max:", "min:")) else n
+        if "_elasticity_" in base and base not in allowed:  # <output>_elasticity_<input>
+            out, _, inp = base.partition("_elasticity_")
+            if out not in allowed or elasticity_of(out + "_elasticity_x") is None:
+                raise SpecError(file, "study", where, f"'{base}': '{out}' is not an output with an elasticity"
+                                f"{closest(out, allowed)}")
+            if inp not in uncertainty.UNCERTAIN_INPUTS:
+                raise SpecError(file, "study", where, f"'{base}': '{inp}' is not an input an elasticity is taken "
+                                f"for{closest(inp, uncertainty.UNCERTAIN_INPUTS)} (allowed: {', '.join(uncertainty.UNCERTAIN_INPUTS)})")
+            continue
         if base not in allowed:
             raise SpecError(file, "study", where, f"unknown output '{base}'{closest(base, allowed)} "
                             f"(allowed: {', '.join(allowed)})")

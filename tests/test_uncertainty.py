@@ -463,3 +463,64 @@ def test_a_lognormal_factors_range_check_at_the_nominal_gives_the_per_sample_che
     np.testing.assert_array_equal(np.asarray(per_sample[1]), np.asarray(per_point[1]))
     for k in names:
         np.testing.assert_array_equal(np.asarray(per_sample[0][k]), np.asarray(per_point[0][k]))
+
+
+# --- elasticities kept by a sweep -----------------------------------------------------------------
+
+ELASTIC = """\
+[study]
+name = "elastic"
+outputs = ["total_tco2e", "operational_tco2e", "embodied_tco2e", "train_days", "total_tco2e_elasticity_pue",
+           "total_tco2e_elasticity_carbon_intensity_kg_per_kwh", "total_tco2e_elasticity_lifespan_years",
+           "train_days_elasticity_tokens", "operational_tco2e_elasticity_power_util"]
+pareto = [["train_days", "total_tco2e"]]
+[grid]
+layers = [24, 32]
+region = ["us", "fr", "in"]
+[model]
+d_model = 4096
+heads = 32
+vocab = 32000
+seq_len = 4096
+[training]
+tokens = 1e12
+global_batch = 512
+[cluster]
+hardware = "a100-sxm4-80gb"
+devices = 512
+mfu = 0.45
+"""
+
+
+def test_a_sweep_keeps_elasticities_as_outputs_with_their_closed_forms(tmp_path):
+    """total = operational (∝ PUE × intensity) + embodied (∝ 1 / lifespan): d ln total / d ln PUE is the
+    operational share, d ln total / d ln lifespan minus the embodied share; days ∝ tokens."""
+    ds = sweep.run(_study(tmp_path, ELASTIC), write=False).dataset
+    share = (ds.operational_tco2e / ds.total_tco2e).values
+    np.testing.assert_allclose(ds["total_tco2e_elasticity_pue"].values, share, rtol=1e-12)
+    np.testing.assert_allclose(ds["total_tco2e_elasticity_carbon_intensity_kg_per_kwh"].values, share, rtol=1e-12)
+    np.testing.assert_allclose(ds["total_tco2e_elasticity_lifespan_years"].values,
+                               -(ds.embodied_tco2e / ds.total_tco2e).values, rtol=1e-10)
+    np.testing.assert_allclose(ds["train_days_elasticity_tokens"].values, 1.0, rtol=1e-12)
+    assert ds["total_tco2e_elasticity_pue"].attrs["units"] == "1"
+
+
+def test_a_sweeps_elasticities_are_the_estimates_at_that_point(tmp_path):
+    ds = sweep.run(_study(tmp_path, ELASTIC), write=False).dataset
+    point = ds.sel(layers=32, region="fr")
+    est = run(tmp_path, FIXED_MFU, None, sensitivity=True)["sensitivity"]["elasticities"]
+    for name in ("total_tco2e_elasticity_pue", "total_tco2e_elasticity_lifespan_years",
+                 "operational_tco2e_elasticity_power_util", "train_days_elasticity_tokens"):
+        output, _, inp = name.partition("_elasticity_")
+        assert float(point[name]) == pytest.approx(est[output][inp], rel=1e-9), name
+
+
+@pytest.mark.parametrize("name, words", [
+    ("total_tco2e_elasticity_pue_factor", "is not an input an elasticity is taken for"),
+    ("reason_elasticity_pue", "is not an output with an elasticity"),
+])
+def test_a_bad_elasticity_output_is_an_error_naming_the_key(tmp_path, name, words):
+    text = ELASTIC.replace('"total_tco2e", "operational_tco2e"', f'"{name}", "operational_tco2e"')
+    with pytest.raises(SpecError) as e:
+        sweep.run(_study(tmp_path, text), write=False)
+    assert "[study] outputs" in str(e.value) and words in str(e.value)
