@@ -524,3 +524,13 @@ def test_a_bad_elasticity_output_is_an_error_naming_the_key(tmp_path, name, word
     with pytest.raises(SpecError) as e:
         sweep.run(_study(tmp_path, text), write=False)
     assert "[study] outputs" in str(e.value) and words in str(e.value)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_gpus_consumed_stay_whole_numbers_in_every_kept_sample(tmp_path, dtype):
+    text = KEPT.replace('outputs = ["total_tco2e", "energy_mwh"]', 'outputs = ["gpus_consumed"]') \
+        .replace('name = "sampled"', f'name = "sampled"\ndtype = "{dtype}"')
+    ds = sweep.run(_study(tmp_path, text), write=False).dataset
+    v = ds["gpus_consumed_samples"].values
+    v = v[np.isfinite(v)]
+    assert v.size and (v == np.round(v)).all() and v.min() >= 1
