@@ -477,19 +477,7 @@ pareto = [["train_days", "total_tco2e"]]
 [grid]
 layers = [24, 32]
 region = ["us", "fr", "in"]
-[model]
-d_model = 4096
-heads = 32
-vocab = 32000
-seq_len = 4096
-[training]
-tokens = 1e12
-global_batch = 512
-[cluster]
-hardware = "a100-sxm4-80gb"
-devices = 512
-mfu = 0.45
-"""
+""" + FIXED_MFU.replace("layers = 32\n", "").replace('[site]\nregion = "fr"\n', "")
 
 
 def test_a_sweep_keeps_elasticities_as_outputs_with_their_closed_forms(tmp_path):
