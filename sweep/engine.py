@@ -1044,7 +1044,8 @@ def in_threads(ev: Evaluator, plan: Plan, todo: list[int], work, threads: int = 
     rest = iter(todo[1:])
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(threads) as pool:
+    pool = ThreadPoolExecutor(threads)
+    try:
         pending = [(i, pool.submit(work, i, None)) for i in itertools.islice(rest, 2 * threads)]
         while pending:
             i, done = pending.pop(0)
@@ -1053,6 +1054,8 @@ def in_threads(ev: Evaluator, plan: Plan, todo: list[int], work, threads: int = 
             if nxt is not None:
                 pending.append((nxt, pool.submit(work, nxt, None)))
             yield i, part
+    finally:  # an error or an interruption: the chunks not started are dropped, the running ones end
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def pipelined(ev: Evaluator, plan: Plan, todo: list[int]):
