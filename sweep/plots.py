@@ -46,7 +46,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from . import reductions as red  # noqa: E402
 from .names import SHORT, output_units, short_label  # noqa: E402
 from .reductions import no_tradeoff  # noqa: E402
-from .results import front_objectives, open_result  # noqa: E402
+from .results import front_objectives, open_result, per_point  # noqa: E402
 from .spec import KEYS  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -1252,11 +1252,12 @@ def plan_figures(res) -> list[dict]:
         add("heatmap", f"heatmap_{main}_{ydim}_{xdim}",
             f"{short_name(main)} by {short_name(ydim)} and {short_name(xdim)} (minimum over the other dims).",
             functools.partial(heatmap_figure, ds, xdim, ydim, main))
-        add("heatmap", f"heatmap_{SHARE}_{ydim}_{xdim}",
-            f"Embodied share of total CO₂e by {short_name(ydim)} and {short_name(xdim)}, "
-            "at the lowest-CO₂e design.",
-            functools.partial(heatmap_figure, ds, xdim, ydim, SHARE, "best", cmap="Blues",
-                              fmt=lambda v: f"{fmt_num(v, 2)} %"))
+        if _has(ds, "embodied_tco2e"):  # (a study whose [study] outputs leave it out has no share)
+            add("heatmap", f"heatmap_{SHARE}_{ydim}_{xdim}",
+                f"Embodied share of total CO₂e by {short_name(ydim)} and {short_name(xdim)}, "
+                "at the lowest-CO₂e design.",
+                functools.partial(heatmap_figure, ds, xdim, ydim, SHARE, "best", cmap="Blues",
+                                  fmt=lambda v: f"{fmt_num(v, 2)} %"))
     if ds is not None and "start" in ds.dims and "start_hour" in ds.coords:  # [grid] start (sweep.when)
         add("start", "start_total_tco2e", "Total CO₂e against the start date per region (hourly carbon-intensity "
             "profiles; least over the other dimensions).", functools.partial(start_figure, ds))
@@ -1336,6 +1337,7 @@ def draw_figures(res, fig_dir, *, svg=False, strict=False) -> tuple[list[Path], 
     """
     fig_dir = Path(fig_dir)
     fig_dir.mkdir(parents=True, exist_ok=True)
+    res = per_point(res)  # (kept samples: not a dimension of the figures)
     for old in list(fig_dir.glob("*.png")) + list(fig_dir.glob("*.svg")):
         old.unlink()
     files, index = [], []

@@ -26,7 +26,7 @@ from .names import REPORT_BEST as BEST_OUTPUTS
 from .names import REPORT_RANGES as MAIN_OUTPUTS
 from .names import output_units
 from .reductions import no_tradeoff, parse_objective
-from .results import front_objectives, open_result
+from .results import front_objectives, open_result, per_point
 from .spec import KEYS
 
 EMBODIED_METHODS = {
@@ -342,6 +342,7 @@ def _build(out_dir, res, figures, db) -> Doc:
     Long: the report's sections in the order they are written, each a few blocks; split, the
     order would be hidden.
     """
+    res = per_point(res)  # (kept samples: the report reads one value per point)
     s = res.summary
     spec = s.get("spec") or {}
     study_opts = spec.get("study") or {}

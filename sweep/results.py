@@ -16,6 +16,7 @@ import math
 import os
 import re
 import shutil
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +40,15 @@ class SweepResult:
     top: object | None = None             # pandas.DataFrame
     summary: dict = field(default_factory=dict)  # the study.json document (counts, spec, dims, outputs, ...)
     tables: dict = field(default_factory=dict)   # name → DataFrame: what registered reductions publish
+
+
+def per_point(res: SweepResult) -> SweepResult:
+    """``res`` without the kept samples (``[uncertainty] keep_samples``: the variables on the
+    ``sample`` dimension): what figures and the report read, one value per point."""
+    ds = res.dataset
+    if ds is None or "sample" not in ds.dims:
+        return res
+    return dataclasses.replace(res, dataset=ds.drop_dims("sample"))
 
 
 def front_name(objectives) -> str:

@@ -522,3 +522,11 @@ def test_gpus_consumed_stay_whole_numbers_in_every_kept_sample(tmp_path, dtype):
     v = ds["gpus_consumed_samples"].values
     v = v[np.isfinite(v)]
     assert v.size and (v == np.round(v)).all() and v.min() >= 1
+
+
+def test_the_cli_draws_figures_and_a_report_for_a_study_with_kept_samples(tmp_path, capsys):
+    """Figures and the report read one value per point: the `sample` dimension is left out of them."""
+    out = tmp_path / "out"
+    assert main(["run", str(_study(tmp_path, KEPT)), "--out", str(out)]) == 0
+    assert (out / "report.html").exists() and any((out / "figures").glob("*.png"))
+    assert "warning" not in capsys.readouterr().err
