@@ -774,3 +774,22 @@ def test_prefilter_by_cells_gives_the_per_point_masks_and_statistics(seed, n_pad
                                                {k[len("__stats__"):]: v for k, v in r.items() if k.startswith("__stats__")},
                                                0, [], (), False))["reasons"] for r in (by_cells, per_point)]
     np.testing.assert_array_equal(host[0], host[1])
+
+
+@pytest.mark.parametrize("offset", [0, 2**40])
+def test_a_tables_netcdf_holds_its_csv_with_units_and_any_index(tmp_path, offset):
+    """Fronts and top-k are written as CSV and NetCDF: NetCDF3 classic while it holds them (fast to
+    write), NetCDF4 for an index beyond 2^31 (a grid of billions of points); the values are the CSV's."""
+    import pandas as pd
+
+    from sweep.results import df_to_files
+
+    df = pd.DataFrame({"index": np.arange(4, dtype=np.int64) + offset, "hardware": ["h100-sxm5-80gb"] * 4,
+                       "total_tco2e": [1.5, 2.25, np.nan, 4.0]})
+    df_to_files(df, tmp_path / "top")
+    csv = pd.read_csv(tmp_path / "top.csv")
+    with xr.open_dataset(tmp_path / "top.nc") as nc:
+        np.testing.assert_array_equal(nc["index"].values, csv["index"].values)
+        np.testing.assert_array_equal(nc["total_tco2e"].values, csv["total_tco2e"].values)
+        assert list(nc["hardware"].values) == list(csv["hardware"])
+        assert nc["total_tco2e"].attrs["units"] == "t CO2e"
