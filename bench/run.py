@@ -160,7 +160,7 @@ def grid_inputs(ev, flat: np.ndarray, dtype) -> dict[str, np.ndarray]:
 def measure_engine(spec: dict, repeats: int, db, warm_spec: dict | None = None) -> dict:
     """`run()` end to end (best of ``repeats``; each call compiles its own jit) and the warm chunk
     loop (one Evaluator, compiled once, every chunk evaluated and reduced; merge excluded)."""
-    from sweep.engine import Evaluator, Plan, chunk_partial, pipelined, run
+    from sweep.engine import Evaluator, Plan, chunk_partial, in_threads, run
     from sweep.study import load_study
 
     study = load_study(spec, db)
@@ -174,9 +174,9 @@ def measure_engine(spec: dict, repeats: int, db, warm_spec: dict | None = None) 
     chunk_partial(ev, plan, 0, False)
     first = time.perf_counter() - t0
 
-    def loop():  # as run() does it: the next chunk's call starts before this one is reduced
-        for i, handle in pipelined(ev, plan, list(range(plan.n_chunks))):
-            chunk_partial(ev, plan, i, False, handle)
+    def loop():  # as run() does it: the chunks worked on by two threads, each its call then its reductions
+        for _ in in_threads(ev, plan, list(range(plan.n_chunks)), lambda i, h: chunk_partial(ev, plan, i, False, h)):
+            pass
 
     t_loop, _ = best_of(loop, max(1, repeats - 1), warmup=0)
     return {

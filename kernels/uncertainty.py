@@ -141,6 +141,11 @@ def sample_mean(v, ok, tile: int = 64):
     return _tiled(lambda a, b: _mean_tile(a, b)[None, :], v, ok, tile)[0]
 
 
+def usable(v, ok, finite=None):
+    """The samples a summary uses: ``ok`` and finite in ``v`` (and in ``finite``, if given)."""
+    return ok & jnp.isfinite(v) & (True if finite is None else jnp.isfinite(finite))
+
+
 def sample_summary(v, ok, qs, tile: int = 64, finite=None):
     """(quantiles as ``sample_quantiles``, mean as ``sample_mean``, the number of samples used) in one
     pass over the tiles, over the samples where ``ok`` and ``v`` (and ``finite``, if given) are
@@ -148,7 +153,7 @@ def sample_summary(v, ok, qs, tile: int = 64, finite=None):
     mask computed outside would make XLA compute the values' expression twice (into the values and
     into the mask). The count is exact below 2^24 samples in float32."""
     def one(a, b, c=None):
-        good = b & jnp.isfinite(a) & (True if c is None else jnp.isfinite(c))
+        good = usable(a, b, c)
         return jnp.concatenate([_quantiles_tile(a, good, qs), _mean_tile(a, good)[None, :],
                                 jnp.sum(good, axis=-1).astype(a.dtype)[None, :]])
     out = _tiled(one, v, ok, tile, *(() if finite is None else (finite,)))

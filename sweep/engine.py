@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+from concurrent.futures import ThreadPoolExecutor
 import math
 import shutil
 import sys
@@ -795,8 +796,7 @@ def sampled_outputs(x, cal, design, step, design_reason, reason, unc, outputs):
         # materialised first: XLA would otherwise recompute the chain inside every halving
         v, ok_b, other = jax.lax.optimization_barrier((v, ok, other))
         if f"{base}_samples" in outputs:  # [uncertainty] keep_samples: every sample, NaN where infeasible
-            good = ok_b & jnp.isfinite(v) & (True if other is None else jnp.isfinite(other))
-            out[f"{base}_samples"] = jnp.where(good, v, jnp.nan)
+            out[f"{base}_samples"] = jnp.where(ku.usable(v, ok_b, other), v, jnp.nan)
         q, mean, n = ku.sample_summary(v, ok_b, (0.05, 0.5, 0.95), finite=other)
         out.update({f"{base}_p5": q[0], f"{base}_p50": q[1], f"{base}_p95": q[2], f"{base}_mean": mean})
         if other is None:
@@ -1042,8 +1042,6 @@ def in_threads(ev: Evaluator, plan: Plan, todo: list[int], work, threads: int = 
         return
     yield todo[0], work(todo[0], ev.dispatch_chunk(plan, todo[0]))
     rest = iter(todo[1:])
-    from concurrent.futures import ThreadPoolExecutor
-
     pool = ThreadPoolExecutor(threads)
     try:
         pending = [(i, pool.submit(work, i, None)) for i in itertools.islice(rest, 2 * threads)]
@@ -1056,16 +1054,6 @@ def in_threads(ev: Evaluator, plan: Plan, todo: list[int], work, threads: int = 
             yield i, part
     finally:  # an error or an interruption: the chunks not started are dropped, the running ones end
         pool.shutdown(wait=True, cancel_futures=True)
-
-
-def pipelined(ev: Evaluator, plan: Plan, todo: list[int]):
-    """(chunk, dispatched call) in order, the next chunk's call started before this one is reduced
-    (at most two chunks' outputs in memory)."""
-    nxt = ev.dispatch_chunk(plan, todo[0]) if todo else None
-    for n, i in enumerate(todo):
-        handle = nxt
-        nxt = ev.dispatch_chunk(plan, todo[n + 1]) if n + 1 < len(todo) else None
-        yield i, handle
 
 
 def progress_bar(total, initial, quiet):

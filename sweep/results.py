@@ -9,6 +9,7 @@ comes from ``run()`` in memory or from a folder: ``summary`` is the study.json d
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.metadata
 import json
@@ -16,7 +17,6 @@ import math
 import os
 import re
 import shutil
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 

@@ -202,10 +202,10 @@ def _check_outputs(file, names, where="outputs", allowed=None):
         base = n[4:] if n.startswith(("max:", "min:")) else n
         if "_elasticity_" in base and base not in allowed:  # <output>_elasticity_<input>
             out, _, inp = base.partition("_elasticity_")
-            if out not in allowed or elasticity_of(out + "_elasticity_x") is None:
+            if out not in allowed or elasticity_of(base) is None:
                 raise SpecError(file, "study", where, f"'{base}': '{out}' is not an output with an elasticity"
                                 f"{closest(out, allowed)}")
-            if inp not in uncertainty.UNCERTAIN_INPUTS:
+            if elasticity_of(base, uncertainty.UNCERTAIN_INPUTS) is None:
                 raise SpecError(file, "study", where, f"'{base}': '{inp}' is not an input an elasticity is taken "
                                 f"for{closest(inp, uncertainty.UNCERTAIN_INPUTS)} (allowed: {', '.join(uncertainty.UNCERTAIN_INPUTS)})")
             continue
