@@ -10,6 +10,7 @@ CPUs, DRAM, SSD and the rest of the server. A run that uses hardware for ``hours
 """
 
 HOURS_PER_YEAR = 8760.0  # 365-day year, as LLMCarbon (1825 days = 5 years) and Falk et al. 2025
+SECONDS_PER_YEAR = HOURS_PER_YEAR * 3600.0  # 31,536,000 s, exact in float32 and float64
 
 
 def logic_kgco2e(area_cm2, cpa_kgco2e_per_cm2, yield_=1.0):
@@ -32,13 +33,17 @@ def life_share(hours, lifespan_years):
     return hours / (lifespan_years * HOURS_PER_YEAR)
 
 
-def run_embodied_tco2e(kgco2e, hours, lifespan_years):
-    """``amortised_tco2e`` of a training run, evaluated as kgco2e · life_share / 1000 (t CO2e).
+def run_embodied_tco2e(kgco2e, seconds, lifespan_years):
+    """``amortised_tco2e`` of a training run of ``seconds``, evaluated as
+    kgco2e · (seconds / (lifespan_years · 31,536,000 s)) / 1000 (t CO2e).
 
     The same equation in another order, for the chain's training figures, whose per-point, grid and
     sampled paths must round alike: XLA reassociates products whose operands are broadcasts, so
     (devices · kg) · hours rounded differently in the sampled and the per-point fusions (one ulp);
     here no product of products forms, and the last operation is a division, which no sum contracts
-    into a fused multiply-add. (The serving terms keep ``amortised_tco2e``'s order, which rounds
-    alike there and this one does not.)"""
-    return kgco2e * life_share(hours, lifespan_years) / 1000.0
+    into a fused multiply-add. The run's time enters in seconds, divided once: from hours (seconds /
+    3600, then / (lifespan · 8760)) XLA folds the two divisions into one where the lifespan is a
+    constant and not where it is an array, so the estimate and its zero-width samples differed by
+    one ulp. The divisor lifespan · 31,536,000 is exact for any whole or half year. (The serving
+    terms keep ``amortised_tco2e``'s order, which rounds alike there and this one does not.)"""
+    return kgco2e * (seconds / (lifespan_years * SECONDS_PER_YEAR)) / 1000.0

@@ -177,8 +177,8 @@ def footprint(x, cal=None, design=None, step=None, check_missing=True):
     ci, pue = x["carbon_intensity_kg_per_kwh"], x["pue"]
     op_device = energy.operational_tco2e(it_device_kwh * pue, ci)
     op_host = energy.operational_tco2e(it_host_kwh * pue, ci)
-    emb_device = embodied.run_embodied_tco2e(devices * x["device_embodied_kgco2e"], hours, x["lifespan_years"])
-    emb_host = embodied.run_embodied_tco2e(nodes * x["host_embodied_kgco2e"], hours, x["lifespan_years"])
+    emb_device = embodied.run_embodied_tco2e(devices * x["device_embodied_kgco2e"], seconds, x["lifespan_years"])
+    emb_host = embodied.run_embodied_tco2e(nodes * x["host_embodied_kgco2e"], seconds, x["lifespan_years"])
     gpus = materials.gpus_consumed(train_flops, x["peak_flops"], mfu * goodput, x["lifespan_years"])
     total = op_device + op_host + emb_device + emb_host
     # a feasible design whose total is unknown lacks a published figure (a TDP, a die area, ...)
