@@ -51,6 +51,13 @@ INFORMED_BY = {
     "grouped_gemm_eff": lambda r: r.kind == "moe",
 }
 MIN_INFORMING_RUNS = 2
+# A class whose runs do not measure a constant, but whose calibration.toml entry for it gives a
+# kernel benchmark (``benchmark``: for gemm_eff_max the maximum achievable matmul FLOPS), takes that
+# benchmark times the ratio fitted/benchmark of the classes that are measured (geometric mean): what
+# a framework reaches of a GEMM benchmark carries over between GPU generations, where the raw
+# benchmark does not (H100: MAMF 0.80 of peak, 0.61 fitted on the runs; B200's raw MAMF 0.78 made its
+# BF16 runs ~30 % fast).
+TRANSFER = ("gemm_eff_max",)
 DEFAULT_SHARED = ("overlap_eff", "moe_layer_latency_s", "moe_sync_latency_s")
 LATENCY_START_S = 1e-4  # a fitted time that starts at 0 starts here (the log map needs a positive value)
 PRIOR_WEIGHT = 1e-3
@@ -378,11 +385,26 @@ def fit(db, runs: list[Run], constants=DEFAULT_FIT, goodput: float = 1.0, leave_
     log_pub = jnp.log(jnp.asarray(b.published))
     moves = {c: informed(runs, c, b.classes, c in shared) for c in constants}
 
+    bench = {c: _class_means(benchmarks(db, runs, c), b.cls_index, n_cls) for c in constants
+             if c in TRANSFER and c not in shared}
+    carried = {c: ~moves[c] & np.isfinite(v) for c, v in bench.items()
+               if np.any(moves[c] & np.isfinite(v)) and np.any(~moves[c] & np.isfinite(v))}
+
+    def transferred(c, theta):
+        """Per class: the class's benchmark × the measured classes' geometric-mean fitted/benchmark."""
+        v = bench[c]
+        src = moves[c] & np.isfinite(v)
+        log_ratio = jnp.mean(jnp.log(_from_theta(c, theta[c])[src]) - np.log(v[src]))
+        return jnp.asarray(np.where(carried[c], v, 1.0)) * jnp.exp(log_ratio)
+
     def cal_of(theta):
         cal = {k: jnp.asarray(v) for k, v in base.items()}
         for c in constants:
             fitted = _from_theta(c, theta[c])[0 * idx if c in shared else idx][:, None]
             packaged = jnp.asarray(base[c]) if c in base else fitted
+            if c in carried:
+                packaged = jnp.where(jnp.asarray(carried[c])[idx][:, None], transferred(c, theta)[idx][:, None],
+                                     packaged)
             cal[c] = jnp.where(jnp.asarray(moves[c])[0 * idx if c in shared else idx][:, None], fitted, packaged)
         return cal
 
@@ -430,6 +452,11 @@ def fit(db, runs: list[Run], constants=DEFAULT_FIT, goodput: float = 1.0, leave_
     values = {b.classes[k] or "default": {c: float(_from_theta(c, theta[c][0 if c in shared else k]))
                                           for c in constants if moves[c][0 if c in shared else k]}
               for k in range(n_cls)}
+    derived = {}
+    for c in carried:
+        t = np.asarray(transferred(c, theta))
+        for k in np.flatnonzero(carried[c]):
+            derived.setdefault(b.classes[k] or "default", {})[c] = float(t[k])
     rows = []
     for i, r in enumerate(runs):
         err = lambda p: 100.0 * (p - r.published) / r.published if np.isfinite(p) else math.nan  # noqa: E731
@@ -438,8 +465,31 @@ def fit(db, runs: list[Run], constants=DEFAULT_FIT, goodput: float = 1.0, leave_
                      "predicted_start": float(pred_start[i]), "predicted": float(pred_fit[i]),
                      "error_start_pct": err(pred_start[i]), "error_pct": err(pred_fit[i]),
                      "loo_predicted": float(loo[i]), "loo_error_pct": err(loo[i]), "feasible": bool(feasible[i])})
-    return {"constants": values, "fitted": list(constants), "rows": rows,
+    return {"constants": values, "derived": derived, "fitted": list(constants), "rows": rows,
             "summary": summarise(rows)}
+
+
+def benchmarks(db, runs: list[Run], constant: str) -> np.ndarray:
+    """[N]: the ``benchmark`` field of each run's calibration.toml entry for ``constant`` (its class's
+    entry, else the top-level one; NaN where none gives it)."""
+    doc = db.docs.get("calibration.toml", {})
+
+    def one(r):
+        entry = doc.get("class", {}).get(r.cls, {}).get(constant)
+        if not (isinstance(entry, dict) and "benchmark" in entry):
+            entry = doc.get(constant)
+        return float(entry["benchmark"]) if isinstance(entry, dict) and "benchmark" in entry else math.nan
+
+    return np.array([one(r) for r in runs])
+
+
+def _class_means(v, cls_index, n_cls) -> np.ndarray:
+    """[n_cls]: the mean of a per-run value over each class's runs (NaN where absent)."""
+    out = np.full(n_cls, np.nan)
+    for k in range(n_cls):
+        sel = v[(cls_index == k) & np.isfinite(v)]
+        out[k] = sel.mean() if len(sel) else np.nan
+    return out
 
 
 def informed(runs: list[Run], constant: str, classes: tuple, shared: bool) -> np.ndarray:
@@ -499,20 +549,23 @@ def calibration_toml(result: dict, db, runs_file: str) -> str:
              f"# optax L-BFGS through the JAX model) to the runs of {runs_file}.",
              f"# {fit_note}.", "# Use: carbon-sweep ... --db FOLDER (as FOLDER/calibration.toml), or in a spec",
              '# [cluster] calibration = "this-file.toml".', ""]
-    for cls, values in result["constants"].items():
-        name = cls if cls != "default" else None
-        if name is None:
-            for key, value in values.items():
-                lines += [f"[{key}]", f"value = {value!r}", f"source = {_q('fitted by carbon-sweep calibrate on ' + runs_file)}",
-                          f"notes = {_q(fit_note)}", ""]
+    fitted_src = "fitted by carbon-sweep calibrate on " + runs_file
+    derived = result.get("derived", {})
+    for cls in dict.fromkeys([*result["constants"], *derived]):
+        entries = {k: (v, fitted_src) for k, v in result["constants"].get(cls, {}).items()}
+        for k, v in derived.get(cls, {}).items():
+            entries[k] = (v, f"derived by carbon-sweep calibrate on {runs_file}: this class's benchmark times "
+                             "the fitted/benchmark ratio of the classes whose runs measure it")
+        if cls == "default":
+            for key, (value, src) in entries.items():
+                lines += [f"[{key}]", f"value = {value!r}", f"source = {_q(src)}", f"notes = {_q(fit_note)}", ""]
             continue
-        lines.append(f"[class.{name}]")
-        ids = class_ids(db, name)
+        lines.append(f"[class.{cls}]")
+        ids = class_ids(db, cls)
         if ids:
             lines.append("ids = [" + ", ".join(_q(i) for i in ids) + "]")
-        for key, value in values.items():
-            lines.append(f"{key} = {{ value = {value!r}, source = {_q('fitted by carbon-sweep calibrate on ' + runs_file)}, "
-                         f"notes = {_q(fit_note)} }}")
+        for key, (value, src) in entries.items():
+            lines.append(f"{key} = {{ value = {value!r}, source = {_q(src)}, notes = {_q(fit_note)} }}")
         lines.append("")
     return "\n".join(lines)
 

@@ -372,6 +372,9 @@ def cmd_calibrate(args, db):
     print("fitted constants:")
     for cls, values in res["constants"].items():
         print(f"  {cls}: " + ", ".join(f"{k} = {v:.4g}" for k, v in values.items()))
+    for cls, values in res.get("derived", {}).items():
+        print(f"  {cls} (no runs measure these; benchmark x the fitted classes' ratio): "
+              + ", ".join(f"{k} = {v:.4g}" for k, v in values.items()))
     for s_ in skipped:
         print(f"skipped {s_['id']}: {s_['reason']}")
     print(f"written: {out} (use it with --db FOLDER as FOLDER/calibration.toml, or [cluster] calibration = \"{out}\")")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import hardware_db
-from sweep.calibrate import FITTABLE, batch, fit, load_runs, packaged_constants, packaged_predictions, predict
+from sweep.calibrate import FITTABLE, batch, calibration_toml, fit, load_runs, packaged_constants, packaged_predictions, predict
 from sweep.cli import main
 from sweep.estimate import evaluate
 from sweep.layouts import best_layouts
@@ -81,13 +81,35 @@ def test_modern_set_error_with_packaged_constants_is_bounded(db, modern):
 
 def test_fit_moves_a_class_constant_only_where_runs_measure_it(db, modern):
     # gemm_eff_max (16-bit GEMMs) is measured by dense 16-bit runs: the H100 class has Meta's three,
-    # B200 and GB200 none (their 16-bit runs are MoE), so those keep the packaged MAMF figure
+    # B200 and GB200 none (their 16-bit runs are MoE), so the fit does not move theirs
     _, runs, _ = modern
     res = fit(db, runs, constants=("gemm_eff_max",), shared=(), leave_one_out=False)
     assert "gemm_eff_max" in res["constants"]["h100"]
     assert "gemm_eff_max" not in res["constants"]["b200"] and "gemm_eff_max" not in res["constants"]["gb200"]
-    moved = {r["id"] for r in res["rows"] if r["predicted"] != pytest.approx(r["predicted_start"], rel=1e-9)}
-    assert moved and all(next(x for x in runs if x.id == i).cls == "h100" for i in moved)
+
+
+def test_a_class_no_runs_measure_takes_its_benchmark_times_the_measured_classes_ratio(db, modern):
+    # calibration.toml gives each class's MAMF figure as gemm_eff_max's benchmark: H100 0.803,
+    # B200 0.776, GB200 0.729 (S. Bekman's MAMF table). With H100's fitted value f, B200 gets
+    # 0.776 · f / 0.803 and GB200 0.729 · f / 0.803; the A100 class, without a benchmark, keeps its own
+    _, runs, _ = modern
+    res = fit(db, runs, constants=("gemm_eff_max",), shared=(), leave_one_out=False)
+    f = res["constants"]["h100"]["gemm_eff_max"]
+    assert res["derived"]["b200"]["gemm_eff_max"] == pytest.approx(0.776 * f / 0.803, rel=1e-9)
+    assert res["derived"]["gb200"]["gemm_eff_max"] == pytest.approx(0.729 * f / 0.803, rel=1e-9)
+    assert "h100" not in res["derived"]
+    # and the calibration file says which values are derived
+    text = calibration_toml(res, db, "runs.toml")
+    b200 = tomllib.loads(text)["class"]["b200"]["gemm_eff_max"]
+    assert b200["value"] == pytest.approx(0.776 * f / 0.803, rel=1e-9) and b200["source"].startswith("derived")
+
+
+def test_packaged_blackwell_gemm_efficiency_is_its_benchmark_times_h100s_fitted_ratio(db):
+    from sweep.calibration import calibration_for
+    h100, b200, gb200 = (calibration_for(db, h)["gemm_eff_max"] for h in ("h100-sxm5-80gb", "b200-sxm-180gb",
+                                                                          "gb200-nvl72"))
+    assert b200 == pytest.approx(0.776 * h100 / 0.803, rel=1e-5)
+    assert gb200 == pytest.approx(0.729 * h100 / 0.803, rel=1e-5)
 
 
 def _synthetic_runs(db, modern, truth):
@@ -117,10 +139,10 @@ def test_fittable_constants_are_fractions_or_seconds():
     assert set(FITTABLE.values()) == {"fraction", "seconds"}
 
 
-@pytest.mark.parametrize("devices, published_mfu, tolerance", [(8192, 0.43, 0.11), (16384, 0.41, 0.10)])
+@pytest.mark.parametrize("devices, published_mfu, tolerance", [(8192, 0.43, 0.10), (16384, 0.41, 0.10)])
 def test_layouts_best_405b_layout_is_near_metas_mfu(db, devices, published_mfu, tolerance):
-    # Llama 3 paper Table 4: BF16 MFU 43 % on 8,192 H100 and 41 % on 16,384 (TP 8, PP 16). The
-    # issue asks for 10 %: met on 16,384 (+7.5 %), not quite on 8,192 (+10.2 %; README: Accuracy)
+    # Llama 3 paper Table 4: BF16 MFU 43 % on 8,192 H100 and 41 % on 16,384 (TP 8, PP 16); the
+    # issue asks for 10 % (README: Accuracy)
     v = load_estimate_dict({**LLAMA_405B, "devices": devices}, db)
     res = best_layouts(v, db, top=3)
     assert res["feasible"] > 0 and res["layouts"], devices
