@@ -96,10 +96,6 @@ def _stage_layers_py(L, pp):
     return first, (middle if pp >= 3 else first), q
 
 
-def _pow2(x) -> bool:
-    return x >= 1 and abs(2.0 ** round(math.log2(x)) - x) < 1e-6
-
-
 def step_python(p: dict, lay: dict, cal: dict) -> dict:
     """The layout model for one design and layout (plain numbers) → dict of floats (reason an int).
 
@@ -181,9 +177,8 @@ def step_python(p: dict, lay: dict, cal: dict) -> dict:
     m = max(B / (dp_int * b), 1.0)
     dp_ok = _divides(tp * cp * pp, devices)
     dp1 = dp if dp_ok else 1.0
-    pp_ok = pp <= L and (_divides(pp, L) or _pow2(pp))
-    v_ok = v == 1 or (v > 1 and pp > 1 and (_divides(pp * v, L) or (_pow2(pp) and pp * v <= L + 2))
-                      and _divides(pp, m))
+    pp_ok = pp <= L  # any pp up to the layers (uneven stages)
+    v_ok = v == 1 or (v > 1 and pp > 1 and pp * v <= L + 2 and _divides(pp, m))
     if k > E:
         reason = TOP_K_EXCEEDS_EXPERTS
     elif not _divides(tp, heads):
@@ -524,10 +519,8 @@ def step_numpy(p: dict, lay: dict, cal: dict) -> dict:
         m = np.maximum(B / (dp_int * b), one)
         dp_ok = _divides_np(tp * cp * pp, devices)
         dp1 = np.where(dp_ok, dp, one)
-        pow2 = (pp >= 1) & (np.abs(np.exp2(np.round(np.log2(np.maximum(pp, one)))) - pp) < 1e-6)
-        pp_ok = (pp <= L) & (_divides_np(pp, L) | pow2)
-        v_ok = (v == 1) | ((v > 1) & (pp > 1) & (_divides_np(pp * v, L) | (pow2 & (pp * v <= L + 2)))
-                           & _divides_np(pp, m))
+        pp_ok = pp <= L
+        v_ok = (v == 1) | ((v > 1) & (pp > 1) & (pp * v <= L + 2) & _divides_np(pp, m))
         rules = [(TOP_K_EXCEEDS_EXPERTS, k > E), (TP_HEADS, ~_divides_np(tp, heads)),
                  (TP_KV, ~(_divides_np(tp, kv) | _divides_np(kv, tp))),
                  (PP_LAYERS, ~pp_ok), (DEVICES_TP_PP, ~dp_ok), (EP_EXPERTS, ~_divides_np(ep, E)),

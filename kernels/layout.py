@@ -188,9 +188,10 @@ def optimizer_time(params, hbm_bw_bytes_s, cal):
 def stage_layers(layers, pp):
     """Layers on the (first, middle, last) pipeline stages [layers] → (first, middle, last).
 
-    Layers need not divide into stages (Megatron-core ``num_layers_in_first/last_pipeline_stage``,
-    torchtitan; Llama 3 405B: 126 layers on PP 16 with one layer fewer on the first and the last
-    stage, Dubey et al. 2024 §3.3.2): with q = ⌊L/pp⌋ and rem = L − q·pp, rem stages hold q + 1
+    Layers need not divide into stages (Megatron-core ``num_layers_in_first/last_pipeline_stage``
+    and ``pipeline_model_parallel_layout``, DeepSpeed's partitioning, torchtitan; Llama 3 405B: 126
+    layers on PP 16 with one layer fewer on the first and the last stage, Dubey et al. 2024
+    §3.3.2; BLOOM: 70 layers on PP 12, Le Scao et al. 2022): with q = ⌊L/pp⌋ and rem = L − q·pp, rem stages hold q + 1
     layers and the others q, the lighter ones at the ends, which also hold the embedding and the
     output layer: last = q; first = q + 1 only when a single stage is light (rem = pp − 1 > 0),
     else q; the middle stages q + 1 (q when pp divides L). pp = 2: ⌈L/2⌉ and ⌊L/2⌋ (the middle
@@ -202,12 +203,6 @@ def stage_layers(layers, pp):
     first = q + jnp.where((rem > 0) & (rem >= pp1 - 1.0), 1.0, 0.0)
     middle = q + jnp.where(rem > 0, 1.0, 0.0)
     return first, jnp.where(pp1 >= 3.0, middle, first), q
-
-
-def _power_of_two(x):
-    """1 where the integer-valued x ≥ 1 is a power of two."""
-    x1 = jnp.maximum(x, 1.0)
-    return (x >= 1) & (jnp.abs(jnp.exp2(jnp.round(jnp.log2(x1))) - x1) < 1e-6)
 
 
 # --------------------------------------------------------------------------------------------
@@ -355,13 +350,13 @@ def reason_code(design, layout, dp, micro_batches):
     """First broken rule as an int32 code of kernels.reasons (0 = structurally valid).
 
     Order: top_k > experts; tp ∤ heads; tp ∤ kv_heads unless kv_heads | tp (the KV heads are then
-    replicated, Megatron-core); pp ∤ layers unless pp is a power of two ≤ layers (uneven stages,
+    replicated, Megatron-core); pp > layers (any pp up to the layers may split them unevenly,
     ``stage_layers``; the candidate enumeration offers the same set);
     tp·cp·pp ∤ devices; ep ∤ experts; ep·etp ∤ tp·cp·dp (expert layers fold their own etp × ep ×
     edp grid over a stage's devices, Megatron-core MoE parallel folding, Liu et al. 2025); global
     batch < dp (before the disjoint micro-batch rule); microbatch·dp ∤ batch; interleave invalid
-    (v > 1 needs pp > 1, micro-batches % pp = 0 and pp·v | layers, or pp·v ≤ layers with uneven
-    stages, where the embedding and the loss may count as two more units: Megatron-core's
+    (v > 1 needs pp > 1, micro-batches % pp = 0 and pp·v ≤ layers + 2: stages may be uneven, and the
+    embedding and the loss may count as two more units, Megatron-core's
     account_for_embedding/loss_in_pipeline_split, Narayanan 2021 §2.2); cp ∤
     seq_len. Out of memory is applied by ``step``.
     """
@@ -370,9 +365,8 @@ def reason_code(design, layout, dp, micro_batches):
     B, L = design["global_batch"], design["layers"]
     dp_ok = _divides(tp * cp * pp, layout["devices"])
     dp1 = jnp.where(dp_ok, dp, 1.0)
-    uneven_ok = _power_of_two(pp)  # uneven stages: power-of-two pp (as practice and the enumeration)
-    pp_ok = (pp <= L) & (_divides(pp, L) | uneven_ok)
-    v_fits = _divides(pp * v, L) | (uneven_ok & (pp * v <= L + 2.0))
+    pp_ok = pp <= L  # any pp up to the layers: uneven stages where pp ∤ L (stage_layers)
+    v_fits = pp * v <= L + 2.0
     vok = (v == 1) | ((v > 1) & (pp > 1) & v_fits & _divides(pp, micro_batches))
     kv_ok = _divides(tp, design["kv_heads"]) | _divides(design["kv_heads"], tp)
     rules = [
@@ -771,12 +765,10 @@ def _divisors(n: int) -> list[int]:
     return [x for x in range(1, n + 1) if n % x == 0]
 
 
-def _pipeline_degrees(layers: int) -> list[int]:
-    """Pipeline degrees offered: the divisors of the layers and the powers of two up to them
-    (uneven stages, ``stage_layers``): the set ``reason_code`` accepts."""
-    layers = int(layers)
-    pows = [1 << i for i in range(layers.bit_length()) if (1 << i) <= layers]
-    return sorted(set(_divisors(layers)) | set(pows))
+def _pipeline_degrees(layers: int, ranks: int) -> list[int]:
+    """Pipeline degrees offered on ``ranks`` devices (devices / (tp·cp)): its divisors up to the
+    layers, which they may split unevenly (``stage_layers``): the set ``reason_code`` accepts."""
+    return [p for p in _divisors(ranks) if p <= int(layers)]
 
 
 def enumerate_layouts(
@@ -803,14 +795,14 @@ def enumerate_layouts(
     """Every candidate layout for one design and device count, as equal-length 1-D int arrays.
 
     tp: divisors of heads up to max_tp (default 2·devices_per_node, i.e. at most two nodes);
-    pp: divisors of layers and powers of two up to them (uneven stages); cp: the given degrees
+    pp: any degree up to the layers (uneven stages where it does not divide them); cp: the given degrees
     dividing seq_len (1 only by default); only (tp, cp, pp) with tp·cp·pp dividing devices are kept
     (others have no integral dp: skipped, not counted). ep: divisors of experts up to dp (ep ∤ dp
     kept, flagged by ``step``); 1 for dense models; with ``expert_tp`` the experts may also be left
     unsplit (etp 1, ep then up to tp·cp·dp, Megatron-core's folding) besides etp = tp. microbatch:
     the given sizes dividing global_batch/dp; when dp does not divide the batch (or it is below dp)
     one micro-batch-1 entry is kept so ``step`` flags it. interleave: 1, and v > 1 only when pp > 1
-    and pp·v divides layers (or pp is a power of two and pp·v ≤ layers + 2). sequence_parallel only
+    and pp·v ≤ layers + 2. sequence_parallel only
     with tp > 1 (0 otherwise). ``zero_stages`` (e.g. (0, 1, 2, 3)) replaces shard_optimizer by the
     ZeRO stage (shard_optimizer = stage ≥ 1). tp ∤ kv_heads and out-of-memory points are kept
     (flagged by ``step``). The keys cp, etp and zero_stage appear only when asked for (the sweep's
@@ -830,18 +822,14 @@ def enumerate_layouts(
         for cp in cps:
             if (devices // tp) % cp:
                 continue
-            for pp in _pipeline_degrees(layers):
-                if (devices // (tp * cp)) % pp:
-                    continue
+            for pp in _pipeline_degrees(layers, devices // (tp * cp)):
                 dp = devices // (tp * cp * pp)
                 etps = [tp, 1] if (expert_tp and experts > 1 and tp > 1) else [tp]
                 if global_batch % dp == 0:
                     mbs = [mb for mb in microbatches if (global_batch // dp) % mb == 0]
                 else:
                     mbs = [1]
-                uneven = pp & (pp - 1) == 0  # a power of two may split the layers unevenly
-                vs = [v for v in interleaves
-                      if v == 1 or (pp > 1 and (layers % (pp * v) == 0 or (uneven and pp * v <= layers + 2)))]
+                vs = [v for v in interleaves if v == 1 or (pp > 1 and pp * v <= layers + 2)]
                 sps = sorted({x if tp > 1 else 0 for x in sequence_parallel})
                 for etp in etps:
                     room = dp if etp == tp else tp * cp * dp  # expert ranks fold over the stage's devices

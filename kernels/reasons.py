@@ -10,7 +10,7 @@ REASONS: dict[int, str] = {
     1: "top_k_exceeds_experts",
     2: "tp_not_dividing_heads",
     3: "tp_not_dividing_kv_heads",
-    4: "pp_not_dividing_layers",
+    4: "pp_not_dividing_layers",  # since uneven stages: more pipeline stages than layers (name kept)
     5: "devices_not_divisible_by_tp_pp",
     6: "ep_not_dividing_experts",
     7: "ep_not_dividing_dp",

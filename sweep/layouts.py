@@ -50,7 +50,20 @@ def candidates(v: dict, x: dict) -> dict[str, np.ndarray]:
         if v.get(k) is not None:
             want = RECOMPUTE_CODE[v[k]] if k == "recompute" else int(v[k])
             keep &= cand[k] == want
+    if not keep.any():
+        return given_layout(x, cand)
     return {k: a[keep] for k, a in cand.items()}
+
+
+def given_layout(x: dict, like: dict) -> dict[str, np.ndarray]:
+    """The spec's own layout (its keys, the defaults for the rest) as the only candidate: for given
+    keys that no enumerated layout has (pp above the layers, tp not dividing the heads, tp beyond
+    two nodes...), so the chain names the rule they break, or runs them if they break none."""
+    one = {k: x[k] for k in ("tp", "pp", "ep", "microbatch", "recompute", "interleave", "shard_optimizer",
+                             "sequence_parallel", "cp")}
+    one["etp"] = x["etp"] if np.isfinite(x["etp"]) else x["tp"]
+    one["zero_stage"] = x["zero_stage"] if np.isfinite(x["zero_stage"]) else x["shard_optimizer"]
+    return {k: np.array([int(one[k])], like[k].dtype) for k in like}
 
 
 def evaluate_layouts(v: dict, db) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:

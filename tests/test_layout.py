@@ -242,7 +242,7 @@ def _reason(design, hw, cal, **kw):
 def test_infeasible_layouts_get_the_right_reason(a100, cal):
     gpt3 = gpt_design(96, 12288, 96, 49152, 51200, 2048, 1536)
     assert _reason(gpt3, a100, cal, devices=64, tp=5, pp=1) == CODE["tp_not_dividing_heads"]
-    assert _reason(gpt3, a100, cal, devices=64, tp=8, pp=5) == CODE["pp_not_dividing_layers"]  # nor a power of 2
+    assert _reason(gpt3, a100, cal, devices=1024, tp=8, pp=128) == CODE["pp_not_dividing_layers"]  # > 96 layers
     assert _reason(gpt3, a100, cal, devices=100, tp=8, pp=8) == CODE["devices_not_divisible_by_tp_pp"]
     assert _reason(gpt3, a100, cal, devices=8, tp=8, pp=1, recompute=2) == CODE["out_of_memory"]
     assert _reason(gpt3, a100, cal, devices=64, tp=8, pp=1, microbatch=5) == CODE["microbatch_not_dividing_batch"]

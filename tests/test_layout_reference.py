@@ -151,7 +151,7 @@ def modern_cases(n: int, seed: int = 11) -> tuple[dict, dict]:
     """random_cases with today's layout terms drawn too: context parallel (cp | seq_len, or not),
     expert tensor parallel 1 or tp, ZeRO stages 0-3, overlap and expert-overlap switches, FP8
     training (1-byte GEMMs with a 16-bit attention peak), a given MoE imbalance, uneven
-    power-of-two pipelines and KV heads replicated (tp > kv_heads)."""
+    pipelines (and more stages than layers) and KV heads replicated (tp > kv_heads)."""
     x, lay = random_cases(n, seed)
     rng = np.random.default_rng(seed + 1)
     pick = lambda *v: rng.choice(v, size=n)  # noqa: E731
@@ -171,8 +171,8 @@ def modern_cases(n: int, seed: int = 11) -> tuple[dict, dict]:
     x["dropout"] = pick(0.0, 1.0)
     x["sliding_window"] = pick(0.0, 0.0, 128.0, 1024.0, 1e6)  # none, short, long, longer than the sequence
     x["window_layers"] = np.where(x["sliding_window"] > 0, pick(0.5, 1.0), 0.0)
-    uneven = rng.random(n) < 0.2  # power-of-two pp that may not divide the layers
-    lay["pp"] = np.where(uneven, pick(2.0, 4.0, 8.0, 16.0), lay["pp"])
+    uneven = rng.random(n) < 0.2  # pp that may not divide the layers (or exceed them)
+    lay["pp"] = np.where(uneven, pick(2.0, 3.0, 4.0, 5.0, 8.0, 12.0, 16.0, 200.0), lay["pp"])
     replicated = rng.random(n) < 0.15  # tp above the KV heads
     lay["tp"] = np.where(replicated & (x["heads"] % (2 * x["kv_heads"]) == 0), 2 * x["kv_heads"], lay["tp"])
     lay["devices"] = lay["tp"] * lay["pp"] * lay["cp"] * np.maximum(np.round(lay["devices"] / (lay["tp"] * lay["pp"] * lay["cp"])), 1)

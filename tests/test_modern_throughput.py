@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import hardware_db
+from kernels.reasons import CODE
 from sweep.calibrate import FITTABLE, batch, calibration_toml, fit, load_runs, packaged_constants, packaged_predictions, predict
 from sweep.cli import main
 from sweep.estimate import evaluate
@@ -166,6 +167,34 @@ def test_metas_405b_layout_is_feasible_tp8_pp16_with_kv_heads_replicated_uneven_
     out = evaluate({**LLAMA_405B, "devices": 16384, "tp": 8, "pp": 16}, db)
     assert out["reason"] == 0 and out["tp"] == 8 and out["pp"] == 16
     assert out["memory_gb"] < 80.0
+
+
+BLOOM = {  # Le Scao et al. 2022: 70 layers, d_model 14336, 112 heads, vocab 250880; TP 4 x PP 12 x DP 8 on 384 A100
+    "layers": 70, "d_model": 14336, "heads": 112, "d_ff": 57344, "ffn": "gelu", "vocab": 250880, "seq_len": 2048,
+    "tokens": 366e9, "global_batch": 2048, "hardware": "a100-sxm4-80gb", "devices": 384, "region": "fr",
+}
+
+
+def test_a_pipeline_degree_that_does_not_divide_the_layers_splits_them_unevenly(db):
+    # BLOOM's 70 layers on 12 stages: ten stages of 6 layers and two of 5 (stage_layers), not infeasible
+    out = evaluate({**BLOOM, "tp": 4, "pp": 12}, db)
+    assert out["reason"] == 0 and (out["tp"], out["pp"], out["dp"]) == (4, 12, 8)
+    assert out["mfu"] > 0 and out["memory_gb"] < 80.0
+
+
+def test_given_layout_keys_no_layout_can_have_are_reported_with_their_reason(db):
+    # 80 stages for 70 layers: one stage would hold no layer. Before, no candidate remained and the
+    # estimate printed no MFU and no reason
+    out = evaluate({**BLOOM, "tp": 4, "pp": 80}, db)
+    assert out["reason"] == CODE["pp_not_dividing_layers"] and out["mfu"] is None
+
+
+def test_a_given_layout_outside_the_enumeration_is_evaluated_as_given(db):
+    # tp = 28 (it divides the 112 heads) spans 3.5 nodes of 8 GPUs, beyond the enumeration's two nodes:
+    # evaluated as given (feasible or with its reason), not dropped
+    out = evaluate({**BLOOM, "devices": 336, "tp": 28, "pp": 12}, db)
+    assert (out["tp"], out["pp"], out["dp"]) == (28, 12, 1)
+    assert out["reason"] in (0, CODE["out_of_memory"]) and (out["mfu"] is not None) == (out["reason"] == 0)
 
 
 def test_partial_layout_fixes_the_given_keys_and_optimises_the_rest(db):
