@@ -28,11 +28,6 @@ def amortised_tco2e(kgco2e, hours, lifespan_years):
     return kgco2e * hours / (lifespan_years * HOURS_PER_YEAR) / 1000.0
 
 
-def life_share(hours, lifespan_years):
-    """Fraction of the hardware's life a run of ``hours`` uses: hours / (lifespan_years · 8760) [1]."""
-    return hours / (lifespan_years * HOURS_PER_YEAR)
-
-
 def run_embodied_tco2e(kgco2e, seconds, lifespan_years):
     """``amortised_tco2e`` of a training run of ``seconds``, evaluated as
     kgco2e · (seconds / (lifespan_years · 31,536,000 s)) / 1000 (t CO2e).

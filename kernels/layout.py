@@ -191,8 +191,8 @@ def stage_layers(layers, pp):
     Layers need not divide into stages (Megatron-core ``num_layers_in_first/last_pipeline_stage``
     and ``pipeline_model_parallel_layout``, DeepSpeed's partitioning, torchtitan; Llama 3 405B: 126
     layers on PP 16 with one layer fewer on the first and the last stage, Dubey et al. 2024
-    §3.3.2; BLOOM: 70 layers on PP 12, Le Scao et al. 2022): with q = ⌊L/pp⌋ and rem = L − q·pp, rem stages hold q + 1
-    layers and the others q, the lighter ones at the ends, which also hold the embedding and the
+    §3.3.2; BLOOM: 70 layers on PP 12, Le Scao et al. 2022): with q = ⌊L/pp⌋ and rem = L − q·pp,
+    rem stages hold q + 1 layers and the others q, the lighter ones at the ends, which also hold the embedding and the
     output layer: last = q; first = q + 1 only when a single stage is light (rem = pp − 1 > 0),
     else q; the middle stages q + 1 (q when pp divides L). pp = 2: ⌈L/2⌉ and ⌊L/2⌋ (the middle
     stage is then the first); pp = 1: one stage of L layers.
@@ -795,8 +795,8 @@ def enumerate_layouts(
     """Every candidate layout for one design and device count, as equal-length 1-D int arrays.
 
     tp: divisors of heads up to max_tp (default 2·devices_per_node, i.e. at most two nodes);
-    pp: any degree up to the layers (uneven stages where it does not divide them); cp: the given degrees
-    dividing seq_len (1 only by default); only (tp, cp, pp) with tp·cp·pp dividing devices are kept
+    pp: any degree up to the layers (uneven stages where it does not divide them); cp: the given
+    degrees dividing seq_len (1 only by default); only (tp, cp, pp) with tp·cp·pp dividing devices are kept
     (others have no integral dp: skipped, not counted). ep: divisors of experts up to dp (ep ∤ dp
     kept, flagged by ``step``); 1 for dense models; with ``expert_tp`` the experts may also be left
     unsplit (etp 1, ep then up to tp·cp·dp, Megatron-core's folding) besides etp = tp. microbatch:

@@ -385,8 +385,7 @@ def fit(db, runs: list[Run], constants=DEFAULT_FIT, goodput: float = 1.0, leave_
     log_pub = jnp.log(jnp.asarray(b.published))
     moves = {c: informed(runs, c, b.classes, c in shared) for c in constants}
 
-    bench = {c: _class_means(benchmarks(db, runs, c), b.cls_index, n_cls) for c in constants
-             if c in TRANSFER and c not in shared}
+    bench = {c: benchmarks(db, b.classes, c) for c in constants if c in TRANSFER and c not in shared}
     carried = {c: ~moves[c] & np.isfinite(v) for c, v in bench.items()
                if np.any(moves[c] & np.isfinite(v)) and np.any(~moves[c] & np.isfinite(v))}
 
@@ -469,27 +468,18 @@ def fit(db, runs: list[Run], constants=DEFAULT_FIT, goodput: float = 1.0, leave_
             "summary": summarise(rows)}
 
 
-def benchmarks(db, runs: list[Run], constant: str) -> np.ndarray:
-    """[N]: the ``benchmark`` field of each run's calibration.toml entry for ``constant`` (its class's
+def benchmarks(db, classes: tuple, constant: str) -> np.ndarray:
+    """Per class: the ``benchmark`` field of its calibration.toml entry for ``constant`` (the class's
     entry, else the top-level one; NaN where none gives it)."""
     doc = db.docs.get("calibration.toml", {})
 
-    def one(r):
-        entry = doc.get("class", {}).get(r.cls, {}).get(constant)
+    def one(cls):
+        entry = doc.get("class", {}).get(cls, {}).get(constant)
         if not (isinstance(entry, dict) and "benchmark" in entry):
             entry = doc.get(constant)
         return float(entry["benchmark"]) if isinstance(entry, dict) and "benchmark" in entry else math.nan
 
-    return np.array([one(r) for r in runs])
-
-
-def _class_means(v, cls_index, n_cls) -> np.ndarray:
-    """[n_cls]: the mean of a per-run value over each class's runs (NaN where absent)."""
-    out = np.full(n_cls, np.nan)
-    for k in range(n_cls):
-        sel = v[(cls_index == k) & np.isfinite(v)]
-        out[k] = sel.mean() if len(sel) else np.nan
-    return out
+    return np.array([one(cls) for cls in classes])
 
 
 def informed(runs: list[Run], constant: str, classes: tuple, shared: bool) -> np.ndarray:

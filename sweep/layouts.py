@@ -77,8 +77,6 @@ def evaluate_layouts(v: dict, db) -> tuple[dict[str, np.ndarray], dict[str, np.n
     for k, a in cand.items():
         xx[k] = a.astype(np.float64)
     cal = {k: np.asarray(c) for k, c in calibration_for(db, v["hardware"]).items()}
-    if len(cand["tp"]) == 0:
-        return cand, {}
     n = len(cand["tp"])
     out = {k: np.broadcast_to(np.asarray(a), (n,)) for k, a in footprint_fn()(xx, cal).items()}
     return cand, out
@@ -88,9 +86,7 @@ def best_layouts(v: dict, db, *, objective: str = "co2e", top: int = 10) -> dict
     """The best ``top`` layouts by objective, with the counts of evaluated and infeasible ones."""
     t0 = time.perf_counter()
     cand, out = evaluate_layouts(v, db)
-    n = len(cand["tp"])
-    if n == 0:
-        return {"evaluated": 0, "infeasible": {}, "layouts": [], "best_outputs": None, "reason": 0, "elapsed_s": 0.0}
+    n = len(cand["tp"])  # at least the given layout (candidates)
     key = OBJECTIVE_OUTPUT[objective]
     reason = out["reason"]
     order = ranking(reason, out[key], tiebreak=out["train_days"])[:top]  # ties broken by time
