@@ -192,10 +192,10 @@ def stage_layers(layers, pp):
     and ``pipeline_model_parallel_layout``, DeepSpeed's partitioning, torchtitan; Llama 3 405B: 126
     layers on PP 16 with one layer fewer on the first and the last stage, Dubey et al. 2024
     §3.3.2; BLOOM: 70 layers on PP 12, Le Scao et al. 2022): with q = ⌊L/pp⌋ and rem = L − q·pp,
-    rem stages hold q + 1 layers and the others q, the lighter ones at the ends, which also hold the embedding and the
-    output layer: last = q; first = q + 1 only when a single stage is light (rem = pp − 1 > 0),
-    else q; the middle stages q + 1 (q when pp divides L). pp = 2: ⌈L/2⌉ and ⌊L/2⌋ (the middle
-    stage is then the first); pp = 1: one stage of L layers.
+    rem stages hold q + 1 layers and the others q, the lighter ones at the ends, which also hold
+    the embedding and the output layer: last = q; first = q + 1 only when a single stage is light
+    (rem = pp − 1 > 0), else q; the middle stages q + 1 (q when pp divides L). pp = 2: ⌈L/2⌉ and
+    ⌊L/2⌋ (the middle stage is then the first); pp = 1: one stage of L layers.
     """
     pp1 = jnp.maximum(pp, 1.0)
     q = jnp.floor(layers / pp1 + 1e-9)
