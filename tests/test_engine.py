@@ -77,6 +77,23 @@ def test_chunks_cover_the_grid_once_in_order(shape, size):
     assert seen == list(range(int(np.prod(shape))))
 
 
+@given(st.lists(st.integers(1, 70), min_size=1, max_size=4), st.integers(1, 5000))
+def test_chunks_along_the_split_axis_are_as_few_as_the_budget_allows_and_of_equal_steps(shape, size):
+    plan = Plan.make(tuple(shape), size)
+    n = shape[plan.axis]
+    widest = max(1, min(n, size // plan.inner))
+    assert plan.per_outer == -(-n // widest)  # no more chunks than the widest step would make
+    assert plan.step <= widest  # within the budget
+    assert plan.per_outer * plan.step - n < plan.per_outer  # padding: less than one index per chunk
+
+
+def test_a_split_axis_the_budget_does_not_divide_is_cut_in_equal_chunks_without_padding():
+    # 64 indices, room for 42: two chunks of 32, not 42 + 22 padded to 42 (31 % of the work padding)
+    plan = Plan.make((64, 64, 24576), 1 << 20)
+    assert (plan.axis, plan.step, plan.n_chunks) == (1, 32, 128)
+    assert plan.n_chunks * plan.capacity == 64 * 64 * 24576
+
+
 
 @given(st.lists(st.tuples(st.integers(1, 4), st.booleans()), min_size=1, max_size=5), st.integers(0, 5))
 def test_spreading_a_value_over_a_block_equals_numpy_broadcasting(axes, drop):
