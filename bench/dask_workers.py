@@ -6,10 +6,12 @@ in-process run (`make bench`).
 
 Each configuration runs the study twice into a fresh output folder (chunk partial files written, as
 ``--scheduler`` runs do) and the second, warm run is timed: every worker process compiles the chunk
-function once, on its first chunk. Workers have one thread each and XLA in each computes on one core
-(``ONE_CORE``), so n workers use n cores: the in-process run uses every core. On a machine with 2
-cores, 4 workers share 2 cores, so the speed-up is bounded by the cores (and by the scheduler's
-per-chunk overhead), not by the engine. Writes bench/out/dask_workers.json and .md with the load average beside each row.
+function once, on its first chunk. Workers have one thread each, and the engine gives each worker
+process its share of the machine's cores (sweep.cluster.prepare_workers: XLA sizes its thread pool to
+the cores a process may run on), so n workers use n cores: the in-process run uses every core. On a
+machine with 2 cores, 4 workers share 2 cores, so the speed-up is bounded by the cores (and by the
+scheduler's per-chunk overhead), not by the engine. Writes bench/out/dask_workers.json and .md with
+the load average beside each row.
 """
 
 from __future__ import annotations
@@ -28,9 +30,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 OUT = ROOT / "bench" / "out"
-# each worker computes on one core's worth of threads (XLA otherwise spreads one chunk over every core,
-# so one worker already uses the whole machine and more workers cannot add anything)
-ONE_CORE = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 
 def timed_run(s, db, scheduler=None) -> float:
@@ -62,8 +61,7 @@ def main(argv=None):
     rows = [{"config": "in process", "points": n, "load": round(os.getloadavg()[0], 2), "seconds": timed_run(s, db)}]
     print(json.dumps(rows[-1]), flush=True)
     for w in [int(x) for x in a.workers.split(",")]:
-        with LocalCluster(n_workers=w, threads_per_worker=1, processes=True, dashboard_address=None,
-                          env={"XLA_FLAGS": ONE_CORE}) as cluster, \
+        with LocalCluster(n_workers=w, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
                 Client(cluster) as client:
             rows.append({"config": f"{w} worker(s)", "points": n, "load": round(os.getloadavg()[0], 2),
                          "seconds": timed_run(s, db, scheduler=client)})

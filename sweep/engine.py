@@ -1111,6 +1111,9 @@ def _connect(scheduler, file):
 def _run_dask(ev, plan, todo, out_dir, keep_full, zarr_path, client, progress):
     from distributed import as_completed
 
+    from .cluster import prepare_workers
+
+    prepare_workers(client)  # worker processes: glibc's malloc, and on one machine each its own cores
     ev_f = client.scatter(ev, broadcast=True)
     futures = [client.submit(run_chunk, ev_f, plan, i, out_dir, keep_full, zarr_path, pure=False) for i in todo]
     for f in as_completed(futures):

@@ -259,8 +259,28 @@ def df_to_files(df, path_stem: Path) -> None:
     os.replace(tmp, path_stem.with_suffix(".nc"))
 
 
+def _local_writes():
+    """A context in which xarray writes this process's files with a thread lock. With a dask
+    distributed Client as the default scheduler, xarray takes the cluster's distributed lock for
+    every variable a NetCDF write touches (a round trip to the scheduler each): writing a sweep's
+    fronts and top-k after a run on a 2-worker LocalCluster took 0.7 s of 0.8 s in those locks.
+    The files written here are the client's alone."""
+    import contextlib
+
+    try:
+        import dask
+    except ImportError:
+        return contextlib.nullcontext()
+    return dask.config.set(scheduler="synchronous")
+
+
 def write_result(result: SweepResult, out_dir: Path) -> None:
     """The grid (NetCDF unless a Zarr store was filled), fronts, top-k, then study.json last."""
+    with _local_writes():
+        _write_result(result, out_dir)
+
+
+def _write_result(result: SweepResult, out_dir: Path) -> None:
     if result.dataset is not None and not (out_dir / "grid.zarr").exists():
         tmp = out_dir / "grid.tmp.nc"
         result.dataset.to_netcdf(tmp, engine="h5netcdf")
