@@ -672,7 +672,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", metavar="DIR", help="output folder (default results/<study name>)")
     r.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     r.add_argument("--chunk-size", type=int, metavar="N", help="points per chunk (default: by memory budget; at least 2 are taken)")
-    r.add_argument("--scheduler", metavar="ADDRESS", help="dask.distributed scheduler address")
+    r.add_argument("--scheduler", metavar="ADDRESS",
+                   help="run the chunks as tasks of a dask.distributed cluster (e.g. tcp://host:8786; start it "
+                        "with `dask scheduler` and `dask worker ADDRESS --nworkers N --nthreads 1`); the "
+                        "workers write partial files into --out, which they must all see")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.add_argument("--no-plot", action="store_true", help="skip figures and report")
     r.set_defaults(func=cmd_run)
