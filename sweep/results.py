@@ -259,7 +259,7 @@ def df_to_files(df, path_stem: Path) -> None:
     os.replace(tmp, path_stem.with_suffix(".nc"))
 
 
-def _local_writes():
+def local_writes():
     """A context in which xarray writes this process's files with a thread lock. With a dask
     distributed Client as the default scheduler, xarray takes the cluster's distributed lock for
     every variable a NetCDF write touches (a round trip to the scheduler each): writing a sweep's
@@ -276,7 +276,7 @@ def _local_writes():
 
 def write_result(result: SweepResult, out_dir: Path) -> None:
     """The grid (NetCDF unless a Zarr store was filled), fronts, top-k, then study.json last."""
-    with _local_writes():
+    with local_writes():
         _write_result(result, out_dir)
 
 

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from sweep.cluster import plan_shares, prepare_workers
-from sweep.results import _local_writes
+from sweep.results import local_writes
 
 ME = ("client-host", 100)
 
@@ -74,5 +74,5 @@ def test_result_files_are_written_with_a_local_lock_while_a_distributed_client_i
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
             Client(cluster):
         assert distributed_lock()  # xarray would take the cluster's lock, a round trip per variable
-        with _local_writes():
+        with local_writes():
             assert not distributed_lock()
