@@ -1113,7 +1113,13 @@ def _run_dask(ev, plan, todo, out_dir, keep_full, zarr_path, client, progress):
 
     from .cluster import prepare_workers
 
-    prepare_workers(client)  # worker processes: glibc's malloc, and on one machine each its own cores
+    try:  # worker processes: glibc's malloc, and on one machine each its own cores (speed only)
+        prepare_workers(client)
+    except Exception as exc:  # noqa: BLE001  a worker that cannot be tuned still computes right
+        import warnings
+
+        warnings.warn(f"dask workers left as they are ({type(exc).__name__}: {exc}); the sweep runs, "
+                      "perhaps slower (sweep.cluster)", RuntimeWarning, stacklevel=2)
     ev_f = client.scatter(ev, broadcast=True)
     futures = [client.submit(run_chunk, ev_f, plan, i, out_dir, keep_full, zarr_path, pure=False) for i in todo]
     for f in as_completed(futures):

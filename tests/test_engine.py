@@ -380,6 +380,22 @@ def test_dask_local_cluster_agrees_with_in_process(tmp_path, mode):
     same_tables(ref.pareto, res.pareto)
 
 
+def test_workers_that_cannot_be_tuned_still_run_the_sweep_with_a_warning(tmp_path, monkeypatch):
+    from distributed import Client, LocalCluster
+
+    import sweep.cluster
+
+    def refuse(client):
+        raise OSError("no such thread")
+
+    monkeypatch.setattr(sweep.cluster, "prepare_workers", refuse)
+    ref = run(spec(), tmp_path / "local", chunk_size=10)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        with Client(cluster) as client, pytest.warns(RuntimeWarning, match="dask workers left as they are"):
+            res = run(spec(), tmp_path / "dask", chunk_size=10, scheduler=client)
+    same_tables(ref.pareto, res.pareto)
+
+
 # -- study spec errors -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("changes,key,words", [
