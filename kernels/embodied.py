@@ -35,8 +35,10 @@ def run_embodied_tco2e(kgco2e, seconds, lifespan_years):
     The same equation in another order, for the chain's training figures, whose per-point, grid and
     sampled paths must round alike: XLA reassociates products whose operands are broadcasts, so
     (devices · kg) · hours rounded differently in the sampled and the per-point fusions (one ulp);
-    here no product of products forms, and the last operation is a division, which no sum contracts
-    into a fused multiply-add. The run's time enters in seconds, divided once: from hours (seconds /
+    here no product of products forms. (The last division is no shield against fused multiply-adds:
+    XLA on CPU compiles a division by a constant or a broadcast scalar as a product by its
+    reciprocal. The paths agree because they fuse the sums that read it alike, as the engine's tests
+    check bit for bit.) The run's time enters in seconds, divided once: from hours (seconds /
     3600, then / (lifespan · 8760)) XLA folds the two divisions into one where the lifespan is a
     constant and not where it is an array, so the estimate and its zero-width samples differed by
     one ulp. The divisor lifespan · 31,536,000 is exact for any whole or half year. (The serving
