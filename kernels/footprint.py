@@ -125,14 +125,77 @@ def design_terms(x):
     return {"params": params, "active_params": active, "flops_per_token": per_token, "train_flops": train_flops}
 
 
-def footprint(x, cal=None, design=None, step=None, check_missing=True):
+def deployment_terms(x, materialise=lambda v: v):
+    """What the deployment alone fixes (devices, hardware, site, lifespan, goodput; not the design,
+    not the MFU): the cluster's peak rate per booked second, and each term of the footprint per
+    booked second of run. Every term of a run is proportional to its booked wall-clock seconds
+    (energy = power · time, LLMCarbon eq. 5-6; embodied = kgCO2e · time / lifespan, eq. 7), so
+
+        peak_rate_flops_s = devices · peak_flops · goodput
+        seconds           = train_flops / (peak_rate_flops_s · MFU)
+        <term>            = seconds · <term>_per_s,   <term>_per_s = the term's kernel at one second
+
+    The sweep evaluates these once per deployment, on the deployment axes only
+    (``DEPLOYMENT_INPUTS``), and scales them per point: a point's total is one product.
+    ``materialise`` (identity by default) is applied to each intermediate term that a sum reads or
+    two terms share: the sweep passes one that hides the term's arithmetic from the compiler
+    (sweep.compiled.opaque_zeros), so that every path (a chunk's deployment axes, a point, a
+    sample) rounds it alike (XLA would otherwise contract its products into fused multiply-adds in
+    one fusion and not another)."""
+    m = materialise
+    devices = x["devices"]
+    measured = _given(x["avg_power_w"])
+    dev_w = m(energy.device_power_w(x["idle_w"], x["tdp_w"], x["power_util"]))
+    nodes = m(energy.node_count(devices, x["devices_per_node"]))
+    device_power = m(jnp.where(measured, devices * x["avg_power_w"], devices * dev_w))
+    host_power = m(jnp.where(measured, 0.0, nodes * x["host_power_w"] * x["power_util"]))
+    hour = 1.0 / energy.SECONDS_PER_HOUR
+    it_device = m(energy.energy_kwh(device_power, hour))
+    it_host = m(energy.energy_kwh(host_power, hour))
+    ci, pue = x["carbon_intensity_kg_per_kwh"], x["pue"]
+    facility_device = m(energy.energy_kwh(device_power, hour, pue))
+    facility_host = m(energy.energy_kwh(host_power, hour, pue))
+    op_device = m(energy.operational_tco2e(facility_device, ci))
+    op_host = m(energy.operational_tco2e(facility_host, ci))
+    emb_device = m(embodied.run_embodied_tco2e(devices * x["device_embodied_kgco2e"], 1.0, x["lifespan_years"]))
+    emb_host = m(embodied.run_embodied_tco2e(nodes * x["host_embodied_kgco2e"], 1.0, x["lifespan_years"]))
+    it_kwh = m(it_device + it_host)
+    facility_kwh = m(facility_device + facility_host)
+    # in the outputs' own units: a point's output is then one product (seconds · term), which XLA
+    # cannot regroup with a unit conversion differently in different paths
+    return {
+        "peak_rate_flops_s": devices * x["peak_flops"] * x.get("goodput", 1.0),
+        "it_energy_mwh_per_s": it_kwh / 1000.0,
+        "facility_kwh_per_s": facility_kwh,
+        "energy_mwh_per_s": facility_kwh / 1000.0,
+        "water_m3_per_s": energy.water_m3(it_kwh, x["wue_l_per_kwh"]),
+        "operational_device_tco2e_per_s": op_device,
+        "operational_host_tco2e_per_s": op_host,
+        "operational_tco2e_per_s": m(op_device + op_host),
+        "embodied_device_tco2e_per_s": emb_device,
+        "embodied_host_tco2e_per_s": emb_host,
+        "embodied_tco2e_per_s": m(emb_device + emb_host),
+        "total_tco2e_per_s": m(m(op_device + op_host) + m(emb_device + emb_host)),
+    }
+
+
+# What deployment_terms reads (a sweep evaluates them on the axes of these inputs only)
+DEPLOYMENT_INPUTS = frozenset({
+    "devices", "goodput", "peak_flops", "avg_power_w", "idle_w", "tdp_w", "power_util", "devices_per_node",
+    "host_power_w", "device_embodied_kgco2e", "host_embodied_kgco2e", "carbon_intensity_kg_per_kwh", "pue",
+    "wue_l_per_kwh", "lifespan_years",
+})
+
+
+def footprint(x, cal=None, design=None, step=None, check_missing=True, deploy=None):
     """The footprint of a training run; see the module docstring for inputs and ``OUTPUTS``.
 
     ``design``: ``design_terms(x)`` computed beforehand (the sweep evaluates it on the design
     axes only); computed here when not given. ``step``: the layout model's outputs
     (``layout_step``) computed beforehand (the sweep's best-layout search picks them); computed
     here from ``cal`` when not given, and not used at all when neither is given (MFU given).
-    ``check_missing`` False: a non-finite total is left to the caller (not marked ``missing_data``;
+    ``deploy``: ``deployment_terms(x)`` computed beforehand (the sweep evaluates it on the deployment
+    axes only); computed here when not given. ``check_missing`` False: a non-finite total is left to the caller (not marked ``missing_data``;
     the sweep's sampled path checks it where it reads the samples, so the chain runs once).
 
     Long (just over 80 lines): the whole chain in one place, equation by equation, as the module
@@ -162,25 +225,18 @@ def footprint(x, cal=None, design=None, step=None, check_missing=True):
         reason = jnp.where(reason != 0, reason, jnp.where(mfu_given, 0, step["reason"])).astype(jnp.int32)
 
     # booked wall-clock: the productive time over the goodput (failures, restarts, checkpointing and
-    # evaluation lost; Dubey et al. 2024 §3.3.4), every booked hour drawing training power
+    # evaluation lost; Dubey et al. 2024 §3.3.4), every booked hour drawing training power; each term
+    # of the footprint is its rate per booked second (deployment_terms) times the seconds
+    dep = deployment_terms(x) if deploy is None else deploy
     goodput = x.get("goodput", 1.0)
-    seconds = train_flops / (devices * x["peak_flops"] * mfu) / goodput
+    seconds = train_flops / (dep["peak_rate_flops_s"] * mfu)
     hours = seconds / energy.SECONDS_PER_HOUR
-    measured = _given(x["avg_power_w"])
-    dev_w = energy.device_power_w(x["idle_w"], x["tdp_w"], x["power_util"])
-    nodes = energy.node_count(devices, x["devices_per_node"])
-    device_power = jnp.where(measured, devices * x["avg_power_w"], devices * dev_w)
-    host_power = jnp.where(measured, 0.0, nodes * x["host_power_w"] * x["power_util"])
-    it_device_kwh = energy.energy_kwh(device_power, hours)
-    it_host_kwh = energy.energy_kwh(host_power, hours)
-    it_kwh = it_device_kwh + it_host_kwh
-    ci, pue = x["carbon_intensity_kg_per_kwh"], x["pue"]
-    op_device = energy.operational_tco2e(it_device_kwh * pue, ci)
-    op_host = energy.operational_tco2e(it_host_kwh * pue, ci)
-    emb_device = embodied.run_embodied_tco2e(devices * x["device_embodied_kgco2e"], seconds, x["lifespan_years"])
-    emb_host = embodied.run_embodied_tco2e(nodes * x["host_embodied_kgco2e"], seconds, x["lifespan_years"])
+    op_device = seconds * dep["operational_device_tco2e_per_s"]
+    op_host = seconds * dep["operational_host_tco2e_per_s"]
+    emb_device = seconds * dep["embodied_device_tco2e_per_s"]
+    emb_host = seconds * dep["embodied_host_tco2e_per_s"]
     gpus = materials.gpus_consumed(train_flops, x["peak_flops"], mfu * goodput, x["lifespan_years"])
-    total = op_device + op_host + emb_device + emb_host
+    total = seconds * dep["total_tco2e_per_s"]
     # a feasible design whose total is unknown lacks a published figure (a TDP, a die area, ...)
     if check_missing:
         reason = jnp.where((reason == 0) & ~jnp.isfinite(total), CODE["missing_data"], reason).astype(jnp.int32)
@@ -202,21 +258,21 @@ def footprint(x, cal=None, design=None, step=None, check_missing=True):
         "dp": step["dp"],
         "train_days": hours / 24.0,
         "device_hours": devices * hours,
-        "it_energy_mwh": it_kwh / 1000.0,
-        "energy_mwh": it_kwh * pue / 1000.0,
+        "it_energy_mwh": seconds * dep["it_energy_mwh_per_s"],
+        "energy_mwh": seconds * dep["energy_mwh_per_s"],
         "operational_device_tco2e": op_device,
         "operational_host_tco2e": op_host,
-        "operational_tco2e": op_device + op_host,
+        "operational_tco2e": seconds * dep["operational_tco2e_per_s"],
         "embodied_device_tco2e": emb_device,
         "embodied_host_tco2e": emb_host,
-        "embodied_tco2e": emb_device + emb_host,
+        "embodied_tco2e": seconds * dep["embodied_tco2e_per_s"],
         "total_tco2e": total,
-        "embodied_share": (emb_device + emb_host) / total,
+        "embodied_share": dep["embodied_tco2e_per_s"] / dep["total_tco2e_per_s"],
         "gpus_consumed": gpus,
         "material_kg": materials.material_kg(gpus, x["material_kg_per_device"]),
-        "water_m3": energy.water_m3(it_kwh, x["wue_l_per_kwh"]),
+        "water_m3": seconds * dep["water_m3_per_s"],
         "reason": reason,
-        "cost_usd": cost_usd(x, devices, hours, it_kwh * pue),
+        "cost_usd": cost_usd(x, devices, hours, seconds * dep["facility_kwh_per_s"]),
     }
     out.update(_lifecycle(x, params, active, out))
     return out

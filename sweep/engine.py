@@ -36,12 +36,13 @@ import numpy as np
 
 import hardware_db
 from kernels.design import DERIVABLE, DESIGN_INPUTS, design_stage
-from kernels.footprint import DESIGN_KEYS, LAYOUT_STEP_INPUTS, OUTPUTS, footprint
+from kernels.footprint import DEPLOYMENT_INPUTS, DESIGN_KEYS, LAYOUT_STEP_INPUTS, OUTPUTS, footprint
 from kernels.selection import best_layout_stage
 from kernels.reasons import CODE, REASONS
 from kernels import uncertainty as ku
 
 from . import reductions as red
+from .compiled import deployment_stage, opaque_zeros
 from .calibration import calibration_for
 from .inputs import point_inputs, site_row
 from . import dimensions, results
@@ -349,7 +350,8 @@ class Evaluator:
         if getattr(self, "_grid_fn", None) is None:
             self._tables_dev, plan = self.grid_tables()
             outputs = self.reduce_outputs if self.fast else self.outputs
-            self._grid_fn = _grid_jit(plan, tuple(self.core_kwargs(outputs).items()), self.reductions, self.fast)
+            self._grid_fn = _grid_jit(plan, tuple(self.core_kwargs(outputs).items()), self.reductions, self.fast,
+                                      DEPLOYMENT_STAGE_RATIO)
         return self._grid_fn
 
     def core_kwargs(self, outputs=None) -> dict:
@@ -480,16 +482,23 @@ def _values_jit(core_items):
     return jax.jit(functools.partial(evaluate_points, **dict(core_items)))
 
 
+# a chunk's deployment terms are computed once per deployment (and kept as buffers) when the chunk
+# holds at least this many points per deployment, else in the points' loops (the same bits either
+# way). Measured on the deployment-heavy grid (6 points per deployment): 0.95-1.13 s in the loops,
+# 0.79-0.80 s once per deployment.
+DEPLOYMENT_STAGE_RATIO = 4
+
+
 @functools.lru_cache(maxsize=32)
-def _grid_jit(plan, core_items, reduce, compact):
+def _grid_jit(plan, core_items, reduce, compact, deploy_ratio):
     """One jitted grid function per static configuration, shared by every Evaluator (and run())."""
     return jax.jit(functools.partial(_evaluate_grid, plan=plan, core=dict(core_items), reduce=reduce,
-                                     compact=compact),
+                                     compact=compact, deploy_ratio=deploy_ratio),
                    static_argnames=("block", "axis", "names"))
 
 
 def _evaluate_grid(lead, a, n_valid, xvec, cvec, mats, searched, *, block, axis, names, plan, core, reduce,
-                   compact):
+                   compact, deploy_ratio):
     """The grid path for one hyper-rectangular chunk, without per-point index division.
 
     ``lead`` holds the (traced) indices of the axes before the split ``axis``, ``a`` the first index
@@ -516,7 +525,7 @@ def _evaluate_grid(lead, a, n_valid, xvec, cvec, mats, searched, *, block, axis,
             ix = jnp.minimum(ix, size - 1).reshape((n,) + (1,) * (nblk - 1 - j))  # padding repeats the last
         for k, arr in tables[d].items():
             natural[k], on_axis[k] = arr[ix], j  # values on their own axis (a scalar for a lead axis)
-    # Two stages, each on materialised inputs, so every point takes the same arithmetic path whatever
+    # Stages, each on materialised inputs, so every point takes the same arithmetic path whatever
     # the chunk shape (XLA would otherwise compute some terms at lower rank, and differently for
     # different shapes) and chunked and unchunked runs agree to the bit:
     # 1. the design stage on the design axes only (one evaluation per design, not per point);
@@ -529,6 +538,19 @@ def _evaluate_grid(lead, a, n_valid, xvec, cvec, mats, searched, *, block, axis,
     xd = jax.tree_util.tree_map(jax.lax.optimization_barrier, xd)
     staged = design_stage(xd, derive=core["derive"], law=core["law"], law_table=core["law_table"])
     full = functools.partial(spread, block=block)
+    # 1b. the deployment stage likewise on the deployment axes only (each term per booked second:
+    #     kernels.footprint.deployment_terms), so a point's footprint is a product or two;
+    pshape = [1] * nblk
+    for k, j in on_axis.items():
+        if k in DEPLOYMENT_INPUTS and j is not None:
+            pshape[j] = block[j]
+    # computed once per deployment where a chunk holds far fewer deployments than points, else in
+    # the points' loops (the same bits either way: sweep.compiled.deployment_stage); spread to the
+    # points as arrays XLA cannot see through (opaque_zeros), as the per-point path's are
+    once = math.prod(pshape) * deploy_ratio <= math.prod(block)
+    deploy = deployment_stage({**x, **natural}, pshape, materialise=once)
+    zeros = opaque_zeros((math.prod(block),), xvec.dtype)
+    deploy = jax.tree_util.tree_map(lambda v: full(v) + zeros, deploy)
     # 2. when optimising the layout, the chunk's picks (``searched``: one per value of the axes the
     #    search depends on, in C order over the block: Evaluator.chunk_search) broadcast to the points;
     layout_staged = None
@@ -546,11 +568,11 @@ def _evaluate_grid(lead, a, n_valid, xvec, cvec, mats, searched, *, block, axis,
     per_design = {k: v for k, v in staged[2].items() if jnp.ndim(v)}  # the loss: one value per design
     staged = jax.tree_util.tree_map(lambda v: v if jnp.ndim(v) == 0 else full(v), staged)
     # one barrier per array, so XLA still drops the ones this chunk's outputs do not need
-    x, cal, staged = jax.tree_util.tree_map(jax.lax.optimization_barrier, (x, cal, staged))
+    x, cal, staged, deploy = jax.tree_util.tree_map(jax.lax.optimization_barrier, (x, cal, staged, deploy))
     if layout_staged is not None:
         layout_staged = jax.tree_util.tree_map(jax.lax.optimization_barrier, layout_staged)
     x["_points"] = jnp.zeros(math.prod(block), jnp.int8)
-    out = evaluate_points(x, cal, staged=staged, layout_staged=layout_staged, **core)
+    out = evaluate_points(x, cal, staged=staged, layout_staged=layout_staged, deploy_staged=deploy, **core)
     reduced = set().union(*(r.reads for r in reduce))
     low = {k: v for k, v in per_design.items() if k in reduced}
     # the axes that usually decide feasibility: the design's, and categorical rows (hardware, region)
@@ -697,7 +719,7 @@ def spread(v, block):
 
 
 def evaluate_points(x, cal, *, mode, derive, law, law_table, outputs, staged=None, layout_staged=None,
-                    uncertainty=None):
+                    deploy_staged=None, uncertainty=None):
     """One chunk: the design stage, the layout stage (when optimising the layout), then the
     footprint, loss, reasons.
 
@@ -705,9 +727,10 @@ def evaluate_points(x, cal, *, mode, derive, law, law_table, outputs, staged=Non
     way whether the design terms were computed here, per point, or by the grid path on the design
     axes only (``staged``: its results, already broadcast to the points). When optimising the
     layout, ``layout_staged`` holds each point's pick (``Evaluator.search``, broadcast to the
-    points). The study's ``objective`` is not an argument: it picks the same layout
-    (``kernels.selection.best_layout_stage``), so studies that differ only in it share their compiled
-    functions. ``uncertainty`` (``sweep.uncertainty.kernel_spec``): the sampled quantile outputs too.
+    points). ``deploy_staged``: the deployment terms (``sweep.compiled.deployment_stage``), from the
+    grid path's deployment axes, or computed here on the points. The study's ``objective`` is not
+    an argument: it picks the same layout (``kernels.selection.best_layout_stage``), so studies that
+    differ only in it share their compiled functions. ``uncertainty`` (``sweep.uncertainty.kernel_spec``): the sampled quantile outputs too.
     """
     x = dict(x)
     points = jnp.shape(x.pop("_points"))
@@ -717,17 +740,20 @@ def evaluate_points(x, cal, *, mode, derive, law, law_table, outputs, staged=Non
                                         design_stage(x, derive=derive, law=law, law_table=law_table))
     xd, design, loss, reason = staged
     x.update(xd)
+    dep = deploy_staged
+    if dep is None:
+        dep = deployment_stage(x, points)
     if mode == "best":
         picked = layout_staged  # Evaluator.search's picks, one per point
-        out = footprint(x, design=design, step=picked)
+        out = footprint(x, design=design, step=picked, deploy=dep)
         for k in LAYOUT_VARS:
             out[k] = picked[k]
     elif mode == "fixed":
-        out = footprint(x, cal, design=design)
+        out = footprint(x, cal, design=design, deploy=dep)
         for k in LAYOUT_VARS:
             out[k] = jnp.broadcast_to(x[k], jnp.shape(out["total_tco2e"]))
     else:
-        out = footprint(x, None, design=design)
+        out = footprint(x, None, design=design, deploy=dep)
     out.update(loss)
     pairs = [(n, *e) for n in outputs if (e := elasticity_of(n))]
     if pairs:  # <output>_elasticity_<input>: d ln output / d ln input, by forward-mode differentiation
@@ -791,7 +817,8 @@ def sampled_outputs(x, cal, design, step, design_reason, reason, unc, outputs):
         None if step is None else {k: col(v) for k, v in step.items()}))
     # a sample whose total is not finite lacks a figure (missing_data, as the point estimate's): that
     # is checked where the samples are read (sample_summary), so the chain runs once per sample
-    o = footprint(xs, cal, design=design, step=step, check_missing=False)
+    deploy = deployment_stage(xs)
+    o = footprint(xs, cal, design=design, step=step, check_missing=False, deploy=deploy)
     ok = ok & (o["reason"] == 0) & (col(design_reason) == 0) & (col(reason) == 0)
     total = o["total_tco2e"]
     out, n_feasible = {}, None

@@ -278,11 +278,13 @@ def _sampled_fn(with_cal: bool, names: tuple[str, ...], rel: tuple[bool, ...], w
                 codes: tuple[int, ...] | None = None):
     from kernels.footprint import footprint
 
+    from .compiled import deployment_stage
+
     def run(x, cal, draws, step=None):
         xs, ok = sampled_inputs({k: jnp.asarray(v)[..., None] for k, v in x.items()}, names, rel, draws, codes)
         ok = ok[0]
         held = {k: jnp.asarray(v)[..., None] for k, v in step.items()} if with_step else None
-        out = footprint(xs, cal if with_cal else None, step=held)
+        out = footprint(xs, cal if with_cal else None, step=held, deploy=deployment_stage(xs))
         feasible = ok & (out["reason"] == 0) & jnp.isfinite(out["total_tco2e"])
         reason = jnp.where(ok, out["reason"], CODE["sample_out_of_range"])
         return {k: out[k] for k in SUMMARY_OUTPUTS}, feasible, reason

@@ -645,6 +645,20 @@ def test_points_evaluated_one_by_one_equal_the_grid_to_the_bit(dtype, mode):
         np.testing.assert_array_equal(got[k][::-1], ds[k].values.ravel(), err_msg=k)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("mode", list(MODES))
+def test_deployment_terms_once_per_deployment_or_in_every_point_give_the_same_bits(dtype, mode, monkeypatch):
+    """A chunk computes its deployment terms once per deployment (buffers) or in the points' loops,
+    by how many points it holds per deployment (engine.DEPLOYMENT_STAGE_RATIO): the same bits."""
+    s = spec(study__dtype=dtype, **MODES[mode])
+    got = {}
+    for ratio in (1, 10**12):  # always once per deployment; never
+        monkeypatch.setattr(engine, "DEPLOYMENT_STAGE_RATIO", ratio)
+        got[ratio] = [run(s, write=False, chunk_size=size).dataset for size in (None, 7)]
+    for a, b in zip(got[1], got[10**12]):
+        same_dataset(a, b)
+
+
 @pytest.mark.parametrize("mode", list(MODES))
 def test_a_point_evaluated_alone_equals_the_grid_to_the_bit(mode):
     """One point on the per-point path (a front or top-k of one row is completed so) gives the

@@ -7,7 +7,7 @@ import pytest
 
 from kernels.embodied import amortised_tco2e, logic_kgco2e, memory_kgco2e
 from kernels.energy import device_power_w, energy_kwh, node_count, operational_tco2e, water_m3
-from kernels.footprint import INPUT_KEYS, footprint
+from kernels.footprint import DEPLOYMENT_INPUTS, INPUT_KEYS, deployment_terms, footprint
 
 NAN = float("nan")
 
@@ -60,6 +60,31 @@ def test_whole_chain_by_hand():
     assert out["material_kg"] == out["gpus_consumed"] * 1.5
     assert out["water_m3"] == pytest.approx(it_w * hours / 1e3 * 1.8 / 1e3, rel=1e-12)
     assert out["reason"] == 0
+
+
+def test_deployment_terms_are_the_footprint_per_booked_second_by_hand():
+    x = run_inputs(goodput=0.9)
+    d = {k: float(v) for k, v in deployment_terms({k: x[k] for k in DEPLOYMENT_INPUTS}).items()}
+    # the cluster's peak per booked second: 100 devices × 300 TFLOP/s × goodput 0.9
+    assert d["peak_rate_flops_s"] == pytest.approx(100 * 300e12 * 0.9, rel=1e-15)
+    # IT power 100 × 330 W + 13 nodes × 2000 W × 0.8 = 53,800 W: kWh per second = W / 3.6e6
+    it_w = 100 * 330 + 13 * 2000 * 0.8
+    assert d["it_energy_mwh_per_s"] == pytest.approx(it_w / 3.6e6 / 1e3, rel=1e-12)
+    assert d["energy_mwh_per_s"] == pytest.approx(it_w * 1.2 / 3.6e6 / 1e3, rel=1e-12)
+    assert d["operational_tco2e_per_s"] == pytest.approx(it_w * 1.2 / 3.6e6 * 0.3 / 1e3, rel=1e-12)
+    # embodied: 8,200 kg over 4 × 31,536,000 s, in tonnes
+    emb = (100 * 30 + 13 * 400) / (4 * 31_536_000) / 1e3
+    assert d["embodied_tco2e_per_s"] == pytest.approx(emb, rel=1e-12)
+    assert d["total_tco2e_per_s"] == pytest.approx(it_w * 1.2 / 3.6e6 * 0.3 / 1e3 + emb, rel=1e-12)
+    assert d["water_m3_per_s"] == pytest.approx(it_w / 3.6e6 * 1.8 / 1e3, rel=1e-12)
+
+
+def test_footprint_from_given_deployment_terms_equals_its_own():
+    x = run_inputs(goodput=0.9)
+    own = footprint(x)
+    given = footprint(x, deploy=deployment_terms(x))
+    for k in own:
+        np.testing.assert_array_equal(np.asarray(given[k]), np.asarray(own[k]), err_msg=k)
 
 
 def test_measured_average_power_replaces_device_and_host_power():
