@@ -161,6 +161,8 @@ def deployment_terms(x, materialise=lambda v: v):
     emb_host = m(embodied.run_embodied_tco2e(nodes * x["host_embodied_kgco2e"], 1.0, x["lifespan_years"]))
     it_kwh = m(it_device + it_host)
     facility_kwh = m(facility_device + facility_host)
+    op = m(op_device + op_host)
+    emb = m(emb_device + emb_host)
     # in the outputs' own units: a point's output is then one product (seconds · term), which XLA
     # cannot regroup with a unit conversion differently in different paths
     return {
@@ -171,11 +173,11 @@ def deployment_terms(x, materialise=lambda v: v):
         "water_m3_per_s": energy.water_m3(it_kwh, x["wue_l_per_kwh"]),
         "operational_device_tco2e_per_s": op_device,
         "operational_host_tco2e_per_s": op_host,
-        "operational_tco2e_per_s": m(op_device + op_host),
+        "operational_tco2e_per_s": op,
         "embodied_device_tco2e_per_s": emb_device,
         "embodied_host_tco2e_per_s": emb_host,
-        "embodied_tco2e_per_s": m(emb_device + emb_host),
-        "total_tco2e_per_s": m(m(op_device + op_host) + m(emb_device + emb_host)),
+        "embodied_tco2e_per_s": emb,
+        "total_tco2e_per_s": m(op + emb),
     }
 
 
