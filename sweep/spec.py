@@ -119,6 +119,13 @@ KEYS: dict[str, Key] = {
                   "(hardware_db/calibration.toml: off for A100, on for H100 and later)"),
     "ep_overlap": _k("cluster", BOOL, False, "expert all-to-all hidden under another micro-batch's compute "
                      "(DeepSeek-V3 DualPipe, Megatron-core MoE overlap)"),
+    "moe_host_sync": _k("cluster", BOOL, False, "the MoE dispatcher synchronises with the host every MoE layer and "
+                        "micro-batch (Megatron-core's dropless alltoall dispatcher: it copies the per-expert token "
+                        "counts to the CPU; calibrated cost moe_sync_latency_s); false for DeepEP / HybridEP (the "
+                        "flex dispatcher), drop-and-pad or CUDA-graphed MoE layers"),
+    "ep_dedup": _k("cluster", BOOL, False, "a token crosses the network once per remote node it has experts on, "
+                   "then is forwarded over NVLink (DeepEP / HybridEP, Megatron-core's flex dispatcher; DeepSeek-V3's "
+                   "node-limited routing); false: one copy per routed expert"),
     "moe_imbalance": _k("cluster", NUM, None, "busiest device's expert load over the mean (default: the "
                         "calibrated 1.25; 1 = balanced routing)", minimum=1.0),
     "goodput": _k("cluster", NUM, None, "productive fraction of the booked wall-clock (failures, restarts, "

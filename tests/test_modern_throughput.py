@@ -13,6 +13,7 @@ import pytest
 
 import hardware_db
 from kernels.reasons import CODE
+from sweep.calibration import calibration_for
 from sweep.calibrate import FITTABLE, batch, calibration_toml, fit, load_runs, packaged_constants, packaged_predictions, predict
 from sweep.cli import main
 from sweep.estimate import evaluate
@@ -227,6 +228,48 @@ def test_goodput_default_applies_when_the_layout_model_sets_the_time(db):
     assert default["train_days"] == pytest.approx(one["train_days"] / db.default("goodput"), rel=1e-9)
 
 
+SMALL_MOE = {"layers": 4, "d_model": 1024, "heads": 8, "d_ff": 2048, "ffn": "swiglu", "vocab": 32000,
+             "seq_len": 2048, "dropout": False, "experts": 8, "top_k": 2, "tokens": 1e9, "global_batch": 8,
+             "hardware": "h100-sxm5-80gb", "devices": 1, "tp": 1, "pp": 1, "ep": 1, "microbatch": 1,
+             "recompute": "none", "region": "us"}
+
+
+def test_a_host_syncing_dispatcher_costs_its_latency_per_moe_layer_and_micro_batch_by_hand(db):
+    # one device, no communication: the step grows by exactly micro-batches × MoE layers × the
+    # calibrated sync latency (hand: 8 sequences / 1 per micro-batch = 8 micro-batches × 4 layers)
+    sync_s = calibration_for(db, "h100-sxm5-80gb")["moe_sync_latency_s"]
+    free = evaluate(SMALL_MOE, db)
+    synced = evaluate({**SMALL_MOE, "moe_host_sync": True}, db)
+    assert sync_s > 0 and free["reason"] == synced["reason"] == 0
+    assert synced["step_time_s"] - free["step_time_s"] == pytest.approx(8 * 4 * sync_s, rel=1e-9)
+
+
+def test_per_node_dedup_shortens_an_expert_all_to_all_across_nodes(db):
+    spec = {**DEEPSEEK_V3_LIKE, "tp": 1, "pp": 16, "ep": 64, "microbatch": 1, "recompute": "full", "interleave": 1}
+    copies = evaluate(spec, db)
+    dedup = evaluate({**spec, "ep_dedup": True}, db)
+    assert copies["reason"] == dedup["reason"] == 0
+    assert dedup["step_time_s"] < copies["step_time_s"]
+
+
+def test_a_modern_moe_run_written_as_a_spec_predicts_what_validate_predicts(db, modern):
+    # Qwen3-235B-A22B on 256 H100, FP8, Megatron-Bridge 26.04 (alltoall dispatcher, a2a overlap,
+    # force-balanced routing): the spec's keys express the row's layout and dispatcher
+    _, runs, _ = modern
+    row = next(p for p in packaged_predictions(db, runs) if p["id"] == "mb260401-qwen3-235b-h100-fp8")
+    spec = {"layers": 94, "d_model": 4096, "heads": 64, "kv_heads": 4, "head_dim": 128, "d_ff": 1536,
+            "ffn": "swiglu", "vocab": 151936, "seq_len": 4096, "experts": 128, "top_k": 8, "expert_d_ff": 1536,
+            "dropout": False, "tokens": 1e12, "global_batch": 8192, "precision": "fp8",
+            "hardware": "h100-sxm5-80gb", "devices": 256, "tp": 2, "pp": 8, "interleave": 4, "ep": 32, "etp": 1,
+            "microbatch": 1, "recompute": "none", "ep_overlap": True, "moe_imbalance": 1.0,
+            "moe_host_sync": True, "region": "us"}
+    out = evaluate(spec, db)
+    per_device = out["tokens_per_s"] / 256
+    assert per_device == pytest.approx(row["predicted"], rel=0.01)
+    # without the host sync the spec would be the faster flex-like dispatcher
+    assert evaluate({**spec, "moe_host_sync": False}, db)["tokens_per_s"] > out["tokens_per_s"]
+
+
 def load_estimate_dict(values, db):
     return resolve("<spec>", values, db)
 
@@ -262,7 +305,8 @@ def _spec(tmp_path, precision="bf16", hardware="h100-sxm5-80gb", extra=""):
 
 @pytest.mark.parametrize("extra,key", [("goodput = -0.5", "goodput"), ("goodput = 1.5", "goodput"),
                                       ("cp = 3", "cp"), ("zero_stage = 4", "zero_stage"),
-                                      ("zero_stage = 0\nshard_optimizer = true", "zero_stage")])
+                                      ("zero_stage = 0\nshard_optimizer = true", "zero_stage"),
+                                      ("moe_host_sync = 3", "moe_host_sync"), ('ep_dedup = "yes"', "ep_dedup")])
 def test_bad_new_keys_are_spec_errors_naming_the_key(tmp_path, capsys, extra, key):
     code = main(["estimate", str(_spec(tmp_path, extra=extra))])
     err = capsys.readouterr().err
