@@ -412,3 +412,17 @@ def test_a_one_run_file_fits_the_general_constants_but_not_one_that_needs_two_me
     one = [r for r in runs if r.id == "llama3-paper-405b-16384gpu-cp1"]
     res = fit(db, one, constants=("attention_eff", "gemm_eff_max"), shared=(), leave_one_out=False)
     assert set(res["constants"]["h100"]) == {"attention_eff"}  # one dense BF16 run: gemm_eff_max stays
+
+
+def test_a_grid_over_the_dispatcher_gives_what_estimate_gives_for_each_value(db):
+    from sweep.engine import run
+
+    model = {k: SMALL_MOE[k] for k in ("layers", "d_model", "heads", "d_ff", "ffn", "vocab", "seq_len", "dropout",
+                                       "experts", "top_k")}
+    cluster = {k: SMALL_MOE[k] for k in ("hardware", "devices", "tp", "pp", "ep", "microbatch", "recompute")}
+    doc = {"model": model, "training": {"tokens": 1e9, "global_batch": 8}, "cluster": cluster,
+           "site": {"region": "us"}, "grid": {"moe_host_sync": [False, True]}, "study": {"name": "dispatcher"}}
+    ds = run(doc, write=False).dataset
+    for flag in (False, True):
+        one = evaluate({**SMALL_MOE, "moe_host_sync": flag}, db)
+        assert float(ds.step_time_s.sel(moe_host_sync=flag)) == pytest.approx(one["step_time_s"], rel=1e-6)
