@@ -58,7 +58,7 @@ LAYOUT_INPUTS = ("devices", "tp", "pp", "ep", "microbatch", "recompute", "interl
                  "sequence_parallel")
 # optional layout inputs (kernels.layout.layout_fields gives their defaults)
 OPTIONAL_LAYOUT_INPUTS = ("cp", "etp", "zero_stage", "overlap", "ep_overlap", "moe_imbalance", "grad_bytes",
-                          "offload_layers", "ep_dedup", "flash_attention", "moe_host_sync")
+                          "offload_layers", "ep_dedup", "flash_attention", "moe_host_sync", "cuda_graphs")
 STEP_OUTPUTS = ("step_time_s", "compute_s", "comm_exposed_s", "bubble_s", "tokens_per_s", "mfu", "hfu",
                 "memory_bytes", "dp", "micro_batches", "reason")
 # reason codes (kernels.reasons), spelled out here so the reference does not import the kernels
@@ -264,11 +264,13 @@ def step_python(p: dict, lay: dict, cal: dict) -> dict:
         fwd = max(c - (ov if tp <= node else 0.0) * g, 0.0)  # TP overlap: NVLink peers only
         return 3.0 * (g + mem) + redo + latency, fwd + max(c - g, 0.0) + (fwd if full else 0.0) + cp_hidden
 
-    lat_l = cal.get("layer_latency_s", 0.0) + (FLASH_BWD_EXTRA * core_g if flash else 0.0)
+    launched = 0.0 if opt("cuda_graphs", 0.0) > 0 else 1.0  # whole-layer CUDA graphs: no launch latency
+    lat_l = cal.get("layer_latency_s", 0.0) * launched + (FLASH_BWD_EXTRA * core_g if flash else 0.0)
     if flash and math.isfinite(cal.get("attention_exp_per_s", math.inf)):  # softmax exponentials on the special-function units
         lat_l += scores * nb * sq * s * (3.0 if full else 2.0) / cal["attention_exp_per_s"]
     comp_dense, comm_dense = layer(dense_g, dense_m, c_dense, lat_l, sel_dense)
-    moe_lat = cal.get("moe_layer_latency_s", 0.0) + lay.get("moe_host_sync", 0.0) * cal.get("moe_sync_latency_s", 0.0)
+    moe_lat = (cal.get("moe_layer_latency_s", 0.0)
+               + opt("moe_host_sync", 0.0) * cal.get("moe_sync_latency_s", 0.0)) * launched
     comp_moe, comm_moe = layer(moe_g, moe_m, c_moe, lat_l + moe_lat, sel_moe)
     frac = n_moe / L if L != 0 else n_moe
     comp_l = (1.0 - frac) * comp_dense + frac * comp_moe
@@ -579,14 +581,15 @@ def step_numpy(p: dict, lay: dict, cal: dict) -> dict:
             comm = fwd + np.maximum(cc - g, zero_) + np.where(full, fwd, zero_) + cp_hidden
             return 3.0 * (g + mem) + redo + latency, comm
 
-        lat_l = c.get("layer_latency_s", zero_) + np.where(flash, FLASH_BWD_EXTRA * core_g, zero_)
+        launched = np.where(opt("cuda_graphs", zero_) > 0, zero_, one)  # whole-layer CUDA graphs
+        lat_l = c.get("layer_latency_s", zero_) * launched + np.where(flash, FLASH_BWD_EXTRA * core_g, zero_)
         if "attention_exp_per_s" in c:  # softmax exponentials on the special-function units
             rate = np.asarray(c["attention_exp_per_s"], dt)
             lat_l = lat_l + np.where(flash & np.isfinite(rate), scores * nb * sq * s * np.where(full, dt.type(3.0), dt.type(2.0))
                                      / np.where(np.isfinite(rate), rate, one), zero_)
         comp_dense, comm_dense = layer(dense_g, dense_m, c_dense, lat_l, sel_dense)
         moe_lat = (c.get("moe_layer_latency_s", zero_)
-                   + w.get("moe_host_sync", np.zeros_like(tp)) * c.get("moe_sync_latency_s", zero_))
+                   + opt("moe_host_sync", zero_) * c.get("moe_sync_latency_s", zero_)) * launched
         comp_moe, comm_moe = layer(moe_g, moe_m, c_moe, lat_l + moe_lat, sel_moe)
         frac = n_moe / np.where(L == 0, one, L)
         comp_l = (1.0 - frac) * comp_dense + frac * comp_moe

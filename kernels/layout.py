@@ -321,7 +321,8 @@ def layout_fields(layout: Mapping, cal: Mapping | None = None) -> dict:
     0 (1 = expert all-to-all under another micro-batch's compute), ep_dedup 0 (1 = tokens cross the
     network once per remote node, ``alltoall_time``), moe_host_sync 0 (1 = the MoE dispatcher
     synchronises with the host every MoE layer, Megatron-core's alltoall dispatcher:
-    moe_sync_latency_s per MoE layer and micro-batch), offload_layers 0 (layers of a stage whose
+    moe_sync_latency_s per MoE layer and micro-batch), cuda_graphs 0 (1 = whole layers replayed as CUDA
+    graphs: no per-layer launch or host-sync latency), offload_layers 0 (layers of a stage whose
     activations wait in host memory, Megatron-core cpu_offloading_num_layers; the copies are taken as
     hidden), moe_imbalance and grad_bytes NaN (= the calibrated defaults)."""
     cal = {} if cal is None else cal
@@ -343,6 +344,7 @@ def layout_fields(layout: Mapping, cal: Mapping | None = None) -> dict:
     fill("ep_dedup", 0.0)
     fill("offload_layers", 0.0)
     fill("moe_host_sync", 0.0)
+    fill("cuda_graphs", 0.0)
     return lay
 
 
@@ -624,7 +626,13 @@ def step(design: Mapping, hw: Mapping, layout: Mapping, cal: Mapping) -> dict:
         comm = fwd + jnp.maximum(c - g, 0.0) + jnp.where(full, fwd, 0.0) + cp_exposed
         return comp, comm
 
-    lat = cal.get("layer_latency_s", 0.0)
+    # CUDA graphs over whole layers (Megatron-core full-iteration capture, NeMo's per-layer
+    # enable_cuda_graph) replay the layer's kernels without launching them one by one and without
+    # host work between them (NVIDIA CUDA C++ Programming Guide, "CUDA Graphs"): the per-layer
+    # latencies below, launches and host synchronisation, are then absent. Partial scopes
+    # (attention, router) leave the expert dispatch and GEMMs launched: not whole layers.
+    launched = jnp.where(lay["cuda_graphs"] > 0, 0.0, 1.0)
+    lat = cal.get("layer_latency_s", 0.0) * launched
     # flash attention's backward costs 2.5 forwards, not 2 (FLASH_BWD_EXTRA), on top of 3·g
     lat = lat + jnp.where(flash > 0, FLASH_BWD_EXTRA * core_g, 0.0)
     # softmax exponentials of flash attention run on the special-function units, not the tensor
@@ -644,7 +652,7 @@ def step(design: Mapping, hw: Mapping, layout: Mapping, cal: Mapping) -> dict:
     # synchronisation per MoE layer, forward and backward, that drains the launch queue (and keeps
     # the layer out of CUDA graphs); the flex dispatcher (DeepEP / HybridEP) and padded or
     # graph-captured dispatch are sync-free (``moe_host_sync`` 0, the default)
-    moe_lat = cal.get("moe_layer_latency_s", 0.0) + lay["moe_host_sync"] * cal.get("moe_sync_latency_s", 0.0)
+    moe_lat = (cal.get("moe_layer_latency_s", 0.0) + lay["moe_host_sync"] * cal.get("moe_sync_latency_s", 0.0)) * launched
     comp_moe, comm_moe = layer_time(moe_g, moe_m, c_fwd_moe, lat + moe_lat, sel_moe)
     a2a_layer = 2.0 * a2a * (2.0 + jnp.where(full, 1.0, 0.0))
     # with ep_overlap the all-to-all runs under another micro-batch's compute (DeepSeek-V3 DualPipe;

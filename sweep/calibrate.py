@@ -210,10 +210,15 @@ def _layouts(run, design, file, i):
     out["ep_dedup"] = np.full(k, float(lay.get("ep_dedup", dedup)))
     # Megatron-core's alltoall dispatcher (the default when no flex backend is set) synchronises with
     # the host every MoE layer; DeepEP/HybridEP (flex) and DeepSeek's own kernels do not, nor do the
-    # padded, graph-captured MoE layers of runs with whole-layer CUDA graphs ("on")
-    graphs = str(lay.get("cuda_graphs", "")).lower().startswith("on")
+    # padded, graph-captured MoE layers of runs with whole-layer CUDA graphs: "on" (NeMo's per-layer
+    # enable_cuda_graph) or "full_iteration" (Megatron-core's whole-iteration capture); those runs have
+    # no per-layer launch latency either (kernels.layout, cuda_graphs). TE-scoped partial graphs
+    # (attention, router) are not whole layers
+    cg = str(lay.get("cuda_graphs", "")).lower()
+    graphs = cg.startswith("on") or cg.startswith("full_iteration")
     sync = design["experts"] > 1 and not dedup and not graphs
     out["moe_host_sync"] = np.full(k, float(lay.get("moe_host_sync", sync)))
+    out["cuda_graphs"] = np.full(k, float(graphs))
     imb = lay.get("moe_imbalance", 1.0 if run.get("balanced_routing", True) else math.nan)
     out["moe_imbalance"] = np.full(k, float(imb))
     # NVIDIA's performance recipes reduce gradients in 16 bits (grad_reduce_in_fp32 = False, NeMo

@@ -126,6 +126,10 @@ KEYS: dict[str, Key] = {
     "ep_dedup": _k("cluster", BOOL, False, "a token crosses the network once per remote node it has experts on, "
                    "then is forwarded over NVLink (DeepEP / HybridEP, Megatron-core's flex dispatcher; DeepSeek-V3's "
                    "node-limited routing); false: one copy per routed expert"),
+    "cuda_graphs": _k("cluster", BOOL, False, "whole layers replayed as CUDA graphs (Megatron-core full-iteration "
+                      "capture, NeMo's per-layer enable_cuda_graph): no per-layer kernel-launch or host-sync latency "
+                      "(layer_latency_s, moe_layer_latency_s, moe_sync_latency_s); false for eager execution or "
+                      "graphs of parts of a layer (attention, router)"),
     "moe_imbalance": _k("cluster", NUM, None, "busiest device's expert load over the mean (default: the "
                         "calibrated 1.25; 1 = balanced routing)", minimum=1.0),
     "goodput": _k("cluster", NUM, None, "productive fraction of the booked wall-clock (failures, restarts, "
