@@ -236,6 +236,15 @@ def cmd_validate(args, db):
         loo = modern_loo_note(db)
         print(f"modern set (throughput_runs_modern.toml), packaged constants: {'; '.join(parts)} "
               f"(targets: mean <= 10 %, max <= 25 % per kind)" + (f"; when fitted, {loo}" if loo else ""))
+    heldout = [r for r in rows if r.get("set") == "heldout"]
+    if heldout:
+        parts = []
+        for kind in ("dense", "moe"):
+            e = [abs(r["error_pct"]) for r in heldout if r["kind"] == kind and math.isfinite(r["error_pct"])]
+            if e:
+                parts.append(f"{'MoE' if kind == 'moe' else kind} {len(e)} runs: mean {sum(e) / len(e):.1f} %, max {max(e):.1f} %")
+        print(f"held-out runs (throughput_runs_heldout.toml, a later release; no constant fitted on them), packaged "
+              f"constants: {'; '.join(parts)}")
     serving = [r for r in rows if r["quantity"] == "gpu_j_per_output_token"]
     if serving:
         from .serving import summary

@@ -95,10 +95,11 @@ def gpu_rows(db) -> list[dict]:
 
 def layout_rows(db) -> list[dict]:
     try:
-        from .validate_layout import layout_validation_rows, modern_validation_rows
+        from .validate_layout import HELDOUT, layout_validation_rows, modern_validation_rows
     except ImportError:
         return []
-    return layout_validation_rows(db) + modern_validation_rows(db)
+    heldout = modern_validation_rows(db, HELDOUT, "heldout") if HELDOUT in db.docs else []
+    return layout_validation_rows(db) + modern_validation_rows(db) + heldout
 
 
 def serving_rows(db) -> list[dict]:

@@ -167,20 +167,23 @@ def layout_validation_rows(db, cal_override: dict | None = None) -> list[dict]:
     return [evaluate_run(run, defaults, db, cal_override) for run in doc["run"]]
 
 
-def modern_validation_rows(db) -> list[dict]:
-    """One row per run of throughput_runs_modern.toml with a database figure for its hardware:
-    tokens/s per device (or the published MFU) predicted by the layout model with the packaged
-    constants, beside the published value."""
+HELDOUT = "throughput_runs_heldout.toml"  # runs no constant is fitted on (a later release)
+
+
+def modern_validation_rows(db, file: str = "throughput_runs_modern.toml", set_name: str = "modern") -> list[dict]:
+    """One row per run of a runs file (the modern calibration set, or ``HELDOUT``) with a database
+    figure for its hardware: tokens/s per device (or the published MFU) predicted by the layout model
+    with the packaged constants, beside the published value."""
     from .calibrate import load_runs, packaged_predictions
 
-    doc = _read(db, "throughput_runs_modern.toml")
-    runs, _ = load_runs(doc, db, "throughput_runs_modern.toml")
+    doc = _read(db, file)
+    runs, _ = load_runs(doc, db, file)
     rows = []
     for r in packaged_predictions(db, runs):
         unit = "1" if r["quantity"] == "mfu" else "token/s per device"
         rows.append({"case": f"{r['id']} ({r['kind']})", "quantity": r["quantity"], "unit": unit,
                      "predicted": r["predicted"], "published": r["published"], "error_pct": r["error_pct"],
-                     "source": r["source"], "set": "modern", "kind": r["kind"]})
+                     "source": r["source"], "set": set_name, "kind": r["kind"]})
     return rows
 
 
