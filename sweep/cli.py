@@ -210,6 +210,18 @@ def cmd_prices_list(args, db):
               f"{r['date']:<8} {r['provider']} {r['instance']} {r['offer']}")
 
 
+def _by_kind(rows, set_name: str) -> str:
+    """'dense N runs: mean x %, max y %; MoE ...' over the rows of one layout set."""
+    parts = []
+    for kind in ("dense", "moe"):
+        e = [abs(r["error_pct"]) for r in rows if r.get("set") == set_name and r["kind"] == kind
+             and math.isfinite(r["error_pct"])]
+        if e:
+            parts.append(f"{'MoE' if kind == 'moe' else kind} {len(e)} runs: mean {sum(e) / len(e):.1f} %, "
+                         f"max {max(e):.1f} %")
+    return "; ".join(parts)
+
+
 def cmd_validate(args, db):
     rows = validation_rows(db)
     if args.json:
@@ -224,27 +236,15 @@ def cmd_validate(args, db):
     if a100:
         print(f"\nA100 set (Korthikanti et al. 2022, Narayanan et al. 2021; {len(a100)} rows): mean abs. error "
               f"{sum(a100) / len(a100):.1f} %, max {max(a100):.1f} % (targets: mean <= 4 %, max <= 10 %)")
-    modern = [r for r in rows if r.get("set") == "modern"]
-    if modern:
+    if any(r.get("set") == "modern" for r in rows):
         from .validate_layout import modern_loo_note
 
-        parts = []
-        for kind in ("dense", "moe"):
-            e = [abs(r["error_pct"]) for r in modern if r["kind"] == kind and math.isfinite(r["error_pct"])]
-            if e:
-                parts.append(f"{'MoE' if kind == 'moe' else kind} {len(e)} runs: mean {sum(e) / len(e):.1f} %, max {max(e):.1f} %")
         loo = modern_loo_note(db)
-        print(f"modern set (throughput_runs_modern.toml), packaged constants: {'; '.join(parts)} "
+        print(f"modern set (throughput_runs_modern.toml), packaged constants: {_by_kind(rows, 'modern')} "
               f"(targets: mean <= 10 %, max <= 25 % per kind)" + (f"; when fitted, {loo}" if loo else ""))
-    heldout = [r for r in rows if r.get("set") == "heldout"]
-    if heldout:
-        parts = []
-        for kind in ("dense", "moe"):
-            e = [abs(r["error_pct"]) for r in heldout if r["kind"] == kind and math.isfinite(r["error_pct"])]
-            if e:
-                parts.append(f"{'MoE' if kind == 'moe' else kind} {len(e)} runs: mean {sum(e) / len(e):.1f} %, max {max(e):.1f} %")
+    if any(r.get("set") == "heldout" for r in rows):
         print(f"held-out runs (throughput_runs_heldout.toml, a later release; no constant fitted on them), packaged "
-              f"constants: {'; '.join(parts)}")
+              f"constants: {_by_kind(rows, 'heldout')}")
     serving = [r for r in rows if r["quantity"] == "gpu_j_per_output_token"]
     if serving:
         from .serving import summary
