@@ -2,10 +2,11 @@
 
 Some rows of hardware_db/throughput_runs_modern.toml record a summary table whose layout differs from
 the recipe preset at the same commit; their notes say so ("DIFFERS from table: ep preset 64 vs table 8;
-..."). The row keeps the table's layout (the set's convention). This script predicts each such row
-twice with the packaged constants, once with the table's layout and once with the preset's, and
-prints both errors, so the README can say which of the two the published number fits. Nothing is
-fitted and nothing is written.
+..."). A row keeps the table's layout (the set's convention) unless its notes say "LAYOUT CORRECTED":
+the next release's table published the preset's value with nearly the same throughput. This script
+predicts each such row with the packaged constants three ways, with the table's layout, the preset's
+and the row's own (the table's, or the corrected one), and prints the errors. Nothing is fitted and
+nothing is written.
 
     .venv/bin/python tools/contradicted_layouts.py
 """
@@ -27,20 +28,25 @@ KEYS = {"gpus": "devices", "mbs": "microbatch", "gbs": "global_batch", "tp": "tp
 DIFF = re.compile(r"(\w+) preset (\S+?) vs table (\S+?)[;.]")
 
 
-def preset_layout(run: dict) -> tuple[dict, list] | None:
-    """The row's layout with the preset's values where its notes record a difference (or None)."""
+def differences(run: dict) -> list | None:
+    """The (key, preset, table) values the row's notes record as differing (or None)."""
     notes = run.get("notes", "")
     if "DIFFERS from table:" not in notes:
         return None
-    diffs = DIFF.findall(notes.split("DIFFERS from table:")[1].split("Table values recorded")[0])
+    return DIFF.findall(notes.split("DIFFERS from table:")[1].split("Table values recorded")[0])
+
+
+def layout_with(run: dict, diffs: list, which: int) -> dict:
+    """The row's layout with the preset's (which = 1) or the table's (which = 2) value of each difference."""
     lay = dict(run["layout"])
-    for key, preset, _table in diffs:
+    for d in diffs:
+        key, value = d[0], d[which]
         if key == "fsdp":
-            lay["fsdp"] = preset == "True"
+            lay["fsdp"] = value == "True"
         else:
-            lay[KEYS[key]] = 1 if preset == "None" else int(preset)
+            lay[KEYS[key]] = 1 if value == "None" else int(value)
     lay["dp"] = lay["devices"] // (lay["tp"] * lay["pp"] * lay.get("cp", 1))
-    return lay, diffs
+    return lay
 
 
 def main() -> None:
@@ -48,30 +54,36 @@ def main() -> None:
     with open(Path(hardware_db.__file__).parent / "throughput_runs_modern.toml", "rb") as f:
         doc = tomllib.load(f)
     rows, diffs = [], {}
+    notes = {run["id"]: run.get("notes", "") for run in doc["run"]}
     for run in doc["run"]:
-        found = preset_layout(run)
+        found = differences(run)
         if found is None:
             continue
-        alt = copy.deepcopy(run)
-        alt["id"], alt["layout"] = run["id"] + "#preset", found[0]
-        rows += [run, alt]
-        diffs[run["id"]] = found[1]
+        rows.append(run)
+        for name, which in (("#preset", 1), ("#table", 2)):
+            alt = copy.deepcopy(run)
+            alt["id"], alt["layout"] = run["id"] + name, layout_with(run, found, which)
+            rows.append(alt)
+        diffs[run["id"]] = found
     runs, skipped = load_runs({"run": rows}, db, "throughput_runs_modern.toml")
     pred = {p["id"]: p for p in packaged_predictions(db, runs)}
-    table, preset = [], []
-    print(f"{'run':40s} {'kind':5s} {'published':>10s} {'table':>8s} {'preset':>8s}  preset differs in")
+    table, preset, own = [], [], []
+    print(f"{'run':40s} {'kind':5s} {'published':>10s} {'table':>8s} {'preset':>8s} {'row':>8s}  preset differs in")
     for rid, d in diffs.items():
         if rid not in pred:
             continue
-        a, b = pred[rid], pred[rid + "#preset"]
+        a, b, r = pred[rid + "#table"], pred[rid + "#preset"], pred[rid]
         table.append(abs(a["error_pct"]))
         preset.append(abs(b["error_pct"]))
+        own.append(abs(r["error_pct"]))
         what = ", ".join(f"{k} {p} (table {t})" for k, p, t in d)
-        print(f"{rid:40s} {a['kind']:5s} {a['published']:10.0f} {a['error_pct']:+7.1f}% {b['error_pct']:+7.1f}%  {what}")
+        mark = "*" if "LAYOUT CORRECTED" in notes[rid] else " "
+        print(f"{rid:40s} {a['kind']:5s} {a['published']:10.0f} {a['error_pct']:+7.1f}% {b['error_pct']:+7.1f}% "
+              f"{r['error_pct']:+7.1f}%{mark} {what}")
     closer = sum(p < t for p, t in zip(preset, table))
     print(f"\n{len(table)} rows: mean |error| {np.mean(table):.1f} % with the table's layouts, "
-          f"{np.mean(preset):.1f} % with the presets'; the preset is closer on {closer}, the table on "
-          f"{len(table) - closer}")
+          f"{np.mean(preset):.1f} % with the presets', {np.mean(own):.1f} % with the rows' own (* = corrected by "
+          f"the next release's table); the preset is closer on {closer}, the table on {len(table) - closer}")
     for s in skipped:
         print(f"skipped {s['id']}: {s['reason']}")
 
