@@ -58,7 +58,8 @@ LAYOUT_INPUTS = ("devices", "tp", "pp", "ep", "microbatch", "recompute", "interl
                  "sequence_parallel")
 # optional layout inputs (kernels.layout.layout_fields gives their defaults)
 OPTIONAL_LAYOUT_INPUTS = ("cp", "etp", "zero_stage", "overlap", "ep_overlap", "moe_imbalance", "grad_bytes",
-                          "offload_layers", "ep_dedup", "flash_attention", "moe_host_sync", "cuda_graphs")
+                          "offload_layers", "ep_dedup", "flash_attention", "moe_host_sync", "cuda_graphs",
+                          "cp_allgather")
 STEP_OUTPUTS = ("step_time_s", "compute_s", "comm_exposed_s", "bubble_s", "tokens_per_s", "mfu", "hfu",
                 "memory_bytes", "dp", "micro_batches", "reason")
 # reason codes (kernels.reasons), spelled out here so the reference does not import the kernels
@@ -257,7 +258,8 @@ def step_python(p: dict, lay: dict, cal: dict) -> dict:
         cp_t = (cp - 1.0) * 2.0 * T * kv_dim / tp * bpv / (link * leff) + (cp - 1.0) * lat
     else:
         cp_t = 0.0
-    cp_hidden = max(cp_t - core_g, 0.0) + max(2.0 * cp_t - 2.0 * core_g, 0.0)
+    under = 0.0 if opt("cp_allgather", 0.0) > 0 else core_g  # all-gather CP (Llama 3): exposed
+    cp_hidden = max(cp_t - under, 0.0) + max(2.0 * cp_t - 2.0 * under, 0.0)
 
     def layer(g, mem, c, latency, sel):
         redo = g + mem if full else (sel if rc >= 1 else 0.0)
@@ -573,7 +575,8 @@ def step_numpy(p: dict, lay: dict, cal: dict) -> dict:
                        + lat * np.log2(n_ep), zero_)
         cp_link = np.where(tp * cp <= node, intra, inter)
         cp_t = np.where(cp > 1, (cp - 1.0) * 2.0 * T * kv_dim / tp * bpv / (cp_link * leff) + (cp - 1.0) * lat, zero_)
-        cp_hidden = np.maximum(cp_t - core_g, zero_) + np.maximum(2.0 * cp_t - 2.0 * core_g, zero_)
+        under = np.where(opt("cp_allgather", zero_) > 0, zero_, core_g)  # all-gather CP (Llama 3): exposed
+        cp_hidden = np.maximum(cp_t - under, zero_) + np.maximum(2.0 * cp_t - 2.0 * under, zero_)
 
         def layer(g, mem, cc, latency, sel):
             redo = np.where(full, g + mem, np.where(rc >= 1, sel, zero_))

@@ -322,7 +322,8 @@ def layout_fields(layout: Mapping, cal: Mapping | None = None) -> dict:
     network once per remote node, ``alltoall_time``), moe_host_sync 0 (1 = the MoE dispatcher
     synchronises with the host every MoE layer, Megatron-core's alltoall dispatcher:
     moe_sync_latency_s per MoE layer and micro-batch), cuda_graphs 0 (1 = whole layers replayed as CUDA
-    graphs: no per-layer launch or host-sync latency), offload_layers 0 (layers of a stage whose
+    graphs: no per-layer launch or host-sync latency), cp_allgather 0 (1 = context parallelism by an
+    exposed all-gather of K and V, Llama 3's, instead of the overlapped ring), offload_layers 0 (layers of a stage whose
     activations wait in host memory, Megatron-core cpu_offloading_num_layers; the copies are taken as
     hidden), moe_imbalance and grad_bytes NaN (= the calibrated defaults)."""
     cal = {} if cal is None else cal
@@ -345,6 +346,7 @@ def layout_fields(layout: Mapping, cal: Mapping | None = None) -> dict:
     fill("offload_layers", 0.0)
     fill("moe_host_sync", 0.0)
     fill("cuda_graphs", 0.0)
+    fill("cp_allgather", 0.0)
     return lay
 
 
@@ -604,11 +606,15 @@ def step(design: Mapping, hw: Mapping, layout: Mapping, cal: Mapping) -> dict:
     a2a_bytes = T * imb * h * bpv / tp  # one copy of the device's tokens
     a2a = alltoall_time(a2a_bytes, ep, etp, node, intra, inter, cal, k, lay["ep_dedup"])
     # ---- context parallel: ring exchange of K and V (forward), K, V, dK, dV (backward), hidden
-    # under the attention core it overlaps with (ring attention, Liu et al. 2023; Megatron-core CP) ----
+    # under the attention core it overlaps with (ring attention, Liu et al. 2023; Megatron-core CP,
+    # cp_comm_type "p2p"); with ``cp_allgather`` the K and V of the whole sequence are all-gathered
+    # before the attention and dK, dV reduce-scattered after it, the same volume, exposed in the
+    # critical path (Llama 3: Dubey et al. 2024 §3.3.2, "all-gather based" context parallelism) ----
     cp_link = jnp.where(tp * cp <= node, intra, inter)
     cp_bytes = (cp - 1.0) * 2.0 * T * kv_dim / tp * bpv
     cp_t = jnp.where(cp > 1, cp_bytes / (cp_link * cal["link_eff"]) + (cp - 1.0) * cal["collective_latency_s"], 0.0)
-    cp_exposed = jnp.maximum(cp_t - core_g, 0.0) + jnp.maximum(2.0 * cp_t - 2.0 * core_g, 0.0)
+    cp_hidden_by = jnp.where(lay["cp_allgather"] > 0, 0.0, core_g)  # what the exchange can hide under
+    cp_exposed = jnp.maximum(cp_t - cp_hidden_by, 0.0) + jnp.maximum(2.0 * cp_t - 2.0 * cp_hidden_by, 0.0)
 
     full = rc >= 2
 

@@ -219,6 +219,8 @@ def _layouts(run, design, file, i):
     sync = design["experts"] > 1 and not dedup and not graphs
     out["moe_host_sync"] = np.full(k, float(lay.get("moe_host_sync", sync)))
     out["cuda_graphs"] = np.full(k, float(graphs))
+    # context parallelism by an exposed all-gather (Llama 3) or Megatron-core's overlapped ring ("p2p")
+    out["cp_allgather"] = np.full(k, float(str(lay.get("cp_comm_type", "p2p")).lower().startswith("all_gather")))
     imb = lay.get("moe_imbalance", 1.0 if run.get("balanced_routing", True) else math.nan)
     out["moe_imbalance"] = np.full(k, float(imb))
     # NVIDIA's performance recipes reduce gradients in 16 bits (grad_reduce_in_fp32 = False, NeMo

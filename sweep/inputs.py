@@ -153,6 +153,7 @@ def design_row(v: dict) -> dict[str, float]:
         "ep_overlap": float(bool(v.get("ep_overlap"))),
         "moe_host_sync": float(bool(v.get("moe_host_sync"))), "ep_dedup": float(bool(v.get("ep_dedup"))),
         "cuda_graphs": float(bool(v.get("cuda_graphs"))),
+        "cp_allgather": float(v.get("cp_comm_type") == "all_gather"),
         "dropout": float(v.get("dropout", True) is not False),
         "sliding_window": float(v.get("sliding_window") or 0.0),
         "window_layers": float(v["window_layers"]) if v.get("window_layers") is not None else 1.0,

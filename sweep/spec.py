@@ -126,6 +126,9 @@ KEYS: dict[str, Key] = {
     "ep_dedup": _k("cluster", BOOL, False, "a token crosses the network once per remote node it has experts on, "
                    "then is forwarded over NVLink (DeepEP / HybridEP, Megatron-core's flex dispatcher; DeepSeek-V3's "
                    "node-limited routing); false: one copy per routed expert"),
+    "cp_comm_type": _k("cluster", STR, "p2p", "how context parallelism exchanges K and V: p2p (a ring "
+                       "overlapped with the attention, Megatron-core's default) or all_gather (gathered before it, "
+                       "exposed; Llama 3)", choices=("p2p", "all_gather")),
     "cuda_graphs": _k("cluster", BOOL, False, "whole layers replayed as CUDA graphs (Megatron-core full-iteration "
                       "capture, NeMo's per-layer enable_cuda_graph): no per-layer kernel-launch or host-sync latency "
                       "(layer_latency_s, moe_layer_latency_s, moe_sync_latency_s); false for eager execution or "

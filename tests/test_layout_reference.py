@@ -169,6 +169,7 @@ def modern_cases(n: int, seed: int = 11) -> tuple[dict, dict]:
     lay["ep_dedup"] = pick(0.0, 1.0)
     lay["moe_host_sync"] = pick(0.0, 1.0)
     lay["cuda_graphs"] = pick(0.0, 0.0, 1.0)
+    lay["cp_allgather"] = pick(0.0, 1.0)
     x["dropout"] = pick(0.0, 1.0)
     x["sliding_window"] = pick(0.0, 0.0, 128.0, 1024.0, 1e6)  # none, short, long, longer than the sequence
     x["window_layers"] = np.where(x["sliding_window"] > 0, pick(0.5, 1.0), 0.0)

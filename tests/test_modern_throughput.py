@@ -464,3 +464,18 @@ def test_the_held_out_release_is_feasible_and_reported_by_validate(db, capsys, m
     monkeypatch.setattr(sweep.cli, "validation_rows", lambda db: rows)
     assert main(["validate"]) == 0
     assert any(x.startswith("held-out runs") for x in capsys.readouterr().out.splitlines())
+
+
+def test_an_all_gather_context_parallelism_is_exposed_where_the_ring_hides_it(db):
+    spec = {**LLAMA_405B, "layers": 32, "d_model": 4096, "heads": 32, "d_ff": 14336, "seq_len": 131072,
+            "global_batch": 16, "devices": 256, "tp": 8, "pp": 1, "cp": 16, "microbatch": 1, "recompute": "full"}
+    ring = evaluate(spec, db)
+    gathered = evaluate({**spec, "cp_comm_type": "all_gather"}, db)
+    assert ring["reason"] == gathered["reason"] == 0
+    assert gathered["step_time_s"] > ring["step_time_s"]
+
+
+def test_a_bad_cp_comm_type_is_a_spec_error_naming_the_key(tmp_path, capsys):
+    code = main(["estimate", str(_spec(tmp_path, extra='cp_comm_type = "ring"'))])
+    err = capsys.readouterr().err
+    assert code == 2 and "[cluster] cp_comm_type" in err and "all_gather" in err and "Traceback" not in err
