@@ -323,9 +323,10 @@ def layout_fields(layout: Mapping, cal: Mapping | None = None) -> dict:
     synchronises with the host every MoE layer, Megatron-core's alltoall dispatcher:
     moe_sync_latency_s per MoE layer and micro-batch), cuda_graphs 0 (1 = whole layers replayed as CUDA
     graphs: no per-layer launch or host-sync latency), cp_allgather 0 (1 = context parallelism by an
-    exposed all-gather of K and V, Llama 3's, instead of the overlapped ring), offload_layers 0 (layers of a stage whose
-    activations wait in host memory, Megatron-core cpu_offloading_num_layers; the copies are taken as
-    hidden), moe_imbalance and grad_bytes NaN (= the calibrated defaults)."""
+    exposed all-gather of K and V, Llama 3's, instead of the overlapped ring), offload_layers 0
+    (layers of a stage whose activations wait in host memory, Megatron-core
+    cpu_offloading_num_layers; the copies are taken as hidden), moe_imbalance and grad_bytes NaN
+    (= the calibrated defaults)."""
     cal = {} if cal is None else cal
     f = lambda x: jnp.asarray(x) * 1.0  # noqa: E731  keep float32 inputs float32
     lay = {key: f(val) for key, val in layout.items()}
@@ -658,7 +659,8 @@ def step(design: Mapping, hw: Mapping, layout: Mapping, cal: Mapping) -> dict:
     # synchronisation per MoE layer, forward and backward, that drains the launch queue (and keeps
     # the layer out of CUDA graphs); the flex dispatcher (DeepEP / HybridEP) and padded or
     # graph-captured dispatch are sync-free (``moe_host_sync`` 0, the default)
-    moe_lat = (cal.get("moe_layer_latency_s", 0.0) + lay["moe_host_sync"] * cal.get("moe_sync_latency_s", 0.0)) * launched
+    moe_lat = launched * (cal.get("moe_layer_latency_s", 0.0)
+                          + lay["moe_host_sync"] * cal.get("moe_sync_latency_s", 0.0))
     comp_moe, comm_moe = layer_time(moe_g, moe_m, c_fwd_moe, lat + moe_lat, sel_moe)
     a2a_layer = 2.0 * a2a * (2.0 + jnp.where(full, 1.0, 0.0))
     # with ep_overlap the all-to-all runs under another micro-batch's compute (DeepSeek-V3 DualPipe;
