@@ -95,11 +95,11 @@ def gpu_rows(db) -> list[dict]:
 
 def layout_rows(db) -> list[dict]:
     try:
-        from .validate_layout import HELDOUT, layout_validation_rows, modern_validation_rows
+        from .validate_layout import HELDOUT, layout_validation_rows, runs_file_rows
     except ImportError:
         return []
-    heldout = modern_validation_rows(db, HELDOUT, "heldout") if HELDOUT in db.docs else []
-    return layout_validation_rows(db) + modern_validation_rows(db) + heldout
+    sets = [("throughput_runs_modern.toml", "modern")] + ([(HELDOUT, "heldout")] if HELDOUT in db.docs else [])
+    return layout_validation_rows(db) + runs_file_rows(db, sets)
 
 
 def serving_rows(db) -> list[dict]:

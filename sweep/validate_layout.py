@@ -174,12 +174,21 @@ def modern_validation_rows(db, file: str = "throughput_runs_modern.toml", set_na
     """One row per run of a runs file (the modern calibration set, or ``HELDOUT``) with a database
     figure for its hardware: tokens/s per device (or the published MFU) predicted by the layout model
     with the packaged constants, beside the published value."""
+    return runs_file_rows(db, [(file, set_name)])
+
+
+def runs_file_rows(db, sets: list[tuple[str, str]]) -> list[dict]:
+    """The rows of ``modern_validation_rows`` for several (file, set name) pairs, predicted by one
+    kernel call over all their runs (one compilation, not one per file)."""
     from .calibrate import load_runs, packaged_predictions
 
-    doc = _read(db, file)
-    runs, _ = load_runs(doc, db, file)
+    runs, names = [], []
+    for file, set_name in sets:
+        loaded, _ = load_runs(_read(db, file), db, file)
+        runs += loaded
+        names += [set_name] * len(loaded)
     rows = []
-    for r in packaged_predictions(db, runs):
+    for r, set_name in zip(packaged_predictions(db, runs), names):
         unit = "1" if r["quantity"] == "mfu" else "token/s per device"
         rows.append({"case": f"{r['id']} ({r['kind']})", "quantity": r["quantity"], "unit": unit,
                      "predicted": r["predicted"], "published": r["published"], "error_pct": r["error_pct"],
