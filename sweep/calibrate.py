@@ -211,11 +211,13 @@ def _layouts(run, design, file, i):
     # Megatron-core's alltoall dispatcher (the default when no flex backend is set) synchronises with
     # the host every MoE layer; DeepEP/HybridEP (flex) and DeepSeek's own kernels do not, nor do the
     # padded, graph-captured MoE layers of runs with whole-layer CUDA graphs: "on" (NeMo's per-layer
-    # enable_cuda_graph) or "full_iteration" (Megatron-core's whole-iteration capture); those runs have
-    # no per-layer launch latency either (kernels.layout, cuda_graphs). TE-scoped partial graphs
-    # (attention, router) are not whole layers
+    # enable_cuda_graph), "full_iteration" (Megatron-core's whole-iteration capture) or "local"
+    # (Megatron-core's own capture, cuda_graph_impl = "local": each TransformerLayer, or with scope
+    # "full_iteration" the whole iteration, as 25.11 spelled it); those runs have no per-layer launch
+    # latency either (kernels.layout, cuda_graphs). TE-scoped partial graphs (attention, router) are
+    # not whole layers
     cg = str(lay.get("cuda_graphs", "")).lower()
-    graphs = cg.startswith("on") or cg.startswith("full_iteration")
+    graphs = cg.startswith(("on", "full_iteration", "local"))
     sync = design["experts"] > 1 and not dedup and not graphs
     out["moe_host_sync"] = np.full(k, float(lay.get("moe_host_sync", sync)))
     out["cuda_graphs"] = np.full(k, float(graphs))

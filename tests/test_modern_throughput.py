@@ -441,6 +441,7 @@ def test_whole_layer_cuda_graphs_remove_the_per_layer_latencies_by_hand(db):
 
 
 @pytest.mark.parametrize("cuda_graphs,whole", [("full_iteration (preset)", 1.0), ("on (CSV)", 1.0),
+                                               ("local scope full_iteration", 1.0),
                                                ("transformer_engine scope ['attn', 'moe_router']", 0.0),
                                                ("none set by preset", 0.0)])
 def test_a_runs_cuda_graphs_field_counts_as_whole_layers_only_for_full_or_per_layer_capture(db, modern, cuda_graphs,
