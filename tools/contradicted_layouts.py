@@ -46,6 +46,11 @@ def layout_with(run: dict, diffs: list, which: int) -> dict:
         else:
             lay[KEYS[key]] = 1 if value == "None" else int(value)
     lay["dp"] = lay["devices"] // (lay["tp"] * lay["pp"] * lay.get("cp", 1))
+    if which == 2 and "PRESET SETTINGS ATTRIBUTED" in run.get("notes", ""):
+        # the table's layout is not the preset's: the settings the corrected row took from its
+        # preset (recompute, all-to-all overlap) are unknown again; the dispatcher, set per system, stays
+        lay["recompute"] = "unknown"
+        lay.pop("moe_a2a_overlap", None)
     return lay
 
 
