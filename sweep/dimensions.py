@@ -2,9 +2,9 @@
 
 A dimension is numeric (each value is the input of its name: ``layers``, ``mfu``; a few spec keys
 name an input otherwise: ``carbon_intensity`` → ``carbon_intensity_kg_per_kwh``), coded (a word per
-value: ``ffn`` → ``ffn_matrices``, ``recompute`` → its code) or a table (``hardware``, ``region``:
-each value a row of database figures, gathered by index; a device's calibrated layout-model
-constants are its ``cal__`` columns). ``DIMENSIONS`` maps the coded and table ones; every other
+value: ``ffn`` → ``ffn_matrices``, ``recompute`` → its code, ``cp_comm_type`` → ``cp_allgather``)
+or a table (``hardware``, ``region``: each value a row of database figures, gathered by index; a
+device's calibrated layout-model constants are its ``cal__`` columns). ``DIMENSIONS`` maps the coded and table ones; every other
 dimension is numeric. A new table dimension (a precision, a start hour) is one entry here.
 
 Two uses, the same numbers: ``columns`` gives a dimension's inputs over its coordinates (the grid
@@ -87,6 +87,7 @@ DIMENSIONS = {
                                         ("wue_l_per_kwh", "wue"))),
     "ffn": Coded("ffn_matrices", (("gelu", 2.0), ("swiglu", 3.0)), default=2.0),
     "recompute": Coded("recompute", tuple(RECOMPUTE_CODE.items())),
+    "cp_comm_type": Coded("cp_allgather", (("p2p", 0.0), ("all_gather", 1.0))),
 }
 
 

@@ -96,6 +96,7 @@ SHORT = {
     "region": "region",
     "ffn": "FFN kind",
     "recompute": "recomputation",
+    "cp_comm_type": "context-parallel exchange",
     "power_util": "power utilisation",
     "cost_usd": "dollar cost",
     "start": "start date (typical year)",

@@ -476,6 +476,32 @@ def test_an_all_gather_context_parallelism_is_exposed_where_the_ring_hides_it(db
     assert gathered["step_time_s"] > ring["step_time_s"]
 
 
+def test_a_grid_over_cp_comm_type_gives_what_estimate_gives_for_each_value(db):
+    from sweep.engine import run
+
+    spec = {**LLAMA_405B, "layers": 32, "d_model": 4096, "heads": 32, "d_ff": 14336, "seq_len": 131072,
+            "global_batch": 16, "devices": 256, "tp": 8, "pp": 1, "cp": 16, "microbatch": 1, "recompute": "full"}
+    model = {k: spec[k] for k in ("layers", "d_model", "heads", "kv_heads", "d_ff", "ffn", "vocab", "seq_len",
+                                  "dropout")}
+    cluster = {k: spec[k] for k in ("hardware", "devices", "tp", "pp", "cp", "microbatch", "recompute")}
+    doc = {"model": model, "training": {"tokens": spec["tokens"], "global_batch": 16}, "cluster": cluster,
+           "site": {"region": "us"}, "grid": {"cp_comm_type": ["p2p", "all_gather"]}, "study": {"name": "cp"}}
+    ds = run(doc, write=False).dataset
+    for kind in ("p2p", "all_gather"):
+        one = evaluate({**spec, "cp_comm_type": kind}, db)
+        assert float(ds.step_time_s.sel(cp_comm_type=kind)) == pytest.approx(one["step_time_s"], rel=1e-6)
+    assert float(ds.step_time_s.sel(cp_comm_type="all_gather")) > float(ds.step_time_s.sel(cp_comm_type="p2p"))
+
+
+def test_a_grid_value_of_cp_comm_type_outside_its_choices_is_a_spec_error(tmp_path, capsys):
+    path = _spec(tmp_path)
+    path.write_text(path.read_text() + '\n[grid]\ncp_comm_type = ["p2p", "ring"]\n\n[study]\nname = "cp"\n')
+    code = main(["run", str(path), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "[grid] cp_comm_type" in err and "all_gather" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_bad_cp_comm_type_is_a_spec_error_naming_the_key(tmp_path, capsys):
     code = main(["estimate", str(_spec(tmp_path, extra='cp_comm_type = "ring"'))])
     err = capsys.readouterr().err
