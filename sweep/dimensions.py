@@ -4,8 +4,9 @@ A dimension is numeric (each value is the input of its name: ``layers``, ``mfu``
 name an input otherwise: ``carbon_intensity`` → ``carbon_intensity_kg_per_kwh``), coded (a word per
 value: ``ffn`` → ``ffn_matrices``, ``recompute`` → its code, ``cp_comm_type`` → ``cp_allgather``)
 or a table (``hardware``, ``region``: each value a row of database figures, gathered by index; a
-device's calibrated layout-model constants are its ``cal__`` columns). ``DIMENSIONS`` maps the coded and table ones; every other
-dimension is numeric. A new table dimension (a precision, a start hour) is one entry here.
+device's calibrated layout-model constants are its ``cal__`` columns). ``DIMENSIONS`` maps the
+coded and table ones; every other dimension is numeric. A new table dimension (a precision, a start
+hour) is one entry here.
 
 Two uses, the same numbers: ``columns`` gives a dimension's inputs over its coordinates (the grid
 path gathers them by index inside the jitted call), ``at`` at arbitrary values (the search, the
