@@ -62,6 +62,7 @@ DEFAULT_SHARED = ("overlap_eff", "moe_layer_latency_s", "moe_sync_latency_s")
 LATENCY_START_S = 1e-4  # a fitted time that starts at 0 starts here (the log map needs a positive value)
 PRIOR_WEIGHT = 1e-3
 ITERATIONS = 60
+WARM_ITERATIONS = 20  # a left-out fit started from the full fit begins near its optimum
 RECOMPUTE = {"none": (0,), "selective": (1,), "full": (2,), "unknown": (0, 1, 2)}
 QUANTITIES = ("published_tokens_per_s_per_device", "published_step_time_s", "published_mfu", "published_gpu_hours")
 MICROBATCHES = (1, 2, 4, 8)
@@ -426,7 +427,7 @@ def fit(db, runs: list[Run], constants=DEFAULT_FIT, goodput: float = 1.0, leave_
         prior = sum(jnp.sum((theta[c] - theta0[c]) ** 2) for c in constants)
         return jnp.sum(w * r * r) + PRIOR_WEIGHT * prior
 
-    def solve(w, start=theta0):
+    def solve(w, start=theta0, iterations=ITERATIONS):
         f = lambda th: loss(th, w)  # noqa: E731
         opt = optax.lbfgs()
         vg = optax.value_and_grad_from_state(f)
@@ -437,7 +438,7 @@ def fit(db, runs: list[Run], constants=DEFAULT_FIT, goodput: float = 1.0, leave_
             upd, st = opt.update(grad, st, th, value=value, grad=grad, value_fn=f)
             return (optax.apply_updates(th, upd), st), value
 
-        (th, _), _ = jax.lax.scan(body, (start, opt.init(start)), None, length=ITERATIONS)
+        (th, _), _ = jax.lax.scan(body, (start, opt.init(start)), None, length=iterations)
         return th
 
     feasible = np.isfinite(np.asarray(residuals(theta0)))
@@ -456,7 +457,7 @@ def fit(db, runs: list[Run], constants=DEFAULT_FIT, goodput: float = 1.0, leave_
         # makes the loss piecewise, and one start can stop on a worse piece (the held-out run enters
         # neither loss nor choice)
         from_start = jax.jit(jax.vmap(solve))(masks)
-        from_fit = jax.jit(jax.vmap(lambda w: solve(w, theta)))(masks)
+        from_fit = jax.jit(jax.vmap(lambda w: solve(w, theta, WARM_ITERATIONS)))(masks)
         losses = jax.jit(jax.vmap(loss))
         better = losses(from_fit, masks) < losses(from_start, masks)
         thetas = jax.tree_util.tree_map(
