@@ -197,8 +197,9 @@ def footprint(x, cal=None, design=None, step=None, check_missing=True, deploy=No
     (``layout_step``) computed beforehand (the sweep's best-layout search picks them); computed
     here from ``cal`` when not given, and not used at all when neither is given (MFU given).
     ``deploy``: ``deployment_terms(x)`` computed beforehand (the sweep evaluates it on the deployment
-    axes only); computed here when not given. ``check_missing`` False: a non-finite total is left to the caller (not marked ``missing_data``;
-    the sweep's sampled path checks it where it reads the samples, so the chain runs once).
+    axes only); computed here when not given. ``check_missing`` False: a non-finite total is left to
+    the caller (not marked ``missing_data``; the sweep's sampled path checks it where it reads the
+    samples, so the chain runs once).
 
     Long (just over 80 lines): the whole chain in one place, equation by equation, as the module
     docstring lists it.

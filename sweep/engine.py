@@ -730,7 +730,8 @@ def evaluate_points(x, cal, *, mode, derive, law, law_table, outputs, staged=Non
     points). ``deploy_staged``: the deployment terms (``sweep.compiled.deployment_stage``), from the
     grid path's deployment axes, or computed here on the points. The study's ``objective`` is not
     an argument: it picks the same layout (``kernels.selection.best_layout_stage``), so studies that
-    differ only in it share their compiled functions. ``uncertainty`` (``sweep.uncertainty.kernel_spec``): the sampled quantile outputs too.
+    differ only in it share their compiled functions. ``uncertainty``
+    (``sweep.uncertainty.kernel_spec``): the sampled quantile outputs too.
     """
     x = dict(x)
     points = jnp.shape(x.pop("_points"))

@@ -380,7 +380,7 @@ def _design_label(row, dims, sep=" · "):
         v = row[d]
         if d == "layers":
             parts.append(f"{fmt_num(v)} layers")
-        elif d in ("hardware", "region", "ffn", "recompute", "cp_comm_type"):
+        elif isinstance(v, (str, np.str_)):  # a categorical dimension's word (hardware, region, ffn, ...)
             parts.append(str(v))
         elif d == "lifespan_years":
             parts.append(f"{fmt_num(v)} y life")

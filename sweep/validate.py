@@ -95,10 +95,10 @@ def gpu_rows(db) -> list[dict]:
 
 def layout_rows(db) -> list[dict]:
     try:
-        from .validate_layout import HELDOUT, layout_validation_rows, runs_file_rows
+        from .validate_layout import HELDOUT, MODERN, layout_validation_rows, runs_file_rows
     except ImportError:
         return []
-    sets = [("throughput_runs_modern.toml", "modern")] + ([(HELDOUT, "heldout")] if HELDOUT in db.docs else [])
+    sets = [(MODERN, "modern")] + ([(HELDOUT, "heldout")] if HELDOUT in db.docs else [])
     return layout_validation_rows(db) + runs_file_rows(db, sets)
 
 

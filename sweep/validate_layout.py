@@ -167,10 +167,11 @@ def layout_validation_rows(db, cal_override: dict | None = None) -> list[dict]:
     return [evaluate_run(run, defaults, db, cal_override) for run in doc["run"]]
 
 
+MODERN = "throughput_runs_modern.toml"  # the modern calibration set
 HELDOUT = "throughput_runs_heldout.toml"  # runs no constant is fitted on (a later release)
 
 
-def modern_validation_rows(db, file: str = "throughput_runs_modern.toml", set_name: str = "modern") -> list[dict]:
+def modern_validation_rows(db, file: str = MODERN, set_name: str = "modern") -> list[dict]:
     """One row per run of a runs file (the modern calibration set, or ``HELDOUT``) with a database
     figure for its hardware: tokens/s per device (or the published MFU) predicted by the layout model
     with the packaged constants, beside the published value."""
