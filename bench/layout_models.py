@@ -59,7 +59,7 @@ LAYOUT_INPUTS = ("devices", "tp", "pp", "ep", "microbatch", "recompute", "interl
 # optional layout inputs (kernels.layout.layout_fields gives their defaults)
 OPTIONAL_LAYOUT_INPUTS = ("cp", "etp", "zero_stage", "overlap", "ep_overlap", "moe_imbalance", "grad_bytes",
                           "offload_layers", "ep_dedup", "flash_attention", "moe_host_sync", "cuda_graphs",
-                          "cp_allgather")
+                          "cp_allgather", "gemm_per_expert")
 STEP_OUTPUTS = ("step_time_s", "compute_s", "comm_exposed_s", "bubble_s", "tokens_per_s", "mfu", "hfu",
                 "memory_bytes", "dp", "micro_batches", "reason")
 # reason codes (kernels.reasons), spelled out here so the reference does not import the kernels
@@ -272,7 +272,8 @@ def step_python(p: dict, lay: dict, cal: dict) -> dict:
         lat_l += scores * nb * sq * s * (3.0 if full else 2.0) / cal["attention_exp_per_s"]
     comp_dense, comm_dense = layer(dense_g, dense_m, c_dense, lat_l, sel_dense)
     moe_lat = (cal.get("moe_layer_latency_s", 0.0)
-               + opt("moe_host_sync", 0.0) * cal.get("moe_sync_latency_s", 0.0)) * launched
+               + opt("moe_host_sync", 0.0) * cal.get("moe_sync_latency_s", 0.0)
+               + opt("gemm_per_expert", 0.0) * experts_dev * cal.get("moe_expert_latency_s", 0.0)) * launched
     comp_moe, comm_moe = layer(moe_g, moe_m, c_moe, lat_l + moe_lat, sel_moe)
     frac = n_moe / L if L != 0 else n_moe
     comp_l = (1.0 - frac) * comp_dense + frac * comp_moe
@@ -592,7 +593,8 @@ def step_numpy(p: dict, lay: dict, cal: dict) -> dict:
                                      / np.where(np.isfinite(rate), rate, one), zero_)
         comp_dense, comm_dense = layer(dense_g, dense_m, c_dense, lat_l, sel_dense)
         moe_lat = (c.get("moe_layer_latency_s", zero_)
-                   + opt("moe_host_sync", zero_) * c.get("moe_sync_latency_s", zero_)) * launched
+                   + opt("moe_host_sync", zero_) * c.get("moe_sync_latency_s", zero_)
+                   + opt("gemm_per_expert", zero_) * experts_dev * c.get("moe_expert_latency_s", zero_)) * launched
         comp_moe, comm_moe = layer(moe_g, moe_m, c_moe, lat_l + moe_lat, sel_moe)
         frac = n_moe / np.where(L == 0, one, L)
         comp_l = (1.0 - frac) * comp_dense + frac * comp_moe

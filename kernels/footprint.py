@@ -356,7 +356,7 @@ _STEP_LAYOUT = ("devices", "tp", "pp", "ep", "microbatch", "recompute", "interle
 # optional inputs, passed on when present (NaN = not given: kernels.layout.layout_fields's default)
 STEP_OPTIONAL = {"design": ("dropout", "sliding_window", "window_layers"), "hardware": ("peak_bf16_flops",),
                  "layout": ("flash_attention", "cp", "etp", "zero_stage", "overlap", "ep_overlap", "ep_dedup",
-                            "moe_host_sync", "cuda_graphs", "cp_allgather", "moe_imbalance",
+                            "moe_host_sync", "gemm_per_expert", "cuda_graphs", "cp_allgather", "moe_imbalance",
                             "offload_layers")}
 LAYOUT_STEP_INPUTS = (_STEP_DESIGN + ("moe_every", "first_dense_layers") + _STEP_HARDWARE + _STEP_LAYOUT
                       + tuple(k for keys in STEP_OPTIONAL.values() for k in keys))

@@ -321,8 +321,10 @@ def layout_fields(layout: Mapping, cal: Mapping | None = None) -> dict:
     0 (1 = expert all-to-all under another micro-batch's compute), ep_dedup 0 (1 = tokens cross the
     network once per remote node, ``alltoall_time``), moe_host_sync 0 (1 = the MoE dispatcher
     synchronises with the host every MoE layer, Megatron-core's alltoall dispatcher:
-    moe_sync_latency_s per MoE layer and micro-batch), cuda_graphs 0 (1 = whole layers replayed as CUDA
-    graphs: no per-layer launch or host-sync latency), cp_allgather 0 (1 = context parallelism by an
+    moe_sync_latency_s per MoE layer and micro-batch), gemm_per_expert 0 (1 = the experts' grouped GEMM
+    is one GEMM per local expert, Transformer Engine's multi-stream cuBLAS GroupedLinear:
+    moe_expert_latency_s per local expert, MoE layer and micro-batch), cuda_graphs 0 (1 = whole layers replayed as CUDA
+    graphs: no per-layer launch, per-expert launch or host-sync latency), cp_allgather 0 (1 = context parallelism by an
     exposed all-gather of K and V, Llama 3's, instead of the overlapped ring), offload_layers 0
     (layers of a stage whose activations wait in host memory, Megatron-core
     cpu_offloading_num_layers; the copies are taken as hidden), moe_imbalance and grad_bytes NaN
@@ -346,6 +348,7 @@ def layout_fields(layout: Mapping, cal: Mapping | None = None) -> dict:
     fill("ep_dedup", 0.0)
     fill("offload_layers", 0.0)
     fill("moe_host_sync", 0.0)
+    fill("gemm_per_expert", 0.0)
     fill("cuda_graphs", 0.0)
     fill("cp_allgather", 0.0)
     return lay
@@ -658,9 +661,17 @@ def step(design: Mapping, hw: Mapping, layout: Mapping, cal: Mapping) -> dict:
     # counts to the host to size its all-to-all and the grouped GEMM's splits: a device-to-host
     # synchronisation per MoE layer, forward and backward, that drains the launch queue (and keeps
     # the layer out of CUDA graphs); the flex dispatcher (DeepEP / HybridEP) and padded or
-    # graph-captured dispatch are sync-free (``moe_host_sync`` 0, the default)
+    # graph-captured dispatch are sync-free (``moe_host_sync`` 0, the default). With
+    # ``gemm_per_expert`` the experts' grouped GEMM is not one kernel: Transformer Engine's GroupedLinear
+    # (Megatron-core's TEGroupedMLP) runs nvte_multi_stream_cublas_gemm, one cuBLAS GEMM per local
+    # expert issued round-robin on 4 compute streams (NVIDIA/TransformerEngine,
+    # transformer_engine/common/gemm/cublaslt_gemm.cu), each expert's FP8 input quantised apart: fixed
+    # work per local expert, layer and micro-batch (``moe_expert_latency_s``, forward and backward)
+    # that more tokens per expert do not spread; a single grouped kernel (DeepGEMM, CUTLASS grouped
+    # GEMM, torch._grouped_mm) has none (0, the default)
+    per_expert = lay["gemm_per_expert"] * experts_dev * cal.get("moe_expert_latency_s", 0.0)
     moe_lat = launched * (cal.get("moe_layer_latency_s", 0.0)
-                          + lay["moe_host_sync"] * cal.get("moe_sync_latency_s", 0.0))
+                          + lay["moe_host_sync"] * cal.get("moe_sync_latency_s", 0.0) + per_expert)
     comp_moe, comm_moe = layer_time(moe_g, moe_m, c_fwd_moe, lat + moe_lat, sel_moe)
     a2a_layer = 2.0 * a2a * (2.0 + jnp.where(full, 1.0, 0.0))
     # with ep_overlap the all-to-all runs under another micro-batch's compute (DeepSeek-V3 DualPipe;

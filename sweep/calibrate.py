@@ -35,10 +35,10 @@ from .spec import SpecError
 # constants the fit may move: fractions in (0, 1) (a logistic map) or times in seconds (a log map)
 FITTABLE = {"gemm_eff_max": "fraction", "attention_eff": "fraction", "gemm_eff_fp8": "fraction", "grouped_gemm_eff": "fraction",
             "overlap_eff": "fraction", "hbm_eff": "fraction", "layer_latency_s": "seconds",
-            "moe_layer_latency_s": "seconds", "moe_sync_latency_s": "seconds"}
+            "moe_layer_latency_s": "seconds", "moe_sync_latency_s": "seconds", "moe_expert_latency_s": "seconds"}
 # the grouped-GEMM efficiency (it sat at 1) and the dense layer latency add nothing to the fit
 DEFAULT_FIT = ("attention_eff", "gemm_eff_fp8", "gemm_eff_max", "overlap_eff", "moe_layer_latency_s",
-               "moe_sync_latency_s")
+               "moe_sync_latency_s", "moe_expert_latency_s")
 # A per-class constant that only some runs measure (INFORMED_BY) moves only in a class with at least
 # MIN_INFORMING_RUNS of them; elsewhere it keeps its packaged value (calibration.toml: a datasheet or
 # MAMF figure). The others move with any run.
@@ -58,7 +58,7 @@ MIN_INFORMING_RUNS = 2
 # benchmark does not (H100: MAMF 0.80 of peak, 0.61 fitted on the runs; B200's raw MAMF 0.78 made its
 # BF16 runs ~30 % fast).
 TRANSFER = ("gemm_eff_max",)
-DEFAULT_SHARED = ("overlap_eff", "moe_layer_latency_s", "moe_sync_latency_s")
+DEFAULT_SHARED = ("overlap_eff", "moe_layer_latency_s", "moe_sync_latency_s", "moe_expert_latency_s")
 LATENCY_START_S = 1e-4  # a fitted time that starts at 0 starts here (the log map needs a positive value)
 PRIOR_WEIGHT = 1e-3
 ITERATIONS = 60
@@ -232,6 +232,10 @@ def _layouts(run, design, file, i):
     nvidia = "nemo" in framework or "megatron-bridge" in framework
     fp32_grads = lay.get("grad_reduce_in_fp32", not nvidia)
     out["grad_bytes"] = np.full(k, 4.0 if fp32_grads else 2.0)
+    # Megatron-core (NeMo, Megatron-Bridge) runs its experts through Transformer Engine's GroupedLinear,
+    # one cuBLAS GEMM per local expert (TEGroupedMLP, its default with moe_grouped_gemm and TE)
+    megatron = nvidia or "megatron" in framework
+    out["gemm_per_expert"] = np.full(k, float(lay.get("gemm_per_expert", design["experts"] > 1 and megatron)))
     out["offload_layers"] = np.full(k, float(lay.get("activation_offload_layers", 0)))
 
     return out

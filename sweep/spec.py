@@ -123,6 +123,10 @@ KEYS: dict[str, Key] = {
                         "micro-batch (Megatron-core's dropless alltoall dispatcher: it copies the per-expert token "
                         "counts to the CPU; calibrated cost moe_sync_latency_s); false for DeepEP / HybridEP (the "
                         "flex dispatcher), drop-and-pad or CUDA-graphed MoE layers"),
+    "gemm_per_expert": _k("cluster", BOOL, False, "the experts' grouped GEMM runs as one GEMM per local expert "
+                          "(Transformer Engine's multi-stream cuBLAS GroupedLinear, Megatron-core's TEGroupedMLP): a "
+                          "fixed cost per local expert, MoE layer and micro-batch (calibrated moe_expert_latency_s); "
+                          "false for one grouped kernel (DeepGEMM, CUTLASS grouped GEMM, torch._grouped_mm)"),
     "ep_dedup": _k("cluster", BOOL, False, "a token crosses the network once per remote node it has experts on, "
                    "then is forwarded over NVLink (DeepEP / HybridEP, Megatron-core's flex dispatcher; DeepSeek-V3's "
                    "node-limited routing); false: one copy per routed expert"),
@@ -131,7 +135,7 @@ KEYS: dict[str, Key] = {
                        "exposed; Llama 3)", choices=("p2p", "all_gather")),
     "cuda_graphs": _k("cluster", BOOL, False, "whole layers replayed as CUDA graphs (Megatron-core full-iteration "
                       "capture, NeMo's per-layer enable_cuda_graph): no per-layer kernel-launch or host-sync latency "
-                      "(layer_latency_s, moe_layer_latency_s, moe_sync_latency_s); false for eager execution or "
+                      "(layer_latency_s, moe_layer_latency_s, moe_sync_latency_s, moe_expert_latency_s); false for eager execution or "
                       "graphs of parts of a layer (attention, router)"),
     "moe_imbalance": _k("cluster", NUM, None, "busiest device's expert load over the mean (default: the "
                         "calibrated 1.25; 1 = balanced routing)", minimum=1.0),

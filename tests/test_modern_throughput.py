@@ -245,6 +245,24 @@ def test_a_host_syncing_dispatcher_costs_its_latency_per_moe_layer_and_micro_bat
     assert synced["step_time_s"] - free["step_time_s"] == pytest.approx(8 * 4 * sync_s, rel=1e-9)
 
 
+def test_one_gemm_per_local_expert_costs_its_latency_per_expert_layer_and_micro_batch_by_hand(db):
+    # one device holds all 8 experts: 8 micro-batches × 4 MoE layers × 8 local experts × the
+    # calibrated per-expert latency, and nothing else changes
+    latency_s = calibration_for(db, "h100-sxm5-80gb")["moe_expert_latency_s"]
+    grouped = evaluate(SMALL_MOE, db)
+    per_expert = evaluate({**SMALL_MOE, "gemm_per_expert": True}, db)
+    assert latency_s > 0 and grouped["reason"] == per_expert["reason"] == 0
+    assert per_expert["step_time_s"] - grouped["step_time_s"] == pytest.approx(8 * 4 * 8 * latency_s, rel=1e-9)
+
+
+def test_megatron_runs_launch_one_gemm_per_local_expert_and_deepseeks_own_stack_does_not(modern):
+    # Megatron-core's TEGroupedMLP (NeMo, Megatron-Bridge) against DeepSeek's HAI-LLM (DeepGEMM)
+    _, runs, _ = modern
+    flag = {r.id: float(r.layouts["gemm_per_expert"][0]) for r in runs if r.kind == "moe"}
+    assert flag.pop("deepseekv3-report-pretrain-h800") == 0.0
+    assert set(flag.values()) == {1.0}
+
+
 def test_per_node_dedup_shortens_an_expert_all_to_all_across_nodes(db):
     spec = {**DEEPSEEK_V3_LIKE, "tp": 1, "pp": 16, "ep": 64, "microbatch": 1, "recompute": "full", "interleave": 1}
     copies = evaluate(spec, db)
@@ -255,7 +273,8 @@ def test_per_node_dedup_shortens_an_expert_all_to_all_across_nodes(db):
 
 def test_a_modern_moe_run_written_as_a_spec_predicts_what_validate_predicts(db, modern):
     # Qwen3-235B-A22B on 256 H100, FP8, Megatron-Bridge 26.04 (alltoall dispatcher, a2a overlap,
-    # force-balanced routing): the spec's keys express the row's layout and dispatcher
+    # Transformer Engine's GEMM per local expert, force-balanced routing): the spec's keys express the
+    # row's layout, dispatcher and grouped GEMM
     _, runs, _ = modern
     row = next(p for p in packaged_predictions(db, runs) if p["id"] == "mb260401-qwen3-235b-h100-fp8")
     spec = {"layers": 94, "d_model": 4096, "heads": 64, "kv_heads": 4, "head_dim": 128, "d_ff": 1536,
@@ -263,7 +282,7 @@ def test_a_modern_moe_run_written_as_a_spec_predicts_what_validate_predicts(db, 
             "dropout": False, "tokens": 1e12, "global_batch": 8192, "precision": "fp8",
             "hardware": "h100-sxm5-80gb", "devices": 256, "tp": 2, "pp": 8, "interleave": 4, "ep": 32, "etp": 1,
             "microbatch": 1, "recompute": "none", "ep_overlap": True, "moe_imbalance": 1.0,
-            "moe_host_sync": True, "region": "us"}
+            "moe_host_sync": True, "gemm_per_expert": True, "region": "us"}
     out = evaluate(spec, db)
     per_device = out["tokens_per_s"] / 256
     assert per_device == pytest.approx(row["predicted"], rel=0.01)
@@ -307,7 +326,8 @@ def _spec(tmp_path, precision="bf16", hardware="h100-sxm5-80gb", extra=""):
 @pytest.mark.parametrize("extra,key", [("goodput = -0.5", "goodput"), ("goodput = 1.5", "goodput"),
                                       ("cp = 3", "cp"), ("zero_stage = 4", "zero_stage"),
                                       ("zero_stage = 0\nshard_optimizer = true", "zero_stage"),
-                                      ("moe_host_sync = 3", "moe_host_sync"), ('ep_dedup = "yes"', "ep_dedup")])
+                                      ("moe_host_sync = 3", "moe_host_sync"), ('ep_dedup = "yes"', "ep_dedup"),
+                                      ("gemm_per_expert = 2", "gemm_per_expert")])
 def test_bad_new_keys_are_spec_errors_naming_the_key(tmp_path, capsys, extra, key):
     code = main(["estimate", str(_spec(tmp_path, extra=extra))])
     err = capsys.readouterr().err
@@ -415,28 +435,31 @@ def test_a_one_run_file_fits_the_general_constants_but_not_one_that_needs_two_me
     assert set(res["constants"]["h100"]) == {"attention_eff"}  # one dense BF16 run: gemm_eff_max stays
 
 
-def test_a_grid_over_the_dispatcher_gives_what_estimate_gives_for_each_value(db):
+@pytest.mark.parametrize("key", ["moe_host_sync", "gemm_per_expert"])
+def test_a_grid_over_the_dispatcher_or_expert_gemm_gives_what_estimate_gives_for_each_value(db, key):
     from sweep.engine import run
 
     model = {k: SMALL_MOE[k] for k in ("layers", "d_model", "heads", "d_ff", "ffn", "vocab", "seq_len", "dropout",
                                        "experts", "top_k")}
     cluster = {k: SMALL_MOE[k] for k in ("hardware", "devices", "tp", "pp", "ep", "microbatch", "recompute")}
     doc = {"model": model, "training": {"tokens": 1e9, "global_batch": 8}, "cluster": cluster,
-           "site": {"region": "us"}, "grid": {"moe_host_sync": [False, True]}, "study": {"name": "dispatcher"}}
+           "site": {"region": "us"}, "grid": {key: [False, True]}, "study": {"name": "dispatcher"}}
     ds = run(doc, write=False).dataset
     for flag in (False, True):
-        one = evaluate({**SMALL_MOE, "moe_host_sync": flag}, db)
-        assert float(ds.step_time_s.sel(moe_host_sync=flag)) == pytest.approx(one["step_time_s"], rel=1e-6)
+        one = evaluate({**SMALL_MOE, key: flag}, db)
+        assert float(ds.step_time_s.sel({key: flag})) == pytest.approx(one["step_time_s"], rel=1e-6)
 
 
 def test_whole_layer_cuda_graphs_remove_the_per_layer_latencies_by_hand(db):
     # one device: the graphed step is the synced one less 8 micro-batches × 4 MoE layers × (the MoE
-    # layer latency + the host sync); the H100 class has no dense layer latency
+    # layer latency + the host sync + 8 local experts × the per-expert GEMM latency); the H100 class
+    # has no dense layer latency
     cal = calibration_for(db, "h100-sxm5-80gb")
-    per_layer_s = cal["moe_layer_latency_s"] + cal["moe_sync_latency_s"]
-    assert cal.get("layer_latency_s", 0.0) == 0.0 and per_layer_s > 0
-    synced = evaluate({**SMALL_MOE, "moe_host_sync": True}, db)
-    graphed = evaluate({**SMALL_MOE, "moe_host_sync": True, "cuda_graphs": True}, db)
+    per_layer_s = cal["moe_layer_latency_s"] + cal["moe_sync_latency_s"] + 8 * cal["moe_expert_latency_s"]
+    assert cal.get("layer_latency_s", 0.0) == 0.0 and cal["moe_expert_latency_s"] > 0
+    launched = {**SMALL_MOE, "moe_host_sync": True, "gemm_per_expert": True}
+    synced = evaluate(launched, db)
+    graphed = evaluate({**launched, "cuda_graphs": True}, db)
     assert synced["step_time_s"] - graphed["step_time_s"] == pytest.approx(8 * 4 * per_layer_s, rel=1e-9)
 
 
