@@ -323,9 +323,10 @@ def layout_fields(layout: Mapping, cal: Mapping | None = None) -> dict:
     synchronises with the host every MoE layer, Megatron-core's alltoall dispatcher:
     moe_sync_latency_s per MoE layer and micro-batch), gemm_per_expert 0 (1 = the experts' grouped GEMM
     is one GEMM per local expert, Transformer Engine's multi-stream cuBLAS GroupedLinear:
-    moe_expert_latency_s per local expert, MoE layer and micro-batch), cuda_graphs 0 (1 = whole layers replayed as CUDA
-    graphs: no per-layer launch, per-expert launch or host-sync latency), cp_allgather 0 (1 = context parallelism by an
-    exposed all-gather of K and V, Llama 3's, instead of the overlapped ring), offload_layers 0
+    moe_expert_latency_s per local expert, MoE layer and micro-batch), cuda_graphs 0 (1 = whole
+    layers replayed as CUDA graphs: no per-layer launch, per-expert launch or host-sync latency),
+    cp_allgather 0 (1 = context parallelism by an exposed all-gather of K and V, Llama 3's, instead
+    of the overlapped ring), offload_layers 0
     (layers of a stage whose activations wait in host memory, Megatron-core
     cpu_offloading_num_layers; the copies are taken as hidden), moe_imbalance and grad_bytes NaN
     (= the calibrated defaults)."""

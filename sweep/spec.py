@@ -135,8 +135,8 @@ KEYS: dict[str, Key] = {
                        "exposed; Llama 3)", choices=("p2p", "all_gather")),
     "cuda_graphs": _k("cluster", BOOL, False, "whole layers replayed as CUDA graphs (Megatron-core full-iteration "
                       "capture, NeMo's per-layer enable_cuda_graph): no per-layer kernel-launch or host-sync latency "
-                      "(layer_latency_s, moe_layer_latency_s, moe_sync_latency_s, moe_expert_latency_s); false for eager execution or "
-                      "graphs of parts of a layer (attention, router)"),
+                      "(layer_latency_s, moe_layer_latency_s, moe_sync_latency_s, moe_expert_latency_s); false for "
+                      "eager execution or graphs of parts of a layer (attention, router)"),
     "moe_imbalance": _k("cluster", NUM, None, "busiest device's expert load over the mean (default: the "
                         "calibrated 1.25; 1 = balanced routing)", minimum=1.0),
     "goodput": _k("cluster", NUM, None, "productive fraction of the booked wall-clock (failures, restarts, "
