@@ -150,10 +150,8 @@ def design_row(v: dict) -> dict[str, float]:
         "sequence_parallel": float(lay["sequence_parallel"]),
         "cp": float(lay["cp"]),
         **{k: _flag(v.get(k)) for k in ("etp", "zero_stage", "overlap", "flash_attention", "moe_imbalance")},
-        "ep_overlap": float(bool(v.get("ep_overlap"))),
-        "moe_host_sync": float(bool(v.get("moe_host_sync"))), "ep_dedup": float(bool(v.get("ep_dedup"))),
-        "gemm_per_expert": float(bool(v.get("gemm_per_expert"))),
-        "cuda_graphs": float(bool(v.get("cuda_graphs"))),
+        **{k: float(bool(v.get(k))) for k in ("ep_overlap", "moe_host_sync", "ep_dedup", "gemm_per_expert",
+                                               "cuda_graphs")},  # the layout switches, off unless given
         "cp_allgather": float(v.get("cp_comm_type") == "all_gather"),
         "dropout": float(v.get("dropout", True) is not False),
         "sliding_window": float(v.get("sliding_window") or 0.0),

@@ -4,8 +4,9 @@ what to keep and reduce (and ``[search]`` for `carbon-sweep optimize`, see sweep
 [grid] key = [v1, v2, ...]                               a list
        key = {start, stop, num, scale = "linear"|"log"}  num points, both ends included
        key = {start, stop, step}                         start, start+step, ... ≤ stop
-Keys are any numeric or true/false key of the estimate spec, plus the categorical ``hardware``,
-``region``, ``ffn``, ``recompute`` and ``cp_comm_type``. A key is given in [grid] or in its section, not both.
+Keys are any numeric or true/false key of the estimate spec, plus the categorical ones
+(sweep.dimensions.DIMENSIONS: ``hardware``, ``region``, ``ffn``, ``recompute``, ``cp_comm_type``).
+A key is given in [grid] or in its section, not both.
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ import hardware_db
 from hardware_db import closest
 
 from . import uncertainty
+from .dimensions import DIMENSIONS
 from .names import elasticity_of, output_units, quantile_base
 from .spec import BOOL, INT, KEYS, NUM, SpecError, check_sections, check_value, flat_values, read_toml
 from .spec import LAYOUT_KEYS, OBJECTIVE_OUTPUT, resolve
 
-CATEGORICAL_DIMS = ("hardware", "region", "ffn", "recompute", "cp_comm_type")
+CATEGORICAL_DIMS = tuple(DIMENSIONS)  # the coded and table dimensions, named once in sweep.dimensions
 NUMERIC_DIMS = tuple(k for k, key in KEYS.items() if key.kind in (INT, NUM, BOOL))
 GRID_DIMS = NUMERIC_DIMS + CATEGORICAL_DIMS
 SMALL_GRID = 2_000_000  # grids up to this many points are kept in memory and written as NetCDF (sweep.engine)
