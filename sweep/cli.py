@@ -346,6 +346,9 @@ def cmd_calibrate(args, db):
             raise CliError(f"--fit: unknown constant '{c}' (allowed: {', '.join(FITTABLE)})")
     shared = tuple(c for c in DEFAULT_SHARED if c in constants)
     out = Path(args.out)
+    if out.is_dir():
+        raise CliError(f"--out {out}: is a folder; --out names the calibration file to write, "
+                       f"e.g. {out / 'calibration.toml'}")
     if out.exists() and not args.force:
         raise CliError(f"--out {out}: exists (use --force to replace it)")
     if not out.parent.is_dir():

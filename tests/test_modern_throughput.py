@@ -386,6 +386,18 @@ def test_calibrate_refuses_to_overwrite_and_names_bad_runs(tmp_path, capsys):
     assert "--force" in capsys.readouterr().err
 
 
+def test_calibrate_out_naming_a_folder_is_an_error_before_the_fit_even_with_force(tmp_path, capsys):
+    runs = tmp_path / "runs.toml"
+    runs.write_text(RUNS.format(a=9000.0, b=1100.0))
+    folder = tmp_path / "cal"
+    folder.mkdir()
+    assert main(["calibrate", str(runs), "--out", str(folder), "--force", "--no-loo"]) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "is a folder" in err and "Traceback" not in err
+    assert sorted(tmp_path.iterdir()) == sorted([runs, folder])  # no .tmp file left beside it
+    assert not any(folder.iterdir())
+
+
 def test_validate_shows_the_modern_rows(db):
     from sweep.validate import validation_rows
 
