@@ -243,8 +243,8 @@ def cmd_validate(args, db):
         print(f"modern set (throughput_runs_modern.toml), packaged constants: {_by_kind(rows, 'modern')} "
               f"(targets: mean <= 10 %, max <= 25 % per kind)" + (f"; when fitted, {loo}" if loo else ""))
     if any(r.get("set") == "heldout" for r in rows):
-        print(f"held-out runs (throughput_runs_heldout.toml, a later release; no constant fitted on them), packaged "
-              f"constants: {_by_kind(rows, 'heldout')}")
+        print("held-out runs (throughput_runs_heldout.toml: a later release, a published A/B; no constant fitted "
+              f"on them), packaged constants: {_by_kind(rows, 'heldout')}")
     serving = [r for r in rows if r["quantity"] == "gpu_j_per_output_token"]
     if serving:
         from .serving import summary

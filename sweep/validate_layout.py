@@ -168,7 +168,7 @@ def layout_validation_rows(db, cal_override: dict | None = None) -> list[dict]:
 
 
 MODERN = "throughput_runs_modern.toml"  # the modern calibration set
-HELDOUT = "throughput_runs_heldout.toml"  # runs no constant is fitted on (a later release)
+HELDOUT = "throughput_runs_heldout.toml"  # runs no constant is fitted on (a later release, a published A/B)
 
 
 def modern_validation_rows(db, file: str = MODERN, set_name: str = "modern") -> list[dict]:
