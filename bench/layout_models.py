@@ -233,8 +233,9 @@ def step_python(p: dict, lay: dict, cal: dict) -> dict:
     if n_sh > 0:
         moe_g += ffn(T, n_sh * f_e, tp)
     moe_g += gemm(T, E, h)
+    perm = 4.0 + (4.0 if opt("ep_dedup", 0.0) == 0 and experts_dev > 1 else 0.0)  # alltoall: sort by expert
     moe_el = (rest_el - fm * d_ff * T / tp + core_el + fm * f_e * (T * k * imb + n_sh * T) / tp
-              + 4.0 * k * imb * h * T / tp + 4.0 * E * T)
+              + perm * k * imb * h * T / tp + 4.0 * E * T)
     moe_m = stream(moe_el)
     sel_moe = stream(norms_el + fm * f_e * (T * k * imb + n_sh * T) / tp) if flash else core
 
@@ -559,8 +560,9 @@ def step_numpy(p: dict, lay: dict, cal: dict) -> dict:
         rows = T * k * imb * etp * ep / (E * tp)
         moe_g = (proj + core_g + ffn(rows, f_e, etp, experts_dev, lin_eff * grouped)
                  + np.where(n_sh > 0, ffn(T, n_sh * f_e, tp), zero_) + gemm(T, E, h))
+        perm = 4.0 + np.where((opt("ep_dedup", zero_) == 0) & (experts_dev > 1), 4.0 * one, zero_)
         moe_el = (rest_el - fm * d_ff * T / tp + core_el + fm * f_e * (T * k * imb + n_sh * T) / tp
-                  + 4.0 * k * imb * h * T / tp + 4.0 * E * T)
+                  + perm * k * imb * h * T / tp + 4.0 * E * T)
         moe_m = stream(moe_el)
         sel_moe = np.where(flash, stream(norms_el + fm * f_e * (T * k * imb + n_sh * T) / tp), core)
 

@@ -593,7 +593,15 @@ def step(design: Mapping, hw: Mapping, layout: Mapping, cal: Mapping) -> dict:
                                                       lin_eff, lin_cast), 0.0)
     moe_g = moe_g + gemm_time(T, E, h, 1.0, bpv, peak_a, bw, cal)  # router
     attn_el = rest_el - fm * d_ff * T / tp
-    moe_el = attn_el + core_el + fm * f_e * (T * k * imb + n_sh * T) / tp + 4.0 * k * imb * h * T / tp + 4.0 * E * T
+    # token copies per routed token and MoE layer, forward: the permutation before the dispatch and
+    # the unpermutation after the combine (read + write h each: 4h); the alltoall dispatcher
+    # (Megatron-core MoEAlltoAllTokenDispatcher, ep_dedup 0) also sorts the received tokens by local
+    # expert and back ("Permutation 2: Sort tokens by local expert", sort_chunks_by_idxs, one copy each
+    # way, when the device holds more than one expert: 4h more); DeepEP / HybridEP (flex) return the
+    # per-expert layout with the tokens, so one permutation each way suffices (NVIDIA/Megatron-LM
+    # megatron/core/transformer/moe/token_dispatcher.py, moe_utils.py)
+    perm = 4.0 + 4.0 * (1.0 - lay["ep_dedup"]) * (experts_dev > 1.0)
+    moe_el = attn_el + core_el + fm * f_e * (T * k * imb + n_sh * T) / tp + perm * k * imb * h * T / tp + 4.0 * E * T
     moe_m = stream_time(moe_el, bpv, bw, cal)
     sel_moe = jnp.where(flash > 0, stream_time(norms_el + fm * f_e * (T * k * imb + n_sh * T) / tp, bpv, bw, cal), core)
 

@@ -255,6 +255,25 @@ def test_one_gemm_per_local_expert_costs_its_latency_per_expert_layer_and_micro_
     assert per_expert["step_time_s"] - grouped["step_time_s"] == pytest.approx(8 * 4 * 8 * latency_s, rel=1e-9)
 
 
+def test_the_alltoall_dispatcher_sorts_tokens_by_local_expert_and_back_by_hand(db):
+    # one device holds all 8 experts, so Megatron-core's alltoall dispatcher copies every routed
+    # token once more each way (sort_chunks_by_idxs): 4 elements of d_model per token copy forward,
+    # 3x with the backward, in bf16 at H100's 3,350 GB/s x hbm_eff, which a flex dispatcher
+    # (ep_dedup) does not: 8 micro-batches x 4 layers x 3 x 4 x top-2 x 1,024 x 2,048 tokens x the
+    # busiest expert's load (moe_imbalance) x 2 bytes
+    cal = calibration_for(db, "h100-sxm5-80gb")
+    hbm_eff, imb = cal["hbm_eff"], cal["moe_imbalance"]
+    alltoall = evaluate(SMALL_MOE, db)
+    flex = evaluate({**SMALL_MOE, "ep_dedup": True}, db)
+    assert alltoall["reason"] == flex["reason"] == 0
+    extra_s = 8 * 4 * 3 * (4 * 2 * 1024 * 2048 * imb) * 2 / (3350e9 * hbm_eff)
+    assert alltoall["step_time_s"] - flex["step_time_s"] == pytest.approx(extra_s, rel=1e-9)
+    # with one expert per device there is nothing to sort (and inside one node no all-to-all to dedup)
+    one = {**SMALL_MOE, "devices": 8, "ep": 8, "global_batch": 64}
+    assert evaluate(one, db)["step_time_s"] == pytest.approx(evaluate({**one, "ep_dedup": True}, db)["step_time_s"],
+                                                          rel=1e-12)
+
+
 def test_megatron_runs_launch_one_gemm_per_local_expert_and_deepseeks_own_stack_does_not(modern):
     # Megatron-core's TEGroupedMLP (NeMo, Megatron-Bridge) against DeepSeek's HAI-LLM (DeepGEMM)
     _, runs, _ = modern
