@@ -210,6 +210,18 @@ def cmd_prices_list(args, db):
               f"{r['date']:<8} {r['provider']} {r['instance']} {r['offer']}")
 
 
+def _no_nan(obj):
+    """``obj`` with every non-finite float (an infeasible run's prediction, a skipped leave-one-out) as
+    None, in nested dicts and lists: JSON has no NaN, and strict parsers reject Python's."""
+    if isinstance(obj, dict):
+        return {k: _no_nan(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_no_nan(v) for v in obj]
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    return obj
+
+
 def _by_kind(rows, set_name: str) -> str:
     """'dense N runs: mean x %, max y %; MoE ...' over the rows of one layout set."""
     parts = []
@@ -225,7 +237,7 @@ def _by_kind(rows, set_name: str) -> str:
 def cmd_validate(args, db):
     rows = validation_rows(db)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(_no_nan(rows), indent=2))
         return
     w = max(len(r["case"]) for r in rows)
     print(f"{'case':<{w}}  {'quantity':<20} {'predicted':>12} {'published':>12} {'error':>8}  unit")
@@ -245,6 +257,12 @@ def cmd_validate(args, db):
     if any(r.get("set") == "heldout" for r in rows):
         print("held-out runs (throughput_runs_heldout.toml: a later release, a published A/B; no constant fitted "
               f"on them), packaged constants: {_by_kind(rows, 'heldout')}")
+    fsdp = [r for r in rows if r.get("set") == "heldout_fsdp"]
+    if fsdp:
+        infeasible = sum(not math.isfinite(r["error_pct"]) for r in fsdp)
+        print("held-out FSDP runs (throughput_runs_heldout_fsdp.toml: MosaicML llm-foundry, H100 BF16, 2023; no "
+              f"constant fitted on them), packaged constants: {_by_kind(rows, 'heldout_fsdp')}"
+              + (f"; {infeasible} infeasible with the published layout" if infeasible else ""))
     serving = [r for r in rows if r["quantity"] == "gpu_j_per_output_token"]
     if serving:
         from .serving import summary
@@ -366,7 +384,7 @@ def cmd_calibrate(args, db):
     tmp.replace(out)
     res["skipped"], res["written"] = skipped, str(out)
     if args.json:
-        print(json.dumps(res, indent=2, default=float))
+        print(json.dumps(_no_nan(res), indent=2, default=float))
         return
     w = max(len(r["id"]) for r in res["rows"])
     print(f"{'run':<{w}} {'kind':<5} {'class':<8} {'quantity':<24} {'published':>10} {'fitted':>10} {'error':>8} "
@@ -402,8 +420,7 @@ def cmd_hardware_list(args, db):
             "devices_per_node": r["devices_per_node"], "process_node": r["process_node"],
         })
     if args.json:
-        print(json.dumps([{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
-                          for r in rows], indent=2))
+        print(json.dumps(_no_nan(rows), indent=2))
         return
     w = max(len(r["id"]) for r in rows)  # your own ids may be longer than the packaged ones
     print(f"{'id':<{w}} {'bf16 TFLOP/s':>12} {'fp16 TFLOP/s':>12} {'fp8 TFLOP/s':>11} {'HBM GB':>7} "
@@ -422,8 +439,7 @@ def cmd_regions_list(args, db):
                      "carbon_intensity_kg_per_kwh": r["carbon_intensity_kg_per_kwh"], "year": r["year"],
                      "pue": r["pue"], "wue_l_per_kwh": r["wue_l_per_kwh"]})
     if args.json:
-        print(json.dumps([{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
-                          for r in rows], indent=2))
+        print(json.dumps(_no_nan(rows), indent=2))
         return
     w = max(len(r["id"]) for r in rows)  # your own ids may be longer than the packaged ones
     print(f"{'id':<{w}} {'kg CO2e/kWh':>11} {'year':>5} {'PUE':>5} {'WUE L/kWh':>9}  name")

@@ -95,10 +95,11 @@ def gpu_rows(db) -> list[dict]:
 
 def layout_rows(db) -> list[dict]:
     try:
-        from .validate_layout import HELDOUT, MODERN, layout_validation_rows, runs_file_rows
+        from .validate_layout import HELDOUT, HELDOUT_FSDP, MODERN, layout_validation_rows, runs_file_rows
     except ImportError:
         return []
-    sets = [(MODERN, "modern")] + ([(HELDOUT, "heldout")] if HELDOUT in db.docs else [])
+    sets = [(MODERN, "modern")] + [(f, name) for f, name in ((HELDOUT, "heldout"), (HELDOUT_FSDP, "heldout_fsdp"))
+                                   if f in db.docs]
     return layout_validation_rows(db) + runs_file_rows(db, sets)
 
 

@@ -169,6 +169,7 @@ def layout_validation_rows(db, cal_override: dict | None = None) -> list[dict]:
 
 MODERN = "throughput_runs_modern.toml"  # the modern calibration set
 HELDOUT = "throughput_runs_heldout.toml"  # runs no constant is fitted on (a later release, a published A/B)
+HELDOUT_FSDP = "throughput_runs_heldout_fsdp.toml"  # nor on these: another framework (MosaicML llm-foundry, FSDP)
 
 
 def modern_validation_rows(db, file: str = MODERN, set_name: str = "modern") -> list[dict]:
