@@ -633,10 +633,24 @@ def build_parser() -> argparse.ArgumentParser:
     prs = pr.add_subparsers(dest="prices_command", metavar="list", required=True)
     prs.add_parser("list", help="list the offers").set_defaults(func=cmd_prices_list)
 
-    v = sub.add_parser("validate", help="predictions beside published figures",
-                       description="Predictions beside the published reference runs (LLMCarbon, From FLOPs to "
-                                   "Footprints, Megatron-LM throughput) with the signed error of each.")
-    v.add_argument("--json", action="store_true", help="print a JSON list of rows")
+    v = sub.add_parser(
+        "validate", help="predictions beside published figures",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Predictions beside the published reference runs, with the signed error of each:\n"
+                    "  footprint          LLMCarbon and From FLOPs to Footprints (operational, embodied, GPUs)\n"
+                    "and a summary line for each of these sets:\n"
+                    "  A100 set           Megatron-LM 2021-22 iteration times and TFLOP/s (mean <= 4 %, max <= 10 %)\n"
+                    "  modern set         hardware_db/throughput_runs_modern.toml, the runs the layout model's\n"
+                    "                     constants are fitted on (mean <= 10 %, max <= 25 % per kind), with the\n"
+                    "                     leave-one-out errors the last refit recorded\n"
+                    "  held-out runs      throughput_runs_heldout.toml and throughput_runs_heldout_fsdp.toml:\n"
+                    "                     published runs no constant is fitted on (a later release, an A/B,\n"
+                    "                     another framework)\n"
+                    "  serving            ML.ENERGY energy per output token\n"
+                    "A run infeasible with its published layout shows nan (null with --json) and is counted.\n"
+                    "carbon-sweep --db FOLDER validate checks a calibration you fitted (FOLDER/calibration.toml).")
+    v.add_argument("--json", action="store_true", help="print a JSON list of rows (case, quantity, unit, predicted, "
+                   "published, error_pct, source; set and kind for the throughput runs)")
     v.set_defaults(func=cmd_validate)
 
     sv = sub.add_parser(
