@@ -26,7 +26,8 @@ SCHEMAS: dict[str, dict[str, tuple[str, bool]]] = {
         "id": (STR, True), "name": (STR, True), "vendor": (STR, False), "year": (INT, False),
         "peak_fp32_tflops": (NUM, False), "peak_tf32_tflops": (NUM, False),
         "peak_fp16_tflops": (NUM, False), "peak_bf16_tflops": (NUM, False),
-        "peak_fp8_tflops": (NUM, False), "hbm_gb": (NUM, True), "hbm_bw_gbs": (NUM, True),
+        "peak_fp8_tflops": (NUM, False), "hbm_gb": (NUM, True), "hbm_usable_mib": (NUM, False),
+        "hbm_bw_gbs": (NUM, True),
         "tdp_w": (NUM, False), "idle_w": (NUM, False), "devices_per_node": (INT, True),
         "intra_node_bw_gbs": (NUM, False), "inter_node_bw_gbs": (NUM, False),
         "die_area_mm2": (NUM, False), "process_node": (STR, False), "hbm_stacks": (INT, False),
@@ -189,7 +190,9 @@ class Database:
         row = self.accelerator(hw_id)
         return {
             "peak_flops": self.peak_tflops(hw_id, precision) * 1e12,
-            "hbm_bytes": row["hbm_gb"] * 1e9,
+            # memory a run can use: what NVML reports where published (MiB), else the datasheet's GB
+            "hbm_bytes": (row["hbm_usable_mib"] * 2.0**20 if math.isfinite(row.get("hbm_usable_mib", math.nan))
+                          else row["hbm_gb"] * 1e9),
             "hbm_bw_bytes_s": row["hbm_bw_gbs"] * 1e9,
             "intra_bw_bytes_s": row["intra_node_bw_gbs"] * 1e9,
             "inter_bw_bytes_s": row["inter_node_bw_gbs"] * 1e9,

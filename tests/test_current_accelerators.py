@@ -34,3 +34,27 @@ def test_unpublished_figures_are_empty():
     assert math.isnan(db.accelerator("tpu-v6e")["tdp_w"])
     assert math.isnan(db.accelerator("mi355x")["peak_bf16_tflops"])
     assert math.isnan(db.accelerator("b300-sxm-288gb")["inter_node_bw_gbs"])
+
+
+def test_usable_memory_is_nvml_mib_where_published_else_the_datasheet_gb():
+    # H100 80GB: NVML reports 81,559 MiB = 81,559 x 2^20 = 85,520,809,984 bytes, 6.9 % over "80 GB" read as
+    # 10^9 bytes; B200 has no published NVML figure, so its datasheet 180 GB (10^9 bytes) stands
+    db = hardware_db.load()
+    assert db.accelerator_si("h100-sxm5-80gb")["hbm_bytes"] == 85_520_809_984
+    assert db.accelerator_si("b200-sxm-180gb")["hbm_bytes"] == 180e9
+    assert math.isnan(db.accelerator("b200-sxm-180gb")["hbm_usable_mib"])
+
+
+def test_a_user_accelerators_file_without_the_usable_memory_column_still_loads(tmp_path):
+    import csv
+
+    src = list(csv.reader(l for l in open(hardware_db.__file__.replace("__init__.py", "accelerators.csv"))
+                          if not l.startswith("#")))
+    j = src[0].index("hbm_usable_mib")
+    row = next(r for r in src if r[0] == "h100-sxm5-80gb")
+    with open(tmp_path / "accelerators.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(src[0][:j] + src[0][j + 1:])
+        w.writerow(["my-h100"] + row[1:j] + row[j + 1:])
+    db = hardware_db.load(tmp_path)
+    assert db.accelerator_si("my-h100")["hbm_bytes"] == 80e9
