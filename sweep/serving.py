@@ -64,8 +64,8 @@ def hardware_arrays(db, hw_id: str, precision: str) -> dict:
     peak = db.peak_tflops(hw_id, PRECISION_PEAK[precision])
     if not np.isfinite(peak):
         peak = db.peak_tflops(hw_id, "bf16")
-    return {"peak_flops": peak * 1e12, "hbm_bw_bytes_s": a["hbm_bw_gbs"] * 1e9, "hbm_bytes": a["hbm_gb"] * 1e9,
-            "tdp_w": float(a["tdp_w"])}
+    return {"peak_flops": peak * 1e12, "hbm_bw_bytes_s": a["hbm_bw_gbs"] * 1e9,
+            "hbm_bytes": db.accelerator_si(hw_id)["hbm_bytes"], "tdp_w": float(a["tdp_w"])}
 
 
 # ---- constants -------------------------------------------------------------------------------------------
