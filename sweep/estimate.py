@@ -33,7 +33,8 @@ FIGURE_SOURCE = {
     "idle_w": "accelerators.csv idle_w", "host_power_w": "hosts.csv (the host's power figures)",
     "device_embodied_kgco2e": "accelerators.csv die_area_mm2 and process_node (pcf_kgco2e with vendor_pcf)",
     "host_embodied_kgco2e": "hosts.csv (the host's parts)", "carbon_intensity_kg_per_kwh": "regions.csv or [site]",
-    "pue": "regions.csv or [site]", "hbm_bytes": "accelerators.csv hbm_gb", "hbm_bw_bytes_s": "accelerators.csv hbm_bw_gbs",
+    "pue": "regions.csv or [site]", "hbm_bytes": "accelerators.csv hbm_usable_mib (else hbm_gb)",
+    "hbm_bw_bytes_s": "accelerators.csv hbm_bw_gbs",
     "intra_bw_bytes_s": "accelerators.csv intra_node_bw_gbs", "inter_bw_bytes_s": "accelerators.csv inter_node_bw_gbs",
 }
 # the layout estimate reports: its fields, with the data-parallel degree after tp and pp, and the
