@@ -73,11 +73,12 @@ def test_every_a100_run_stays_feasible_and_accurate(db):
 
 
 def test_modern_set_error_with_packaged_constants_is_bounded(db, modern):
-    # Regression bounds, not the targets (mean <= 10 %, max <= 25 %): the dense runs meet
-    # the mean target; the MoE runs do not yet (README: Accuracy)
+    # The targets are mean <= 10 %, max <= 25 % per kind: the dense runs meet both (5.6 %,
+    # 15.0 %), the MoE runs the mean (8.3 %) but not yet the max (26.9 %), bounded here at 30 % so
+    # that it cannot grow back unseen (README: Accuracy)
     _, runs, _ = modern
     rows = packaged_predictions(db, runs)
-    for kind, mean_bound, max_bound in (("dense", 10.0, 25.0), ("moe", 20.0, 80.0)):
+    for kind, mean_bound, max_bound in (("dense", 10.0, 25.0), ("moe", 10.0, 30.0)):
         err = [abs(r["error_pct"]) for r in rows if r["kind"] == kind]
         assert np.mean(err) <= mean_bound and max(err) <= max_bound, (kind, np.mean(err), max(err))
 
