@@ -248,21 +248,18 @@ def cmd_validate(args, db):
     if a100:
         print(f"\nA100 set (Korthikanti et al. 2022, Narayanan et al. 2021; {len(a100)} rows): mean abs. error "
               f"{sum(a100) / len(a100):.1f} %, max {max(a100):.1f} % (targets: mean <= 4 %, max <= 10 %)")
-    if any(r.get("set") == "modern" for r in rows):
-        from .validate_layout import modern_loo_note
+    from .validate_layout import HELDOUT_SETS, modern_loo_note
 
+    if any(r.get("set") == "modern" for r in rows):
         loo = modern_loo_note(db)
         print(f"modern set (throughput_runs_modern.toml), packaged constants: {_by_kind(rows, 'modern')} "
               f"(targets: mean <= 10 %, max <= 25 % per kind)" + (f"; when fitted, {loo}" if loo else ""))
-    if any(r.get("set") == "heldout" for r in rows):
-        print("held-out runs (throughput_runs_heldout.toml: a later release, a published A/B; no constant fitted "
-              f"on them), packaged constants: {_by_kind(rows, 'heldout')}")
-    fsdp = [r for r in rows if r.get("set") == "heldout_fsdp"]
-    if fsdp:
-        infeasible = sum(not math.isfinite(r["error_pct"]) for r in fsdp)
-        print("held-out FSDP runs (throughput_runs_heldout_fsdp.toml: MosaicML llm-foundry, H100 BF16, 2023; no "
-              f"constant fitted on them), packaged constants: {_by_kind(rows, 'heldout_fsdp')}"
-              + (f"; {infeasible} infeasible with the published layout" if infeasible else ""))
+    for _, set_name, opening in HELDOUT_SETS:
+        held = [r for r in rows if r.get("set") == set_name]
+        if held:
+            infeasible = sum(not math.isfinite(r["error_pct"]) for r in held)
+            print(f"{opening}; no constant fitted on them), packaged constants: {_by_kind(rows, set_name)}"
+                  + (f"; {infeasible} infeasible with the published layout" if infeasible else ""))
     serving = [r for r in rows if r["quantity"] == "gpu_j_per_output_token"]
     if serving:
         from .serving import summary

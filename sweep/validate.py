@@ -95,11 +95,10 @@ def gpu_rows(db) -> list[dict]:
 
 def layout_rows(db) -> list[dict]:
     try:
-        from .validate_layout import HELDOUT, HELDOUT_FSDP, MODERN, layout_validation_rows, runs_file_rows
+        from .validate_layout import HELDOUT_SETS, MODERN, layout_validation_rows, runs_file_rows
     except ImportError:
         return []
-    sets = [(MODERN, "modern")] + [(f, name) for f, name in ((HELDOUT, "heldout"), (HELDOUT_FSDP, "heldout_fsdp"))
-                                   if f in db.docs]
+    sets = [(MODERN, "modern")] + [(f, name) for f, name, _ in HELDOUT_SETS if f in db.docs]
     return layout_validation_rows(db) + runs_file_rows(db, sets)
 
 

@@ -1,6 +1,7 @@
 """The current accelerators' rows: present, cited, and derived figures that follow from their sources."""
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -48,7 +49,7 @@ def test_usable_memory_is_nvml_mib_where_published_else_the_datasheet_gb():
 def test_a_user_accelerators_file_without_the_usable_memory_column_still_loads(tmp_path):
     import csv
 
-    src = list(csv.reader(l for l in open(hardware_db.__file__.replace("__init__.py", "accelerators.csv"))
+    src = list(csv.reader(l for l in open(Path(hardware_db.__file__).parent / "accelerators.csv")
                           if not l.startswith("#")))
     j = src[0].index("hbm_usable_mib")
     row = next(r for r in src if r[0] == "h100-sxm5-80gb")
