@@ -69,6 +69,90 @@ MICROBATCHES = (1, 2, 4, 8)
 INTERLEAVES = (1, 2, 4, 8)
 
 
+# The keys of a runs file's [[run]] tables (hardware_db/SCHEMA.md). READ: what the loader turns into
+# the model's inputs; RECORDED: kept for the reader and never modelled (a source table's published GA
+# column, the model's name, features the layout model has no term for). Any other key is refused with
+# the allowed ones: a misspelt key would otherwise be ignored and the run fitted with a default.
+RUN_KEYS = ("id", "source", "licence", "hardware", "precision", "peak_ref", "kind", "framework", "model",
+            "model_source", "layout", "notes", "tokens", "balanced_routing") + QUANTITIES
+RUN_RECORDED = ("published_tflops_per_device", "published_gpu_hours_total", "published_gpu_hours_per_trillion_tokens")
+MODEL_KEYS = ("layers", "d_model", "heads", "kv_heads", "head_dim", "d_ff", "ffn", "vocab", "seq_len",
+              "tied_embeddings", "experts", "top_k", "expert_d_ff", "shared_experts", "shared_expert_d_ff",
+              "first_dense_layers", "moe_every", "dropout", "sliding_window", "window_layers", "mla", "linear_bias")
+MODEL_RECORDED = ("name", "mtp_layers", "attention_sinks", "qk_norm")
+LAYOUT_KEYS = ("devices", "tp", "pp", "cp", "vp", "interleave", "ep", "etp", "dp", "microbatch", "global_batch",
+               "recompute", "distributed_optimizer", "fsdp", "flash_attention", "overlap", "ep_overlap",
+               "moe_a2a_overlap", "pp_schedule", "moe_dispatcher", "ep_dedup", "moe_host_sync", "cuda_graphs",
+               "cp_comm_type", "moe_imbalance", "grad_reduce_in_fp32", "gemm_per_expert", "activation_offload_layers")
+LAYOUT_RECORDED = ("ga", "local_batch", "batch_per_dp", "tokens_per_batch", "async_tp", "fsdp_shard")
+# true/false keys (the spec's booleans: sweep/spec.py), and the words a string-valued key may start with
+BOOLEANS = {"": ("balanced_routing",), "model": ("tied_embeddings", "dropout", "linear_bias", "attention_sinks", "qk_norm"),
+            "layout": ("fsdp", "flash_attention", "overlap", "ep_overlap", "moe_a2a_overlap", "ep_dedup",
+                       "moe_host_sync", "grad_reduce_in_fp32", "gemm_per_expert")}
+FIRST_WORDS = {
+    # Megatron-core's dispatchers: flex = DeepEP / HybridEP (per-node dedup, no host sync); alltoall
+    # (MoEAlltoAllTokenDispatcher) synchronises with the host; the allgather dispatcher is not modelled
+    "moe_dispatcher": ("alltoall", "flex", "deepep", "hybridep"),
+    # on / full_iteration / local = whole layers graphed; the others = not whole layers
+    "cuda_graphs": ("on", "full_iteration", "local", "off", "none", "unknown", "transformer_engine"),
+    # the context-parallel exchanges the model has (Ulysses-style a2a is not modelled)
+    "cp_comm_type": ("p2p", "all_gather"),
+}
+KINDS = ("dense", "moe")
+PEAK_REFS = ("bf16_dense", "fp8_dense", "none")
+
+
+def _first_word(value) -> str:
+    return str(value).lower().replace("(", " ").split()[0] if str(value).strip() else ""
+
+
+def _check_keys(run, file, i):
+    """Refuse what the loader would ignore or misread: unknown keys (with the closest allowed one),
+    a boolean written as a string or number, a word outside a string key's vocabulary, a ``dp`` that
+    is not devices / (tp · pp · cp), ``ep_overlap`` and ``moe_a2a_overlap`` disagreeing."""
+    tables = (("", run, RUN_KEYS, RUN_RECORDED), ("model", run.get("model"), MODEL_KEYS, MODEL_RECORDED),
+              ("layout", run.get("layout"), LAYOUT_KEYS, LAYOUT_RECORDED))
+    for section, table, read, recorded in tables:
+        if not isinstance(table, dict):
+            continue  # a missing or malformed table is reported where it is read
+        for key in table:
+            if key not in read and key not in recorded:
+                raise _err(file, i, run, f"{section + '.' if section else ''}{key}",
+                           f"is not a runs-file key{hardware_db.closest(key, read + recorded)} (allowed: "
+                           f"{', '.join(read)}; recorded, not modelled: {', '.join(recorded)})")
+        for key in BOOLEANS[section]:
+            if key in table and not isinstance(table[key], bool):
+                raise _err(file, i, run, f"{section + '.' if section else ''}{key}",
+                           f"must be true or false, not {table[key]!r}")
+    for key, allowed in (("kind", KINDS), ("peak_ref", PEAK_REFS)):
+        if key in run and run[key] not in allowed:
+            raise _err(file, i, run, key, f"{run[key]!r} is not allowed (allowed: {', '.join(allowed)})")
+    lay = run.get("layout")
+    if not isinstance(lay, dict):
+        return
+    for key, allowed in FIRST_WORDS.items():
+        if key in lay and (isinstance(lay[key], bool) and key == "cuda_graphs"):
+            continue  # true / false: whole layers graphed or not, as the spec's cuda_graphs
+        if key in lay and (not isinstance(lay[key], str) or _first_word(lay[key]) not in allowed):
+            raise _err(file, i, run, f"layout.{key}", f"{lay[key]!r}: its first word must be one of "
+                       f"{', '.join(allowed)} (a note may follow)")
+    dist = lay.get("distributed_optimizer", True)
+    if not isinstance(dist, bool) and dist != "unknown":
+        raise _err(file, i, run, "layout.distributed_optimizer", f"must be true, false or 'unknown', not {dist!r}")
+    if "ep_overlap" in lay and "moe_a2a_overlap" in lay and lay["ep_overlap"] != lay["moe_a2a_overlap"]:
+        raise _err(file, i, run, "layout.ep_overlap", f"is {str(lay['ep_overlap']).lower()} but moe_a2a_overlap "
+                   f"(Megatron-core's name for the same switch) is {str(lay['moe_a2a_overlap']).lower()}: give one")
+    for key, low in (("moe_imbalance", 1.0), ("activation_offload_layers", 0.0)):
+        v = lay.get(key, low)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < low:
+            raise _err(file, i, run, f"layout.{key}", f"must be a number >= {low:g}, not {v!r}")
+    sizes = [lay.get(k, 1) for k in ("devices", "tp", "pp", "cp")]
+    if "dp" in lay and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in sizes):
+        dp = sizes[0] / (sizes[1] * sizes[2] * sizes[3])
+        if lay["dp"] != dp:
+            raise _err(file, i, run, "layout.dp", f"is {lay['dp']!r}, but devices / (tp · pp · cp) = {dp:g}")
+
+
 @dataclass(frozen=True)
 class Run:
     """One measured run, ready for the kernel: design/hardware floats, candidate layouts as arrays."""
@@ -202,7 +286,8 @@ def _layouts(run, design, file, i):
     out["flash_attention"] = np.full(k, float(lay.get("flash_attention", 1)))
     out["overlap"] = np.full(k, float(lay.get("overlap", 1)))  # Megatron-core / FSDP2 defaults overlap
     dualpipe = "dualpipe" in str(lay.get("pp_schedule", "")).lower()  # DeepSeek: all-to-all under compute
-    out["ep_overlap"] = np.full(k, float(bool(lay.get("moe_a2a_overlap", False)) or dualpipe))
+    a2a_overlap = lay.get("ep_overlap", lay.get("moe_a2a_overlap", False))  # the spec's name, or Megatron-core's
+    out["ep_overlap"] = np.full(k, float(a2a_overlap or dualpipe))
     dispatcher = str(lay.get("moe_dispatcher", "")).lower()
     # the dispatcher is the field's first word ("flex (hybridep) ...", "alltoall (...)", "recipe default
     # (preset sets no flex backend)" = the recipes' alltoall): a "flex" later in a note is no flex dispatcher
@@ -217,13 +302,13 @@ def _layouts(run, design, file, i):
     # "full_iteration" the whole iteration, as 25.11 spelled it); those runs have no per-layer launch
     # latency either (kernels.layout, cuda_graphs). TE-scoped partial graphs (attention, router) are
     # not whole layers
-    cg = str(lay.get("cuda_graphs", "")).lower()
-    graphs = cg.startswith(("on", "full_iteration", "local"))
+    cg = lay.get("cuda_graphs", "")
+    graphs = cg if isinstance(cg, bool) else _first_word(cg) in ("on", "full_iteration", "local")
     sync = design["experts"] > 1 and not dedup and not graphs
     out["moe_host_sync"] = np.full(k, float(lay.get("moe_host_sync", sync)))
     out["cuda_graphs"] = np.full(k, float(graphs))
     # context parallelism by an exposed all-gather (Llama 3) or Megatron-core's overlapped ring ("p2p")
-    out["cp_allgather"] = np.full(k, float(str(lay.get("cp_comm_type", "p2p")).lower().startswith("all_gather")))
+    out["cp_allgather"] = np.full(k, float(_first_word(lay.get("cp_comm_type", "p2p")) == "all_gather"))
     imb = lay.get("moe_imbalance", 1.0 if run.get("balanced_routing", True) else math.nan)
     out["moe_imbalance"] = np.full(k, float(imb))
     # NVIDIA's performance recipes reduce gradients in 16 bits (grad_reduce_in_fp32 = False, NeMo
@@ -255,6 +340,7 @@ def load_runs(doc: dict, db, file="runs") -> tuple[list[Run], list[dict]]:
         if r["id"] in seen:
             raise _err(file, i, r, "id", "is used by an earlier run")
         seen.add(r["id"])
+        _check_keys(r, file, i)
         hw_id = r.get("hardware")
         precision = r.get("precision", "bf16")
         if precision not in hardware_db.PRECISIONS:

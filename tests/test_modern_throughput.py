@@ -5,6 +5,7 @@ and on a user's own runs, and the goodput that turns ideal step time into booked
 import copy
 import json
 import math
+import re
 from dataclasses import replace
 import tomllib
 from pathlib import Path
@@ -416,6 +417,56 @@ def test_calibrate_out_naming_a_folder_is_an_error_before_the_fit_even_with_forc
     assert "--out" in err and "is a folder" in err and "Traceback" not in err
     assert sorted(tmp_path.iterdir()) == sorted([runs, folder])  # no .tmp file left beside it
     assert not any(folder.iterdir())
+
+
+@pytest.mark.parametrize("section, entry, key, says", [
+    ("layout", "micro_batch = 2", "layout.micro_batch", "did you mean 'microbatch'"),
+    ("model", "n_layers = 32", "model.n_layers", "did you mean 'layers'"),
+    ("run", 'hw = "h100"', "hw", "is not a runs-file key"),
+    ("layout", 'fsdp = "true"', "layout.fsdp", "must be true or false"),
+    ("layout", 'moe_a2a_overlap = "false"', "layout.moe_a2a_overlap", "must be true or false"),
+    ("layout", "overlap = 1", "layout.overlap", "must be true or false"),
+    ("model", 'tied_embeddings = "no"', "model.tied_embeddings", "must be true or false"),
+    ("layout", 'cp_comm_type = "ring"', "layout.cp_comm_type", "p2p, all_gather"),
+    ("layout", 'moe_dispatcher = "deep_ep"', "layout.moe_dispatcher", "alltoall, flex, deepep, hybridep"),
+    ("layout", 'cuda_graphs = "full-iteration"', "layout.cuda_graphs", "full_iteration"),
+    ("layout", 'moe_imbalance = "high"', "layout.moe_imbalance", "number >= 1"),
+    ("layout", "dp = 4", "layout.dp", "devices / (tp · pp · cp) = 8"),
+    ("layout", 'distributed_optimizer = "yes"', "layout.distributed_optimizer", "'unknown'"),
+    ("layout", "ep_overlap = true, moe_a2a_overlap = false", "layout.ep_overlap", "give one"),
+    ("run", 'kind = "MoE"', "kind", "allowed: dense, moe"),
+])
+def test_a_runs_file_key_the_loader_would_ignore_or_misread_is_an_error_naming_it(tmp_path, capsys, section, entry,
+                                                                                  key, says):
+    # before: a misspelt key was ignored (the run fitted with a default in its place), the string
+    # "false" read as true, fsdp = "true" as false, and "yes" for a number raised a traceback
+    text = RUNS.format(a=9000.0, b=1100.0)
+    name = entry.split(" = ")[0]
+    if f" {name} = " in text:  # the template has the key: replace its value in run 1
+        text = re.sub(rf" {name} = [^,}}]+", " " + entry, text, count=1)
+    else:
+        where = {"layout": "devices = 8, tp = 1", "model": "layers = 32,", "run": 'source = "test"'}[section]
+        text = text.replace(where, f"{entry}, {where}" if section != "run" else f"{entry}\n{where}", 1)
+    runs, out = tmp_path / "runs.toml", tmp_path / "c.toml"
+    runs.write_text(text)
+    assert main(["calibrate", str(runs), "--out", str(out), "--no-loo"]) == 2
+    err = capsys.readouterr().err
+    assert f"run 1 (a)] {key}:" in err and says in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_a_runs_file_may_use_the_specs_names_for_the_overlap_and_cuda_graph_switches(db, modern):
+    doc, _, _ = modern
+    row = next(r for r in doc["run"] if r["layout"].get("moe_a2a_overlap") is True)
+    spec_names = copy.deepcopy(row)
+    del spec_names["layout"]["moe_a2a_overlap"]
+    spec_names["layout"].update(ep_overlap=True, cuda_graphs=True)
+    megatron_names = copy.deepcopy(row)
+    megatron_names["layout"]["cuda_graphs"] = "on (per-layer)"
+    (a,), _ = load_runs({"run": [spec_names]}, db)
+    (b,), _ = load_runs({"run": [megatron_names]}, db)
+    assert a.layouts["ep_overlap"][0] == 1.0 and a.layouts["cuda_graphs"][0] == 1.0
+    assert {k: list(v) for k, v in a.layouts.items()} == {k: list(v) for k, v in b.layouts.items()}
 
 
 def _strict(text):
