@@ -127,6 +127,9 @@ def _check_keys(run, file, i):
     for key, allowed in (("kind", KINDS), ("peak_ref", PEAK_REFS)):
         if key in run and run[key] not in allowed:
             raise _err(file, i, run, key, f"{run[key]!r} is not allowed (allowed: {', '.join(allowed)})")
+    model = run.get("model")
+    if isinstance(model, dict) and "mla" in model and not isinstance(model["mla"], dict):
+        raise _err(file, i, run, "model.mla", f"must be a table such as {{v_head_dim = 128}}, not {model['mla']!r}")
     lay = run.get("layout")
     if not isinstance(lay, dict):
         return
@@ -200,7 +203,10 @@ def _design(run, file, i):
     head_dim = g("head_dim", d_model / heads)
     kv_heads = g("kv_heads", heads)
     if isinstance(m.get("mla"), dict):
-        head_dim = float(m["mla"].get("v_head_dim", head_dim))
+        v = m["mla"].get("v_head_dim", head_dim)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            raise _err(file, i, run, "model.mla.v_head_dim", f"must be a positive number, not {v!r}")
+        head_dim = float(v)
         kv_heads = 1.0
         notes.append("MLA approximated as heads × v_head_dim projections with one KV head")
     ffn = m.get("ffn", "gelu")
@@ -211,7 +217,7 @@ def _design(run, file, i):
     expert_d_ff = g("expert_d_ff", 0, pos=False) or g("d_ff")
     shared = g("shared_experts", 0, pos=False)
     if shared and m.get("shared_expert_d_ff"):
-        shared = shared * float(m["shared_expert_d_ff"]) / expert_d_ff  # width as a multiple of one expert
+        shared = shared * g("shared_expert_d_ff") / expert_d_ff  # width as a multiple of one expert
     d_ff = g("d_ff", 0, pos=False) or expert_d_ff
     vocab, seq_len = g("vocab"), g("seq_len")
     tied = float(bool(m.get("tied_embeddings", False)))

@@ -435,6 +435,8 @@ def test_calibrate_out_naming_a_folder_is_an_error_before_the_fit_even_with_forc
     ("layout", 'distributed_optimizer = "yes"', "layout.distributed_optimizer", "'unknown'"),
     ("layout", "ep_overlap = true, moe_a2a_overlap = false", "layout.ep_overlap", "give one"),
     ("run", 'kind = "MoE"', "kind", "allowed: dense, moe"),
+    ("model", "mla = true", "model.mla", "must be a table"),
+    ("model", 'mla = { v_head_dim = "128" }', "model.mla.v_head_dim", "positive number"),
 ])
 def test_a_runs_file_key_the_loader_would_ignore_or_misread_is_an_error_naming_it(tmp_path, capsys, section, entry,
                                                                                   key, says):
