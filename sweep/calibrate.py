@@ -454,16 +454,15 @@ def packaged_constants(db, runs: list[Run]) -> dict:
     return {k: np.array([[p.get(k, math.nan)] for p in per]) for k in keys}
 
 
-def _to_theta(name, value, ceiling=1.0):
+def _to_theta(name, value):
     if FITTABLE[name] == "seconds":
         return np.log(value if value > 0 else LATENCY_START_S)
-    p = np.clip(value / ceiling, 1e-4, 1 - 1e-4)  # a start above the ceiling starts at it
+    p = np.clip(value, 1e-4, 1 - 1e-4)
     return np.log(p / (1 - p))
 
 
-def _from_theta(name, theta, ceiling=1.0):
-    """A fraction is ``ceiling`` · logistic(θ): inside (0, ceiling); a time is exp(θ)."""
-    return jnp.exp(theta) if FITTABLE[name] == "seconds" else ceiling * jax.nn.sigmoid(theta)
+def _from_theta(name, theta):
+    return jnp.exp(theta) if FITTABLE[name] == "seconds" else jax.nn.sigmoid(theta)
 
 
 def fit(db, runs: list[Run], constants=DEFAULT_FIT, goodput: float = 1.0, leave_one_out: bool = True,
@@ -482,14 +481,11 @@ def fit(db, runs: list[Run], constants=DEFAULT_FIT, goodput: float = 1.0, leave_
     base = packaged_constants(db, runs)
     constants = tuple(c for c in constants if c in FITTABLE)
     n_cls = len(b.classes)
-    ceil = {c: np.ones(1) if c in shared else ceilings(db, b.classes, c) for c in constants}
-
-    def start_value(c, sel, k=0):
-        v = float(np.nanmean(base[c][sel])) if c in base else 0.5
-        return _to_theta(c, v, ceil[c][k])
+    def start_value(c, sel):
+        return _to_theta(c, float(np.nanmean(base[c][sel]))) if c in base else _to_theta(c, 0.5)
 
     start = {c: (np.array([start_value(c, np.ones(len(runs), bool))]) if c in shared else
-                 np.array([start_value(c, b.cls_index == k, k) for k in range(n_cls)])) for c in constants}
+                 np.array([start_value(c, b.cls_index == k) for k in range(n_cls)])) for c in constants}
     theta0 = {c: jnp.asarray(v) for c, v in start.items()}
     idx = jnp.asarray(b.cls_index)
     log_pub = jnp.log(jnp.asarray(b.published))
@@ -503,13 +499,13 @@ def fit(db, runs: list[Run], constants=DEFAULT_FIT, goodput: float = 1.0, leave_
         """Per class: the class's benchmark × the measured classes' geometric-mean fitted/benchmark."""
         v = bench[c]
         src = moves[c] & np.isfinite(v)
-        log_ratio = jnp.mean(jnp.log(_from_theta(c, theta[c], ceil[c])[src]) - np.log(v[src]))
+        log_ratio = jnp.mean(jnp.log(_from_theta(c, theta[c])[src]) - np.log(v[src]))
         return jnp.asarray(np.where(carried[c], v, 1.0)) * jnp.exp(log_ratio)
 
     def cal_of(theta):
         cal = {k: jnp.asarray(v) for k, v in base.items()}
         for c in constants:
-            fitted = _from_theta(c, theta[c], ceil[c])[0 * idx if c in shared else idx][:, None]
+            fitted = _from_theta(c, theta[c])[0 * idx if c in shared else idx][:, None]
             packaged = jnp.asarray(base[c]) if c in base else fitted
             if c in carried:
                 packaged = jnp.where(jnp.asarray(carried[c])[idx][:, None], transferred(c, theta)[idx][:, None],
@@ -567,18 +563,9 @@ def fit(db, runs: list[Run], constants=DEFAULT_FIT, goodput: float = 1.0, leave_
             return predict(b, cal_of(th), goodput)[0][i]
 
         loo = np.asarray(jax.jit(jax.vmap(held))(thetas, jnp.arange(len(runs))))
-    values = {b.classes[k] or "default": {c: float(_from_theta(c, theta[c][0 if c in shared else k],
-                                                               ceil[c][0 if c in shared else k]))
+    values = {b.classes[k] or "default": {c: float(_from_theta(c, theta[c][0 if c in shared else k]))
                                           for c in constants if moves[c][0 if c in shared else k]}
               for k in range(n_cls)}
-    # a fraction within 2 % of its class's ceiling: the runs would take more than any published
-    # kernel reaches, so the constant is absorbing work the model lacks (said in the output)
-    at_ceiling = {}
-    for k in range(n_cls):
-        for c, v in values[b.classes[k] or "default"].items():
-            cap = float(ceil[c][0 if c in shared else k])
-            if FITTABLE[c] == "fraction" and cap < 1.0 and v >= 0.98 * cap:
-                at_ceiling.setdefault(b.classes[k] or "default", {})[c] = cap
     derived = {}
     for c in carried:
         t = np.asarray(transferred(c, theta))
@@ -592,8 +579,8 @@ def fit(db, runs: list[Run], constants=DEFAULT_FIT, goodput: float = 1.0, leave_
                      "predicted_start": float(pred_start[i]), "predicted": float(pred_fit[i]),
                      "error_start_pct": err(pred_start[i]), "error_pct": err(pred_fit[i]),
                      "loo_predicted": float(loo[i]), "loo_error_pct": err(loo[i]), "feasible": bool(feasible[i])})
-    return {"constants": values, "derived": derived, "at_ceiling": at_ceiling, "fitted": list(constants),
-            "rows": rows, "summary": summarise(rows)}
+    return {"constants": values, "derived": derived, "fitted": list(constants), "rows": rows,
+            "summary": summarise(rows)}
 
 
 def benchmarks(db, classes: tuple, constant: str) -> np.ndarray:
@@ -606,21 +593,6 @@ def benchmarks(db, classes: tuple, constant: str) -> np.ndarray:
         if not (isinstance(entry, dict) and "benchmark" in entry):
             entry = doc.get(constant)
         return float(entry["benchmark"]) if isinstance(entry, dict) and "benchmark" in entry else math.nan
-
-    return np.array([one(cls) for cls in classes])
-
-
-def ceilings(db, classes: tuple, constant: str) -> np.ndarray:
-    """Per class: the ``ceiling`` of its calibration.toml entry for ``constant`` (else the top-level
-    entry's; 1 where none gives one): the best published kernel's fraction of peak, which a fitted
-    efficiency may approach but not pass (a fit that would pass it is absorbing another term)."""
-    doc = db.docs.get("calibration.toml", {})
-
-    def one(cls):
-        for entry in (doc.get("class", {}).get(cls, {}).get(constant), doc.get(constant)):
-            if isinstance(entry, dict) and "ceiling" in entry:
-                return float(entry["ceiling"])
-        return 1.0
 
     return np.array([one(cls) for cls in classes])
 

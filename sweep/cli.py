@@ -399,10 +399,6 @@ def cmd_calibrate(args, db):
     print("fitted constants:")
     for cls, values in res["constants"].items():
         print(f"  {cls}: " + ", ".join(f"{k} = {v:.4g}" for k, v in values.items()))
-    for cls, caps in res.get("at_ceiling", {}).items():
-        print(f"  {cls}: at the ceiling (calibration.toml: the best published kernel's fraction of peak; the "
-              "runs would take more, so the constant absorbs work the model lacks): "
-              + ", ".join(f"{k} {v:.4g}" for k, v in caps.items()))
     for cls, values in res.get("derived", {}).items():
         print(f"  {cls} (no runs measure these; benchmark x the fitted classes' ratio): "
               + ", ".join(f"{k} = {v:.4g}" for k, v in values.items()))

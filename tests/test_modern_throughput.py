@@ -140,33 +140,6 @@ def test_calibrate_recovers_constants_the_runs_were_made_with(db, modern):
     assert res["summary"]["all"]["loo_error"]["mean"] < 1.0  # held-out runs predicted as well
 
 
-def test_a_fitted_efficiency_stops_at_its_published_ceiling(db, modern):
-    # runs made with an FP8 GEMM efficiency above the best measured FP8 matmul on H100 (MAMF
-    # 1402.6 of 1979 TFLOP/s = 0.709): the fit approaches the ceiling and does not pass it
-    runs = _synthetic_runs(db, modern, {"gemm_eff_fp8": 0.80})
-    res = fit(db, runs, constants=("gemm_eff_fp8",), shared=(), leave_one_out=False)
-    assert 0.70 < res["constants"]["h100"]["gemm_eff_fp8"] <= 0.709
-    assert res["at_ceiling"] == {"h100": {"gemm_eff_fp8": 0.709}}  # said in calibrate's output
-
-
-def test_every_packaged_efficiency_is_within_its_ceiling():
-    from sweep.calibrate import ceilings
-
-    db = hardware_db.load()
-    doc = db.docs["calibration.toml"]
-    classes = tuple(doc["class"])
-    checked = 0
-    for name, kind in FITTABLE.items():
-        if kind != "fraction":
-            continue
-        for cls, ceiling in zip(classes, ceilings(db, classes, name)):
-            entry = doc["class"][cls].get(name, doc.get(name))
-            if isinstance(entry, dict) and "value" in entry:
-                assert entry["value"] <= ceiling, (cls, name)
-                checked += ceiling < 1.0
-    assert checked >= 5  # attention on H100, B200, GB200; H100's 16-bit and FP8 GEMMs
-
-
 def test_fittable_constants_are_fractions_or_seconds():
     assert set(FITTABLE.values()) == {"fraction", "seconds"}
 
