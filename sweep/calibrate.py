@@ -75,7 +75,8 @@ INTERLEAVES = (1, 2, 4, 8)
 # the allowed ones: a misspelt key would otherwise be ignored and the run fitted with a default.
 RUN_KEYS = ("id", "source", "licence", "hardware", "precision", "peak_ref", "kind", "framework", "model",
             "model_source", "layout", "notes", "tokens", "balanced_routing") + QUANTITIES
-RUN_RECORDED = ("published_tflops_per_device", "published_gpu_hours_total", "published_gpu_hours_per_trillion_tokens")
+RUN_RECORDED = ("published_tflops_per_device", "published_gpu_hours_total",
+                "published_gpu_hours_per_trillion_tokens")
 MODEL_KEYS = ("layers", "d_model", "heads", "kv_heads", "head_dim", "d_ff", "ffn", "vocab", "seq_len",
               "tied_embeddings", "experts", "top_k", "expert_d_ff", "shared_experts", "shared_expert_d_ff",
               "first_dense_layers", "moe_every", "dropout", "sliding_window", "window_layers", "mla", "linear_bias")
@@ -86,7 +87,8 @@ LAYOUT_KEYS = ("devices", "tp", "pp", "cp", "vp", "interleave", "ep", "etp", "dp
                "cp_comm_type", "moe_imbalance", "grad_reduce_in_fp32", "gemm_per_expert", "activation_offload_layers")
 LAYOUT_RECORDED = ("ga", "local_batch", "batch_per_dp", "tokens_per_batch", "async_tp", "fsdp_shard")
 # true/false keys (the spec's booleans: sweep/spec.py), and the words a string-valued key may start with
-BOOLEANS = {"": ("balanced_routing",), "model": ("tied_embeddings", "dropout", "linear_bias", "attention_sinks", "qk_norm"),
+BOOLEANS = {"": ("balanced_routing",),
+            "model": ("tied_embeddings", "dropout", "linear_bias", "attention_sinks", "qk_norm"),
             "layout": ("fsdp", "flash_attention", "overlap", "ep_overlap", "moe_a2a_overlap", "ep_dedup",
                        "moe_host_sync", "grad_reduce_in_fp32", "gemm_per_expert")}
 FIRST_WORDS = {
@@ -295,8 +297,8 @@ def _layouts(run, design, file, i):
     a2a_overlap = lay.get("ep_overlap", lay.get("moe_a2a_overlap", False))  # the spec's name, or Megatron-core's
     out["ep_overlap"] = np.full(k, float(a2a_overlap or dualpipe))
     dispatcher = str(lay.get("moe_dispatcher", "")).lower()
-    # the dispatcher is the field's first word ("flex (hybridep) ...", "alltoall (...)", "recipe default
-    # (preset sets no flex backend)" = the recipes' alltoall): a "flex" later in a note is no flex dispatcher
+    # the dispatcher is the field's first word ("flex (hybridep) ...", "alltoall (...)"; FIRST_WORDS):
+    # a "flex" later in a note is no flex dispatcher
     kind = dispatcher.replace("(", " ").split()[0] if dispatcher.strip() else ""
     dedup = kind in ("flex", "deepep", "hybridep") or dualpipe  # DeepSeek: node-limited
     out["ep_dedup"] = np.full(k, float(lay.get("ep_dedup", dedup)))
