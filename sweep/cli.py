@@ -691,7 +691,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "time, MFU or GPU-hours, each with its layout) by least squares on log "
                                    "throughput through the JAX model (optax L-BFGS), print the fit, the residuals "
                                    "and the leave-one-out errors, and write a calibration file. The runs file's "
-                                   "format: hardware_db/SCHEMA.md (throughput_runs_modern.toml is one).")
+                                   "format: hardware_db/SCHEMA.md (throughput_runs_modern.toml is one). Each run is "
+                                   "checked before the fit: an unknown key (with the closest allowed one), a switch "
+                                   "not written true/false, or a word a key does not know stops the command with "
+                                   "the run and the key (exit 2). Switches take the spec's names and values "
+                                   "(ep_overlap, cuda_graphs = true) or Megatron-core's (moe_a2a_overlap, a "
+                                   "moe_dispatcher or cuda_graphs string).")
     c.add_argument("runs", help="runs TOML file ([[run]] tables)")
     c.add_argument("--fit", metavar="NAMES", help="comma-separated constants to fit (default: "
                    "attention_eff, gemm_eff_fp8, gemm_eff_max per accelerator class; overlap_eff, "
