@@ -91,12 +91,14 @@ BOOLEANS = {"": ("balanced_routing",),
             "model": ("tied_embeddings", "dropout", "linear_bias", "attention_sinks", "qk_norm"),
             "layout": ("fsdp", "flash_attention", "overlap", "ep_overlap", "moe_a2a_overlap", "ep_dedup",
                        "moe_host_sync", "grad_reduce_in_fp32", "gemm_per_expert")}
+# Megatron-core's dispatchers: flex = DeepEP / HybridEP (per-node dedup, no host sync); alltoall
+# (MoEAlltoAllTokenDispatcher) synchronises with the host; the allgather dispatcher is not modelled
+DEDUP_DISPATCHERS = ("flex", "deepep", "hybridep")
+# CUDA-graph captures of whole layers (see _layouts); the others are not whole layers
+WHOLE_LAYER_GRAPHS = ("on", "full_iteration", "local")
 FIRST_WORDS = {
-    # Megatron-core's dispatchers: flex = DeepEP / HybridEP (per-node dedup, no host sync); alltoall
-    # (MoEAlltoAllTokenDispatcher) synchronises with the host; the allgather dispatcher is not modelled
-    "moe_dispatcher": ("alltoall", "flex", "deepep", "hybridep"),
-    # on / full_iteration / local = whole layers graphed; the others = not whole layers
-    "cuda_graphs": ("on", "full_iteration", "local", "off", "none", "unknown", "transformer_engine"),
+    "moe_dispatcher": ("alltoall",) + DEDUP_DISPATCHERS,
+    "cuda_graphs": WHOLE_LAYER_GRAPHS + ("off", "none", "unknown", "transformer_engine"),
     # the context-parallel exchanges the model has (Ulysses-style a2a is not modelled)
     "cp_comm_type": ("p2p", "all_gather"),
 }
@@ -296,11 +298,9 @@ def _layouts(run, design, file, i):
     dualpipe = "dualpipe" in str(lay.get("pp_schedule", "")).lower()  # DeepSeek: all-to-all under compute
     a2a_overlap = lay.get("ep_overlap", lay.get("moe_a2a_overlap", False))  # the spec's name, or Megatron-core's
     out["ep_overlap"] = np.full(k, float(a2a_overlap or dualpipe))
-    dispatcher = str(lay.get("moe_dispatcher", "")).lower()
     # the dispatcher is the field's first word ("flex (hybridep) ...", "alltoall (...)"; FIRST_WORDS):
     # a "flex" later in a note is no flex dispatcher
-    kind = dispatcher.replace("(", " ").split()[0] if dispatcher.strip() else ""
-    dedup = kind in ("flex", "deepep", "hybridep") or dualpipe  # DeepSeek: node-limited
+    dedup = _first_word(lay.get("moe_dispatcher", "")) in DEDUP_DISPATCHERS or dualpipe  # DeepSeek: node-limited
     out["ep_dedup"] = np.full(k, float(lay.get("ep_dedup", dedup)))
     # Megatron-core's alltoall dispatcher (the default when no flex backend is set) synchronises with
     # the host every MoE layer; DeepEP/HybridEP (flex) and DeepSeek's own kernels do not, nor do the
@@ -311,7 +311,7 @@ def _layouts(run, design, file, i):
     # latency either (kernels.layout, cuda_graphs). TE-scoped partial graphs (attention, router) are
     # not whole layers
     cg = lay.get("cuda_graphs", "")
-    graphs = cg if isinstance(cg, bool) else _first_word(cg) in ("on", "full_iteration", "local")
+    graphs = cg if isinstance(cg, bool) else _first_word(cg) in WHOLE_LAYER_GRAPHS
     sync = design["experts"] > 1 and not dedup and not graphs
     out["moe_host_sync"] = np.full(k, float(lay.get("moe_host_sync", sync)))
     out["cuda_graphs"] = np.full(k, float(graphs))
