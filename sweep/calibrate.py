@@ -30,7 +30,7 @@ from kernels.flops import train_flops_per_token
 from kernels.layout import step
 
 from .calibration import calibration_for, class_of
-from .spec import SpecError
+from .spec import CP_COMM_CODE, SpecError
 
 # constants the fit may move: fractions in (0, 1) (a logistic map) or times in seconds (a log map)
 FITTABLE = {"gemm_eff_max": "fraction", "attention_eff": "fraction", "gemm_eff_fp8": "fraction", "grouped_gemm_eff": "fraction",
@@ -100,7 +100,7 @@ FIRST_WORDS = {
     "moe_dispatcher": ("alltoall",) + DEDUP_DISPATCHERS,
     "cuda_graphs": WHOLE_LAYER_GRAPHS + ("off", "none", "unknown", "transformer_engine"),
     # the context-parallel exchanges the model has (Ulysses-style a2a is not modelled)
-    "cp_comm_type": ("p2p", "all_gather"),
+    "cp_comm_type": tuple(CP_COMM_CODE),
 }
 KINDS = ("dense", "moe")
 PEAK_REFS = ("bf16_dense", "fp8_dense", "none")
@@ -316,7 +316,7 @@ def _layouts(run, design, file, i):
     out["moe_host_sync"] = np.full(k, float(lay.get("moe_host_sync", sync)))
     out["cuda_graphs"] = np.full(k, float(graphs))
     # context parallelism by an exposed all-gather (Llama 3) or Megatron-core's overlapped ring ("p2p")
-    out["cp_allgather"] = np.full(k, float(_first_word(lay.get("cp_comm_type", "p2p")) == "all_gather"))
+    out["cp_allgather"] = np.full(k, CP_COMM_CODE.get(_first_word(lay.get("cp_comm_type", "p2p")), 0.0))
     imb = lay.get("moe_imbalance", 1.0 if run.get("balanced_routing", True) else math.nan)
     out["moe_imbalance"] = np.full(k, float(imb))
     # NVIDIA's performance recipes reduce gradients in 16 bits (grad_reduce_in_fp32 = False, NeMo

@@ -630,6 +630,8 @@ def build_parser() -> argparse.ArgumentParser:
     prs = pr.add_subparsers(dest="prices_command", metavar="list", required=True)
     prs.add_parser("list", help="list the offers").set_defaults(func=cmd_prices_list)
 
+    from .validate_layout import HELDOUT_SETS  # light: no jax, read only for the file names
+
     v = sub.add_parser(
         "validate", help="predictions beside published figures",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -640,7 +642,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "  modern set         hardware_db/throughput_runs_modern.toml, the runs the layout model's\n"
                     "                     constants are fitted on (mean <= 10 %, max <= 25 % per kind), with the\n"
                     "                     leave-one-out errors the last refit recorded\n"
-                    "  held-out runs      throughput_runs_heldout.toml and throughput_runs_heldout_fsdp.toml:\n"
+                    f"  held-out runs      {' and '.join(f for f, _, _ in HELDOUT_SETS)}:\n"
                     "                     published runs no constant is fitted on (a later release, an A/B,\n"
                     "                     another framework)\n"
                     "  serving            ML.ENERGY energy per output token\n"

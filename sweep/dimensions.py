@@ -21,7 +21,7 @@ import numpy as np
 
 from .calibration import calibration_for
 from .inputs import hardware_row, site_row
-from .spec import RECOMPUTE_CODE
+from .spec import CP_COMM_CODE, RECOMPUTE_CODE
 
 SPEC_TO_X = {"carbon_intensity": "carbon_intensity_kg_per_kwh", "wue": "wue_l_per_kwh"}
 CAL = "cal__"  # prefix of a table's calibration columns
@@ -88,7 +88,7 @@ DIMENSIONS = {
                                         ("wue_l_per_kwh", "wue"))),
     "ffn": Coded("ffn_matrices", (("gelu", 2.0), ("swiglu", 3.0)), default=2.0),
     "recompute": Coded("recompute", tuple(RECOMPUTE_CODE.items())),
-    "cp_comm_type": Coded("cp_allgather", (("p2p", 0.0), ("all_gather", 1.0))),
+    "cp_comm_type": Coded("cp_allgather", tuple(CP_COMM_CODE.items())),
 }
 
 

@@ -127,7 +127,7 @@ def _flag(value) -> float:
 
 def design_row(v: dict) -> dict[str, float]:
     """Model, training, cluster and lifecycle inputs from resolved spec values (NaN = not given)."""
-    from .spec import LAYOUT_DEFAULTS, RECOMPUTE_CODE
+    from .spec import CP_COMM_CODE, LAYOUT_DEFAULTS, RECOMPUTE_CODE
 
     g = lambda k: _num(v.get(k))  # noqa: E731
     lay = {k: (v[k] if v.get(k) is not None else LAYOUT_DEFAULTS[k]) for k in LAYOUT_DEFAULTS}
@@ -152,7 +152,7 @@ def design_row(v: dict) -> dict[str, float]:
         **{k: _flag(v.get(k)) for k in ("etp", "zero_stage", "overlap", "flash_attention", "moe_imbalance")},
         **{k: float(bool(v.get(k))) for k in ("ep_overlap", "moe_host_sync", "ep_dedup", "gemm_per_expert",
                                                "cuda_graphs")},  # the layout switches, off unless given
-        "cp_allgather": float(v.get("cp_comm_type") == "all_gather"),
+        "cp_allgather": CP_COMM_CODE.get(v.get("cp_comm_type"), 0.0),
         "dropout": float(v.get("dropout", True) is not False),
         "sliding_window": float(v.get("sliding_window") or 0.0),
         "window_layers": float(v["window_layers"]) if v.get("window_layers") is not None else 1.0,

@@ -55,6 +55,9 @@ def _k(section, kind, default=None, help="", **kw):
     return Key(section, kind, default, help, **kw)
 
 
+# how context parallelism exchanges K and V (spec words -> the kernels' cp_allgather flag)
+CP_COMM_CODE = {"p2p": 0.0, "all_gather": 1.0}
+
 KEYS: dict[str, Key] = {
     # [model]
     "name": _k("model", STR, "", "a label for the design"),
@@ -132,7 +135,7 @@ KEYS: dict[str, Key] = {
                    "node-limited routing); false: one copy per routed expert"),
     "cp_comm_type": _k("cluster", STR, "p2p", "how context parallelism exchanges K and V: p2p (a ring "
                        "overlapped with the attention, Megatron-core's default) or all_gather (gathered before it, "
-                       "exposed; Llama 3)", choices=("p2p", "all_gather")),
+                       "exposed; Llama 3)", choices=tuple(CP_COMM_CODE)),
     "cuda_graphs": _k("cluster", BOOL, False, "whole layers replayed as CUDA graphs (Megatron-core full-iteration "
                       "capture, NeMo's per-layer enable_cuda_graph): no per-layer kernel-launch or host-sync latency "
                       "(layer_latency_s, moe_layer_latency_s, moe_sync_latency_s, moe_expert_latency_s); false for "

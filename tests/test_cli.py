@@ -411,6 +411,17 @@ def test_every_command_and_option_has_help():
             assert action.help, (" ".join(path), action.dest)
 
 
+def test_validate_help_names_every_held_out_file(capsys):
+    # the help lists the files validate reports as held out, from the one list it reads
+    from sweep.validate_layout import HELDOUT_SETS
+
+    with pytest.raises(SystemExit):
+        main(["validate", "--help"])
+    out = capsys.readouterr().out
+    for file, _, _ in HELDOUT_SETS:
+        assert file in out
+
+
 def test_material_classes_scale_with_gpus_consumed(tmp_path, capsys):
     text = GOOD.replace('hardware = "a100-sxm4-80gb"', 'hardware = "a100-sxm4-40gb"')
     code, out, _ = cli(capsys, "estimate", write(tmp_path, text), "--json")
