@@ -67,7 +67,8 @@ def main(argv=None):
                          "seconds": timed_run(s, db, scheduler=client)})
         print(json.dumps(rows[-1]), flush=True)
     base = rows[0]["seconds"]
-    lines = ["| configuration | points | warm run | points/s | vs in process | load (1 min) |", "|---|---|---|---|---|---|"]
+    lines = ["| configuration | points | warm run | points/s | vs in process | load (1 min) |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['config']} | {r['points']:,} | {r['seconds']:.2f} s | {r['points'] / r['seconds']:.3g}/s | "
                      f"{base / r['seconds']:.2f}× | {r['load']} |")

@@ -215,7 +215,8 @@ def step_python(p: dict, lay: dict, cal: dict) -> dict:
     W, q_win = p.get("sliding_window", 0.0), p.get("window_layers", 0.0)
     scores = (1.0 - q_win) * CAUSAL + q_win * (W / s - W * W / (2.0 * s * s) if 0 < W < s else CAUSAL)
     if flash:
-        core_g = scores * 4.0 * nb * sq * s * hd_ / (peak_a * cal.get("attention_eff", geff)) + stream(4.0 * nb * sq * hd_)
+        core_g = (scores * 4.0 * nb * sq * s * hd_ / (peak_a * cal.get("attention_eff", geff))
+                  + stream(4.0 * nb * sq * hd_))
         core_g *= 1.0 + 0.5 * wave / (nb * sq * hd_)
         core_el = 0.0
     else:
@@ -269,7 +270,8 @@ def step_python(p: dict, lay: dict, cal: dict) -> dict:
 
     launched = 0.0 if opt("cuda_graphs", 0.0) > 0 else 1.0  # whole-layer CUDA graphs: no launch latency
     lat_l = cal.get("layer_latency_s", 0.0) * launched + (FLASH_BWD_EXTRA * core_g if flash else 0.0)
-    if flash and math.isfinite(cal.get("attention_exp_per_s", math.inf)):  # softmax exponentials on the special-function units
+    # softmax exponentials on the special-function units
+    if flash and math.isfinite(cal.get("attention_exp_per_s", math.inf)):
         lat_l += scores * nb * sq * s * (3.0 if full else 2.0) / cal["attention_exp_per_s"]
     comp_dense, comm_dense = layer(dense_g, dense_m, c_dense, lat_l, sel_dense)
     moe_lat = (cal.get("moe_layer_latency_s", 0.0)
@@ -341,7 +343,8 @@ def step_python(p: dict, lay: dict, cal: dict) -> dict:
 
     def stage_memory(layers, in_flight, emb, logits):
         states = (layers * lnx + emb) * per_param(D_m) + layers * lex * per_param(edp_m)
-        act = activations(rc) * max(layers - offload, 0.0) * in_flight * interleaved + (activations(0.0) if full else 0.0)
+        act = (activations(rc) * max(layers - offload, 0.0) * in_flight * interleaved
+               + (activations(0.0) if full else 0.0))
         act = (act + gathered / scale + logits) * scale
         return states + act
 
@@ -360,7 +363,8 @@ def step_python(p: dict, lay: dict, cal: dict) -> dict:
 
     def reduce(p_, n, link):
         if zero >= 1:  # gradients reduce-scattered after every micro-batch with ZeRO-2/3
-            return allgather(p_ * gb, n, link) * (m if zero >= 2 else 1.0) + (0.0 if zero >= 3 else allgather(p_ * w_b, n, link))
+            return (allgather(p_ * gb, n, link) * (m if zero >= 2 else 1.0)
+                    + (0.0 if zero >= 3 else allgather(p_ * w_b, n, link)))
         return allreduce(p_ * gb, n, link)
 
     t_dp = reduce(p_nonexp, D, ring_bw(D, tp)) + reduce(p_exp, edp, ring_bw(edp, etp * ep))
@@ -546,7 +550,8 @@ def step_numpy(p: dict, lay: dict, cal: dict) -> dict:
         q_win = a.get("window_layers", zero_)
         win = (W > 0) & (W < s)
         scores = (one - q_win) * CAUSAL + q_win * np.where(win, W / s - W * W / (2.0 * s * s), dt.type(CAUSAL))
-        core_flash = ((scores * 4.0 * nb * sq * s * hd_ / (peak_a * c.get("attention_eff", geff)) + stream(4.0 * nb * sq * hd_))
+        core_flash = ((scores * 4.0 * nb * sq * s * hd_ / (peak_a * c.get("attention_eff", geff))
+                       + stream(4.0 * nb * sq * hd_))
                       * (1.0 + 0.5 * wave / (nb * sq * hd_)))
         core_g = np.where(flash, core_flash, gemm(sq, s, hd_, nb) + gemm(sq, hd_, s, nb))
         core_el = np.where(flash, zero_, 4.5 * heads * s * T / tp)
@@ -591,7 +596,8 @@ def step_numpy(p: dict, lay: dict, cal: dict) -> dict:
         lat_l = c.get("layer_latency_s", zero_) * launched + np.where(flash, FLASH_BWD_EXTRA * core_g, zero_)
         if "attention_exp_per_s" in c:  # softmax exponentials on the special-function units
             rate = np.asarray(c["attention_exp_per_s"], dt)
-            lat_l = lat_l + np.where(flash & np.isfinite(rate), scores * nb * sq * s * np.where(full, dt.type(3.0), dt.type(2.0))
+            lat_l = lat_l + np.where(flash & np.isfinite(rate),
+                                     scores * nb * sq * s * np.where(full, dt.type(3.0), dt.type(2.0))
                                      / np.where(np.isfinite(rate), rate, one), zero_)
         comp_dense, comm_dense = layer(dense_g, dense_m, c_dense, lat_l, sel_dense)
         moe_lat = (c.get("moe_layer_latency_s", zero_)
@@ -659,7 +665,8 @@ def step_numpy(p: dict, lay: dict, cal: dict) -> dict:
 
         def stage_memory(layers, in_flight, emb, logits):
             states = (layers * lnx + emb) * per_param(D_m) + layers * lex * per_param(edp_m)
-            act = act_mode * np.maximum(layers - offload, zero_) * in_flight * interleaved + np.where(full, act_none, zero_)
+            act = (act_mode * np.maximum(layers - offload, zero_) * in_flight * interleaved
+                   + np.where(full, act_none, zero_))
             return states + (act + gathered / scale + logits) * scale
 
         mem_first = stage_memory(first, np.minimum(pp, m), np.where(pp > 1, V * h, emb_all) / tp,
@@ -718,7 +725,8 @@ def best_layout_numpy(x: dict, layouts: dict, cal: dict, objective: str = "total
     col = {key: val[:, None] for key, val in x.items()}
     counted = {**col, "params": design["params"][:, None], "active_params": design["active_params"][:, None]}
     row = {key: np.asarray(val, x["tokens"].dtype)[None, :] for key, val in layouts.items()}
-    st = step_numpy(counted, {**row, "devices": col["devices"]}, {key: np.asarray(val)[..., None] for key, val in cal.items()})
+    st = step_numpy(counted, {**row, "devices": col["devices"]},
+                    {key: np.asarray(val)[..., None] for key, val in cal.items()})
     out = footprint_numpy({**col, "mfu": st["mfu"]})
     reason = np.where(out["reason"] == TOP_K_EXCEEDS_EXPERTS, TOP_K_EXCEEDS_EXPERTS, st["reason"])
     unknown = ~np.isfinite(out["total_tco2e"]) | ~np.isfinite(out[objective])

@@ -21,7 +21,8 @@ The equations, in the order they are evaluated:
                   + [bias] (heads + 2·kv_heads)·head_dim + d_model + d_ff·(ffn_matrices − 1) + d_model + 2·d_model
     expert      = ffn_matrices·d_model·expert_d_ff + [bias] expert_d_ff·(ffn_matrices − 1) + d_model
     MoE layer   = attention + 2·d_model + d_model·experts + shared_experts·expert
-                  + [bias] (heads + 2·kv_heads)·head_dim + 3·d_model       + experts·expert (total) | top_k·expert (active)
+                  + [bias] (heads + 2·kv_heads)·head_dim + 3·d_model
+                  + experts·expert (total) | top_k·expert (active)
     outside     = vocab·d_model·(1 if tied else 2) + d_model
     params      = (layers − moe_layers)·dense + moe_layers·moe_total + outside   (or given)
     per token   = 6·(active − vocab·d_model·[untied]) + 12·layers·seq_len·d_attn, or 6·active if params given

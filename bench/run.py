@@ -700,7 +700,8 @@ def bench_layout_search(repeats: int, res: dict):
             err = (p.stderr.strip().splitlines() or [f"exit {p.returncode}"])[-1]
             break
         cold.append(el)
-    out["cold"] = {"command": " ".join(Path(c).name if i == 0 else c for i, c in enumerate(cmd)).replace(str(ROOT) + "/", ""),
+    out["cold"] = {"command": " ".join(Path(c).name if i == 0 else c
+                                       for i, c in enumerate(cmd)).replace(str(ROOT) + "/", ""),
                    "times_s": cold, "s": min(cold) if cold else None, "error": err, "load_avg": load()}
     print(f"  layout search cold: {cold} s {err or ''}", flush=True)
     res["layout_search"] = out

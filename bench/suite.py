@@ -56,7 +56,8 @@ def spec(shape: str, quick: bool) -> dict:
     if shape == "design":  # 64 × 64 × 8 × 4 × 4 = 524,288 designs × 8 × 2 × 2 × 3 × 2 deployments = 1.0e8
         grid = {"layers": {"start": 4, "stop": 130, "num": 64}, "d_model": {"start": 512, "stop": 16640, "num": 64},
                 "experts": [1, 4, 8, 16, 32, 64, 128, 256], "top_k": [1, 2, 4, 8], "heads": [8, 16, 32, 64],
-                "devices": [256, 512, 1024, 2048, 4096, 8192, 16384, 32768], "hardware": HARDWARE[1:3], "region": ["us", "fr"],
+                "devices": [256, 512, 1024, 2048, 4096, 8192, 16384, 32768], "hardware": HARDWARE[1:3],
+                "region": ["us", "fr"],
                 "tokens": [1e12] if quick else [3e11, 1e12, 3e12], "lifespan_years": [3, 5]}
         if quick:
             grid["layers"]["num"] = 32
@@ -165,7 +166,8 @@ def table(rows: list[dict]) -> str:
             extra = (f"; {r['layout_searches']:,} searches × {r['layouts']:,} layouts = "
                      f"{r['warm_layout_evals_per_s']:.3g} layout evals/s")
         lines.append(
-            f"| {r['shape']} ({r['layout']} layout) | {r['points']:,} | {r['cold_per_s']:.3g}/s ({r['cold_s']:.2f} s) | "
+            f"| {r['shape']} ({r['layout']} layout) | {r['points']:,} | "
+            f"{r['cold_per_s']:.3g}/s ({r['cold_s']:.2f} s) | "
             f"{r['warm_per_s']:.3g}/s ({r['warm_s']:.2f} s){extra} | {r['numpy_per_s']:.3g}/s "
             f"({r['numpy_points']:,} points) | {r['warm_vs_numpy']:.0f}× | {r['peak_rss_mb']:.0f} MB | "
             f"{r['load_before'][0]}–{r['load_after'][0]} |")

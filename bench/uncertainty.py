@@ -135,7 +135,8 @@ def main(argv=None):
         print(f"sweep, {s['points']:,} points × {s['samples']:,} samples, reductions only, float32: "
               f"{s['wall_s']:.2f} s with its files, {s['point_samples_per_s']:.3g} point-samples/s; in memory "
               f"{s['in_memory_s']:.2f} s, {s['in_memory_point_samples_per_s']:.3g}/s "
-              f"(NumPy {s['numpy_point_samples_per_s']:.3g}/s, {s['point_samples_per_s'] / s['numpy_point_samples_per_s']:.0f}×); "
+              f"(NumPy {s['numpy_point_samples_per_s']:.3g}/s, "
+              f"{s['point_samples_per_s'] / s['numpy_point_samples_per_s']:.0f}×); "
               f"peak RSS {s['peak_rss_mb']:.0f} MB; load {os.getloadavg()[0]:.1f}")
 
 

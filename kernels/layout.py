@@ -167,7 +167,8 @@ def alltoall_time(nbytes, ep, stride, devices_per_node, intra_bw, inter_bw, cal,
     n = jnp.maximum(ep, 1.0)
     g = jnp.clip(devices_per_node / jnp.maximum(stride, 1.0), 1.0, n)
     nodes = n / g
-    distinct = jnp.where(nodes > 1.0, (nodes - 1.0) * -jnp.expm1(copies * jnp.log1p(-1.0 / jnp.maximum(nodes, 1.0 + 1e-6))), 0.0)
+    distinct = jnp.where(nodes > 1.0,
+                         (nodes - 1.0) * -jnp.expm1(copies * jnp.log1p(-1.0 / jnp.maximum(nodes, 1.0 + 1e-6))), 0.0)
     remote = jnp.where(dedup > 0, distinct, copies * (n - g) / n)
     t = nbytes * (copies * (g - 1.0) / n / intra_bw + remote / inter_bw) / cal["link_eff"]
     t = t + cal["collective_latency_s"] * jnp.log2(n)
@@ -230,9 +231,10 @@ def attention_gemms(T, b, s, h, heads, kv_dim, d_attn, tp, bpv, peak, bw, cal, f
     (Korthikanti 2022 §4.1), always at 16-bit (Transformer Engine keeps attention in BF16).
     With flash attention the core's traffic is Q, K, V, O only (Dao 2022) and a causal mask skips
     the blocks above the diagonal: ``scores`` (CAUSAL_FRACTION, less with sliding windows:
-    score_fraction) of the counted FLOPs are computed (FlashAttention-2 §3.1), at ``attention_eff`` of the peak (a fused attention kernel is not a GEMM: FlashAttention-3
-    reports ~75 % of H100's BF16 peak forward and less backward); without it the whole s×s product is
-    computed as two batched GEMMs, then masked (Megatron-LM 2021-22).
+    score_fraction) of the counted FLOPs are computed (FlashAttention-2 §3.1), at ``attention_eff``
+    of the peak (a fused attention kernel is not a GEMM: FlashAttention-3 reports ~75 % of H100's
+    BF16 peak forward and less backward); without it the whole s×s product is computed as two
+    batched GEMMs, then masked (Megatron-LM 2021-22).
     """
     lb, lpeak, leff, lcast = (bpv, peak, cal["gemm_eff_max"], 0.0) if lin is None else lin
     proj = gemm_time(T, (d_attn + 2.0 * kv_dim) / tp, h, 1.0, lb, lpeak, bw, cal, leff, lcast)
@@ -277,7 +279,8 @@ def activation_bytes_per_layer(s, b, h, heads, d_attn, kv_dim, mlp_rows_ff, tp, 
     Korthikanti et al. 2022 §4 (Table 2) per component, generalised (d_attn, kv_dim, gated FFN):
       attention  3·s·b·h + 4·s·b·d_attn + 4·s·b·kv_dim   (LN out, Q, K, V, context, dropout mask)
                  + 5·heads·s²·b                           (softmax out, dropout mask and out)
-      MLP        3·s·b·h + 2·s·b·mlp_rows_ff               (mlp_rows_ff = ffn_matrices·d_ff, ×top_k·imb for MoE)
+      MLP        3·s·b·h + 2·s·b·mlp_rows_ff               (mlp_rows_ff = ffn_matrices·d_ff,
+                                                            ×top_k·imb for MoE)
       norms      4·s·b·h
     Without sequence parallelism 10·s·b·h of these (norms, masks, the two GEMM inputs) are not split
     by tp. Selective recompute drops the 5·heads·s²·b core (so does flash attention); full recompute
@@ -401,7 +404,8 @@ def _stage_params(design, layout):
     """Parameters per device of one layer's non-expert and expert parts, and of the embedding table
     of an end stage: (layer_nonexp, layer_exp, emb_end, emb_single) [parameters per device]."""
     L, h, V = design["layers"], design["d_model"], design["vocab"]
-    fm, E, n_moe, f_e = design["ffn_matrices"], jnp.maximum(design["experts"], 1.0), design["moe_layers"], design["expert_d_ff"]
+    fm, E, n_moe, f_e = (design["ffn_matrices"], jnp.maximum(design["experts"], 1.0), design["moe_layers"],
+                         design["expert_d_ff"])
     tp, ep, etp = layout["tp"], layout["ep"], layout["etp"]
     emb_all = V * h * (2.0 - design["tied_embeddings"])
     expert_total = n_moe * E * fm * h * f_e
@@ -470,7 +474,8 @@ def memory_per_device(design, layout, dp, micro_batches, cal):
     sc = s / cp
     # FP8 runs keep the linear layers' inputs in FP8: QKV and first-FFN inputs (h, and the k·imb
     # permuted copies in an MoE layer), output-projection and second-FFN inputs (d_attn, d_ff)
-    fp8_in = (jnp.where(fp8, h + (1.0 - moe_frac) * h + moe_frac * (h * k * imb + h * (design["shared_experts"] > 0)), 0.0),
+    fp8_in = (jnp.where(fp8, h + (1.0 - moe_frac) * h
+                        + moe_frac * (h * k * imb + h * (design["shared_experts"] > 0)), 0.0),
               jnp.where(fp8, d_attn + (1.0 - moe_frac) * design["d_ff"]
                         + moe_frac * f_e * (k * imb + design["shared_experts"]), 0.0))
     drop = design.get("dropout", 1.0)
@@ -492,7 +497,8 @@ def memory_per_device(design, layout, dp, micro_batches, cal):
 
     logits = jnp.where(pp > 1, 0.0, 4.0 * sc * b * V / tp)
     mem_first = states(nonexp_first, first * lex) + act(first, jnp.minimum(pp, micro_batches), logits)
-    mem_mid = states(nonexp_mid, middle * lex) + act(middle, jnp.minimum(jnp.maximum(pp - 1.0, 1.0), micro_batches), 0.0)
+    mem_mid = (states(nonexp_mid, middle * lex)
+               + act(middle, jnp.minimum(jnp.maximum(pp - 1.0, 1.0), micro_batches), 0.0))
     mem = jnp.where(pp > 1, jnp.maximum(mem_first, mem_mid), mem_first)
     return mem + cal["memory_reserve_bytes"], nonexp_first + first * lex
 

@@ -198,9 +198,10 @@ def serve(m, hw, req, cal):
 
     ``m``: architecture (see ``decode_step``), ``hw``: peak_flops, hbm_bw_bytes_s, hbm_bytes, tdp_w,
     host_power_w, devices_per_node, device_embodied_kgco2e, host_embodied_kgco2e; ``req``: batch,
-    devices, input_tokens and output_tokens (or ``mix``, a ``request_mix``), weight_bytes, kv_bytes, requests_per_day, pue,
-    carbon_intensity_kg_per_kwh, power_util, lifespan_years, kv_memory_fraction. Returns a dict with
-    units in the names; ``fits`` is False where the batch's KV cache does not fit in memory.
+    devices, input_tokens and output_tokens (or ``mix``, a ``request_mix``), weight_bytes, kv_bytes,
+    requests_per_day, pue, carbon_intensity_kg_per_kwh, power_util, lifespan_years,
+    kv_memory_fraction. Returns a dict with units in the names; ``fits`` is False where the batch's
+    KV cache does not fit in memory.
     """
     b, n = req["batch"], req["devices"]
     mix = req.get("mix") or request_mix(req["input_tokens"], req["output_tokens"])

@@ -33,9 +33,10 @@ from .calibration import calibration_for, class_of
 from .spec import CP_COMM_CODE, SpecError
 
 # constants the fit may move: fractions in (0, 1) (a logistic map) or times in seconds (a log map)
-FITTABLE = {"gemm_eff_max": "fraction", "attention_eff": "fraction", "gemm_eff_fp8": "fraction", "grouped_gemm_eff": "fraction",
-            "overlap_eff": "fraction", "hbm_eff": "fraction", "layer_latency_s": "seconds",
-            "moe_layer_latency_s": "seconds", "moe_sync_latency_s": "seconds", "moe_expert_latency_s": "seconds"}
+FITTABLE = {"gemm_eff_max": "fraction", "attention_eff": "fraction", "gemm_eff_fp8": "fraction",
+            "grouped_gemm_eff": "fraction", "overlap_eff": "fraction", "hbm_eff": "fraction",
+            "layer_latency_s": "seconds", "moe_layer_latency_s": "seconds", "moe_sync_latency_s": "seconds",
+            "moe_expert_latency_s": "seconds"}
 # the grouped-GEMM efficiency (it sat at 1) and the dense layer latency add nothing to the fit
 DEFAULT_FIT = ("attention_eff", "gemm_eff_fp8", "gemm_eff_max", "overlap_eff", "moe_layer_latency_s",
                "moe_sync_latency_s", "moe_expert_latency_s")

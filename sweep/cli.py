@@ -284,8 +284,10 @@ def print_serving(s: dict, pick: dict, life: dict | None, title: str) -> None:
         why = "no configuration fits in memory" if not pick["fits"] else "no configuration meets the latency targets"
         print(f"\n  INFEASIBLE: {why}; below, the fastest configuration that fits")
     if "mix_samples" in pick:
-        print(f"\n  Request mix: {pick['mix_samples']:,} requests drawn; mean {_fmt(pick['input_tokens_mean'], 'token')} in, "
-              f"{_fmt(pick['output_tokens_mean'], 'token')} out (below: the mix's mean figures, with its p5-p95 per request)")
+        print(f"\n  Request mix: {pick['mix_samples']:,} requests drawn; "
+              f"mean {_fmt(pick['input_tokens_mean'], 'token')} in, "
+              f"{_fmt(pick['output_tokens_mean'], 'token')} out "
+              "(below: the mix's mean figures, with its p5-p95 per request)")
     print("\n  Configuration")
     for k in ("replica_devices", "concurrency", "max_batch", "replicas", "load"):
         print(f"    {lab(k):<44} {_fmt(pick[k], '' if SERVING_OUTPUTS[k][0] == '1' else SERVING_OUTPUTS[k][0])}")
@@ -323,7 +325,8 @@ def cmd_serve(args, db):
             for lab, e, o in zip(r["labels"], r["errors"], r["loo_errors"]):
                 print(f"{lab:<42} fit {100 * e:+6.1f} %   leave-one-out {100 * o:+6.1f} %")
             print(f"\nleave-one-out |error|: median {s['median_abs_pct']:.1f} %, mean {s['mean_abs_pct']:.1f} % "
-                  f"({s['n']} rows; dense median {s['dense_median_abs_pct']:.1f} %, MoE {s['moe_median_abs_pct']:.1f} %)")
+                  f"({s['n']} rows; dense median {s['dense_median_abs_pct']:.1f} %, "
+                  f"MoE {s['moe_median_abs_pct']:.1f} %)")
         return
     if not args.spec:
         raise CliError("serve needs a spec file (or --fit)")
@@ -370,7 +373,8 @@ def cmd_calibrate(args, db):
         raise CliError(f"--out {out}: folder {out.parent} does not exist")
     runs, skipped = load_runs(read_toml(args.runs), db, args.runs)
     if len(runs) < 2:
-        raise SpecError(args.runs, "run", None, f"needs at least 2 runs with known hardware to fit ({len(runs)} usable)")
+        raise SpecError(args.runs, "run", None,
+                        f"needs at least 2 runs with known hardware to fit ({len(runs)} usable)")
     if not args.quiet and not args.json:
         print(f"carbon-sweep calibrate: {args.runs}: {len(runs)} runs, fitting {', '.join(constants)}"
               f"{' with leave-one-out refits' if not args.no_loo else ''} ...", file=sys.stderr)
@@ -717,7 +721,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("study", help="study TOML file")
     r.add_argument("--out", metavar="DIR", help="output folder (default results/<study name>)")
     r.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    r.add_argument("--chunk-size", type=int, metavar="N", help="points per chunk (default: by memory budget; at least 2 are taken)")
+    r.add_argument("--chunk-size", type=int, metavar="N",
+                   help="points per chunk (default: by memory budget; at least 2 are taken)")
     r.add_argument("--scheduler", metavar="ADDRESS",
                    help="run the chunks as tasks of a dask.distributed cluster (e.g. tcp://host:8786; start it "
                         "with `dask scheduler` and `dask worker ADDRESS --nworkers N --nthreads 1`); the "
@@ -763,7 +768,8 @@ def _compilation_cache() -> None:
 
     The folder is $CARBON_SWEEP_CACHE, else ~/.cache/carbon-sweep/jax; CARBON_SWEEP_CACHE=off disables it.
     """
-    folder = os.environ.get("CARBON_SWEEP_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "carbon-sweep", "jax")
+    folder = (os.environ.get("CARBON_SWEEP_CACHE")
+              or os.path.join(os.path.expanduser("~"), ".cache", "carbon-sweep", "jax"))
     if folder.lower() == "off":
         return
     try:

@@ -21,7 +21,8 @@ def hour_of_year(value) -> float:
     elif isinstance(value, dt.date):
         when = dt.datetime(value.year, value.month, value.day)
     else:
-        raise ValueError(f"{value!r} is not a date: give an ISO date or datetime such as \"2023-06-01T14:00\", or \"best\"")
+        raise ValueError(f"{value!r} is not a date: give an ISO date or datetime such as "
+                         "\"2023-06-01T14:00\", or \"best\"")
     if when.tzinfo is not None:
         when = when.astimezone(dt.timezone.utc).replace(tzinfo=None)
     if when.month == 2 and when.day == 29:

@@ -356,7 +356,8 @@ class Evaluator:
 
     def core_kwargs(self, outputs=None) -> dict:
         return dict(mode=self.mode, derive=self.derive, law=self.law_table.get("form"),
-                    law_table=tuple(sorted((k, v) for k, v in self.law_table.items() if not isinstance(v, (list, dict)))),
+                    law_table=tuple(sorted((k, v) for k, v in self.law_table.items()
+                                           if not isinstance(v, (list, dict)))),
                     outputs=tuple(outputs or self.outputs), uncertainty=self.uncertainty)
 
     def evaluate_chunk(self, plan: "Plan", i: int) -> dict[str, np.ndarray]:
@@ -563,8 +564,9 @@ def _evaluate_grid(lead, a, n_valid, xvec, cvec, mats, searched, *, block, axis,
             cal[k[5:]] = full(v)
         elif k not in DESIGN_INPUTS:
             x[k] = full(v)
-    # each design term a buffer of its own (XLA would otherwise recompute it for every point it is broadcast to)
-    staged = jax.tree_util.tree_map(lambda v: v if jnp.ndim(v) == 0 else red.as_buffer(v), staged)  # scalars stay scalars
+    # each design term a buffer of its own (XLA would otherwise recompute it for every point it is broadcast to);
+    # scalars stay scalars
+    staged = jax.tree_util.tree_map(lambda v: v if jnp.ndim(v) == 0 else red.as_buffer(v), staged)
     per_design = {k: v for k, v in staged[2].items() if jnp.ndim(v)}  # the loss: one value per design
     staged = jax.tree_util.tree_map(lambda v: v if jnp.ndim(v) == 0 else full(v), staged)
     # one barrier per array, so XLA still drops the ones this chunk's outputs do not need
@@ -957,7 +959,8 @@ def run(spec, out=None, *, resume=False, chunk_size=None, scheduler=None, quiet=
 
         return run_validation(study, out, db=db, write=write)
     if not study.dims:
-        raise SpecError(study.file, "grid", None, "is empty: give at least one dimension (or use carbon-sweep estimate)")
+        raise SpecError(study.file, "grid", None,
+                        "is empty: give at least one dimension (or use carbon-sweep estimate)")
     t0 = time.perf_counter()
     ev = Evaluator(study, db)
     size = chunk_size or study.options["chunk_size"] or ev.default_chunk_size()
@@ -1021,8 +1024,8 @@ def run(spec, out=None, *, resume=False, chunk_size=None, scheduler=None, quiet=
             if memory_only:
                 work = lambda i, handle: chunk_partial(ev, plan, i, keep_full, handle)[0]  # noqa: E731
             else:  # the partial file written for a resume, and the results kept for the merge
-                work = lambda i, handle: run_chunk(ev, plan, i, str(out_dir), keep_full, zarr_path, handle,  # noqa: E731
-                                                   give=merger is not None)
+                work = lambda i, handle: run_chunk(ev, plan, i, str(out_dir), keep_full,  # noqa: E731
+                                                   zarr_path, handle, give=merger is not None)
             for i, part in in_threads(ev, plan, todo, work):
                 if merger is not None:
                     merger.add(part, plan.bounds(i))

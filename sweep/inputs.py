@@ -66,7 +66,8 @@ def host_power(db, host_id: str) -> float:
         return 0.0
     h = db.hosts[host_id]
     z = lambda x: 0.0 if math.isnan(_num(x)) else float(x)  # noqa: E731
-    return float(energy.host_power_w(z(h["cpus"]), z(h["cpu_tdp_w"]), z(h["dram_w"]), z(h["network_w"]), z(h["other_w"])))
+    return float(energy.host_power_w(z(h["cpus"]), z(h["cpu_tdp_w"]), z(h["dram_w"]), z(h["network_w"]),
+                                     z(h["other_w"])))
 
 
 def material_kg_per_device(db, hw_id: str) -> float:
@@ -115,7 +116,8 @@ def site_row(db, v: dict) -> dict[str, float]:
     wue = v.get("wue")
     return {
         "carbon_intensity_kg_per_kwh": _num(ci if ci is not None else region.get("carbon_intensity_kg_per_kwh")),
-        "pue": _num(pue if pue is not None else (region.get("pue") if not math.isnan(_num(region.get("pue"))) else pue_default)),
+        "pue": _num(pue if pue is not None
+                    else (region.get("pue") if not math.isnan(_num(region.get("pue"))) else pue_default)),
         "wue_l_per_kwh": _num(wue if wue is not None else region.get("wue_l_per_kwh")),
     }
 

@@ -263,7 +263,8 @@ def constants_toml(result: dict, header: str) -> str:
     note = (f"fitted by sweep.serving.fit on the {loo['n']} rows of serving_runs.toml ({', '.join(gpus)}; dense and "
             f"MoE): leave-one-out |error| of GPU J per output token median {loo['median_abs_pct']:.1f} %, "
             f"mean {loo['mean_abs_pct']:.1f} %, max {loo['max_abs_pct']:.1f} % (dense median "
-            f"{loo.get('dense_median_abs_pct', float('nan')):.1f} %, MoE {loo.get('moe_median_abs_pct', float('nan')):.1f} %)")
+            f"{loo.get('dense_median_abs_pct', float('nan')):.1f} %, "
+            f"MoE {loo.get('moe_median_abs_pct', float('nan')):.1f} %)")
     out = [header.rstrip(), ""]
     for k, v in result["constants"].items():
         out += [f"[{k}]", f"value = {v:.6g}", f'source = "{note}"', f'notes = "{SOURCES[k]}"', ""]
@@ -315,9 +316,9 @@ def serving_inputs(file, doc: dict, db) -> dict:
     if prec == "fp8" and not np.isfinite(db.peak_tflops(hw_id, "fp8")):
         raise SpecError(file, "serving", "weight_precision", f"'fp8': hardware '{hw_id}' has no FP8 peak "
                         "(allowed here: bf16, fp16, int8, int4)")
-    model = {k: v[k] for k in ("name", "layers", "d_model", "heads", "kv_heads", "head_dim", "d_ff", "vocab", "experts", "top_k",
-                               "expert_d_ff", "shared_experts", "moe_every", "first_dense_layers", "tied_embeddings",
-                               "bias", "params")}
+    model = {k: v[k] for k in ("name", "layers", "d_model", "heads", "kv_heads", "head_dim", "d_ff", "vocab", "experts",
+                               "top_k", "expert_d_ff", "shared_experts", "moe_every", "first_dense_layers",
+                               "tied_embeddings", "bias", "params")}
     for k in ("layers", "d_model", "heads", "vocab"):
         if model[k] is None:
             raise SpecError(file, "model", k, "is required to model serving (the KV cache and FLOPs need it)")
@@ -351,8 +352,8 @@ def serving_inputs(file, doc: dict, db) -> dict:
            "lifespan_years": float(v["lifespan_years"]), "kv_memory_fraction": cal["kv_memory_fraction"]}
     if draws is not None:
         req["mix"] = mix
-    return {"model": model, "mix_draws": draws, "m": model_arrays(model), "hw": hw, "hw_id": hw_id, "req": req, "cal": cal,
-            "ttft_target_s": v["ttft_target_s"], "tpot_target_s": v["tpot_target_s"],
+    return {"model": model, "mix_draws": draws, "m": model_arrays(model), "hw": hw, "hw_id": hw_id, "req": req,
+            "cal": cal, "ttft_target_s": v["ttft_target_s"], "tpot_target_s": v["tpot_target_s"],
             "replica_devices": v["replica_devices"], "concurrency": v["concurrency"],
             "objective": v["serve_objective"], "weight_precision": prec, "fitted_class": class_of(db, hw_id) in
             db.docs.get(CONST_FILE, {}).get("class", {})}
@@ -425,7 +426,8 @@ def grid(s: dict, devices=None, batches=None) -> dict:
         ok &= ttft <= s["ttft_target_s"]
     if s["tpot_target_s"]:
         ok &= out["tpot_s"] <= s["tpot_target_s"]
-    out.update(ok=ok, devices=np.broadcast_to(devices[:, None], ok.shape), batches=np.broadcast_to(batches[None, :], ok.shape))
+    out.update(ok=ok, devices=np.broadcast_to(devices[:, None], ok.shape),
+               batches=np.broadcast_to(batches[None, :], ok.shape))
     return out
 
 

@@ -88,7 +88,8 @@ def _mix_figure(plt, s: dict, out: Path) -> str:
     bins = np.geomspace(max(wh.min(), 1e-9), wh.max(), 40)
     a.hist(wh, bins=bins, color="C0", alpha=0.8)
     for q, ls in (("p5", ":"), ("p50", "--"), ("p95", ":")):
-        a.axvline(pick[f"wh_per_request_{q}"], color="k", ls=ls, lw=1, label=f"{q} {pick[f'wh_per_request_{q}']:.3g} Wh")
+        a.axvline(pick[f"wh_per_request_{q}"], color="k", ls=ls, lw=1,
+                  label=f"{q} {pick[f'wh_per_request_{q}']:.3g} Wh")
     a.axvline(pick["wh_per_request"], color="C3", lw=1.5, label=f"mean {pick['wh_per_request']:.3g} Wh")
     a.set(xscale="log", xlabel="facility Wh per request", ylabel="requests drawn",
           title="Energy per request over the mix")

@@ -178,14 +178,15 @@ KEYS: dict[str, Key] = {
     "served_tokens_per_day": _k("lifecycle", NUM, 0.0, "tokens generated per day when the model is served",
                                 minimum=0.0, unit="token/d"),
     "serving_days": _k("lifecycle", NUM, 365.0, "days the model is served", positive=True, unit="d"),
-    "serve_batch": _k("lifecycle", INT, 64, "sequences decoded together per device for served_tokens_per_day (the serving model's batch, full load)",
-                      positive=True),
+    "serve_batch": _k("lifecycle", INT, 64, "sequences decoded together per device for served_tokens_per_day "
+                      "(the serving model's batch, full load)", positive=True),
     "experiment_factor": _k("lifecycle", NUM, 0.0, "earlier runs (ablations, tuning) as a multiple of this run",
                             minimum=0.0),
     "storage_tb": _k("lifecycle", NUM, 0.0, "SSD storage kept for the model and data while served", minimum=0.0,
                      unit="TB"),
     # [quality]
-    "law": _k("quality", STR, "chinchilla", "scaling law for the predicted loss (ids in hardware_db/scaling_laws.toml)"),
+    "law": _k("quality", STR, "chinchilla",
+              "scaling law for the predicted loss (ids in hardware_db/scaling_laws.toml)"),
 }
 # [serving] (kernels/serving.py; `carbon-sweep serve`): the request mix, the latency targets, the configuration
 KEYS.update({
@@ -376,7 +377,8 @@ def resolve(file, flat: dict[str, Any], db, *, where: dict[str, str] | None = No
     layout_given = any(v[k] is not None for k in LAYOUT_KEYS)
     v["layout_given"] = layout_given
     v["layout_complete"] = all(v[k] is not None for k in LAYOUT_KEYS if k not in ("etp", "zero_stage", "cp"))
-    if v["cp"] is not None and v["seq_len"] is not None and v["seq_len"] % v["cp"] and not grid_keys & {"cp", "seq_len"}:
+    if (v["cp"] is not None and v["seq_len"] is not None and v["seq_len"] % v["cp"]
+            and not grid_keys & {"cp", "seq_len"}):
         raise err("cp", f"({v['cp']}) must divide seq_len ({v['seq_len']}): each device holds seq_len/cp tokens")
     if (v["zero_stage"] is not None and v["shard_optimizer"] is not None
             and bool(v["zero_stage"] >= 1) != bool(v["shard_optimizer"])):
@@ -400,9 +402,11 @@ def resolve(file, flat: dict[str, Any], db, *, where: dict[str, str] | None = No
     if v["offer"] is not None:
         offers = db.tables.get("prices.csv", {})
         if v["offer"] not in offers:
-            raise err("offer", f"unknown offer '{v['offer']}'{closest(v['offer'], offers)} (see: carbon-sweep prices list)")
+            raise err("offer", f"unknown offer '{v['offer']}'{closest(v['offer'], offers)} "
+                      "(see: carbon-sweep prices list)")
         if offers[v["offer"]]["hardware"] != v["hardware"] and "hardware" not in grid_keys:
-            raise err("offer", f"'{v['offer']}' is an offer of {offers[v['offer']]['hardware']}, not of {v['hardware']}")
+            raise err("offer", f"'{v['offer']}' is an offer of {offers[v['offer']]['hardware']}, "
+                      f"not of {v['hardware']}")
     if v["pause_fraction"] and v["start"] is None and "start" not in grid_keys:
         raise err("pause_fraction", 'needs [site] start (a date, or "best"): the pause picks hours of the year')
     laws = db.docs.get("scaling_laws.toml", {})

@@ -209,7 +209,8 @@ def _check_outputs(file, names, where="outputs", allowed=None):
                                 f"{closest(out, allowed)}")
             if elasticity_of(base, uncertainty.UNCERTAIN_INPUTS) is None:
                 raise SpecError(file, "study", where, f"'{base}': '{inp}' is not an input an elasticity is taken "
-                                f"for{closest(inp, uncertainty.UNCERTAIN_INPUTS)} (allowed: {', '.join(uncertainty.UNCERTAIN_INPUTS)})")
+                                f"for{closest(inp, uncertainty.UNCERTAIN_INPUTS)} "
+                                f"(allowed: {', '.join(uncertainty.UNCERTAIN_INPUTS)})")
             continue
         if base not in allowed:
             raise SpecError(file, "study", where, f"unknown output '{base}'{closest(base, allowed)} "
@@ -236,7 +237,8 @@ def _study_options(file, body: dict, has_law: bool, sampled: bool = False) -> St
     if o["kind"] not in ("grid", "validation"):
         raise SpecError(file, "study", "kind", f"'{o['kind']}' is not allowed (allowed: grid, validation)")
     marks = o["marks"]
-    if not isinstance(marks, list) or not all(isinstance(m, dict) and isinstance(m.get("label", ""), str) for m in marks):
+    if not isinstance(marks, list) or not all(isinstance(m, dict) and isinstance(m.get("label", ""), str)
+                                              for m in marks):
         raise SpecError(file, "study", "marks", 'must be a list of tables such as {mfu = 0.35, lifespan_years = 2, '
                         'gpus_consumed = 2515, label = "paper"}: published points to draw on the figures')
     if o["layout"] not in LAYOUT_MODES:
@@ -259,7 +261,8 @@ def _study_options(file, body: dict, has_law: bool, sampled: bool = False) -> St
             raise SpecError(file, "study", "outputs", "must be a non-empty list of output names")
         _check_outputs(file, o["outputs"], allowed=allowed)
     pareto = o["pareto"]
-    if not isinstance(pareto, list) or not all(isinstance(p, list) and len(p) >= 2 and all(isinstance(n, str) for n in p)
+    if not isinstance(pareto, list) or not all(isinstance(p, list) and len(p) >= 2
+                                               and all(isinstance(n, str) for n in p)
                                                for p in pareto):
         raise SpecError(file, "study", "pareto", 'must be a list of lists of two or more output names, e.g. '
                         '[["loss", "total_tco2e"]] ("max:name" to maximise)')

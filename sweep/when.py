@@ -258,7 +258,8 @@ def grid_starts(file, raw):
         try:
             hours.append(hour_of_year(value))
         except ValueError as exc:
-            raise SpecError(file, "grid", "start", f"{exc} (allowed: a list of ISO dates or datetimes, or \"best\")") from None
+            raise SpecError(file, "grid", "start",
+                            f"{exc} (allowed: a list of ISO dates or datetimes, or \"best\")") from None
         labels.append(value if isinstance(value, str) else value.isoformat())
     if len(set(hours)) != len(hours):
         raise SpecError(file, "grid", "start", "has repeated values (the same hour of the typical year)")

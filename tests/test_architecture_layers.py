@@ -173,7 +173,8 @@ def violations(root: Path = ROOT) -> list[str]:
         for target, names, line in imports_of(mod, path, known):
             top = target.split(".")[0]
             where = f"{path.relative_to(root)}:{line}"
-            if mod.split(".")[0] == "kernels" and top not in KERNEL_ALLOWED and top not in stdlib and top != "__future__":
+            if (mod.split(".")[0] == "kernels" and top not in KERNEL_ALLOWED and top not in stdlib
+                    and top != "__future__"):
                 bad.append(f"{where}: kernels import {target} (only jax, numpy, the standard library, kernels)")
             if mod.split(".")[0] == "hardware_db" and top == "sweep":
                 bad.append(f"{where}: hardware_db imports {target}")
@@ -200,7 +201,8 @@ def test_tests_read_no_underscore_names_of_the_project():
         mod = "tests." + path.stem
         for target, names, line in imports_of(mod, path, known):
             if target in known:
-                bad += [f"{path.name}:{line}: {target}.{n}" for n in names if n.startswith("_") and not n.startswith("__")]
+                bad += [f"{path.name}:{line}: {target}.{n}" for n in names
+                        if n.startswith("_") and not n.startswith("__")]
         bad += [f"{path.name}:{line}: {t}.{n}" for t, n, line in underscore_reads(mod, path, known)]
     assert bad == []
 
@@ -224,15 +226,19 @@ def _copy_project(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("edit, words", [
     # a circle through a function-level import, as the 8-module circle of old was held together
-    (("sweep/results.py", "def versions() -> dict:\n", "def versions() -> dict:\n    from .engine import run  # noqa\n"),
+    (("sweep/results.py", "def versions() -> dict:\n",
+      "def versions() -> dict:\n    from .engine import run  # noqa\n"),
      "import circle"),
     (("kernels/flops.py", "", "\nimport xarray  # noqa\n"), "kernels import xarray"),
-    (("hardware_db/__init__.py", "", "\n\ndef f():\n    import sweep.spec  # noqa\n"), "hardware_db imports sweep.spec"),
+    (("hardware_db/__init__.py", "", "\n\ndef f():\n    import sweep.spec  # noqa\n"),
+     "hardware_db imports sweep.spec"),
     (("sweep/report.py", "from .spec import KEYS\n", "from .spec import KEYS\nfrom .cli import main  # noqa\n"),
      "imports the CLI"),
-    (("sweep/report.py", "from .spec import KEYS\n", "from .spec import KEYS\nfrom .engine import _evaluate_grid  # noqa\n"),
+    (("sweep/report.py", "from .spec import KEYS\n",
+      "from .spec import KEYS\nfrom .engine import _evaluate_grid  # noqa\n"),
      "an underscore name"),
-    (("sweep/report.py", "from .spec import KEYS\n", "from .spec import KEYS\nfrom . import engine\nX = engine._spread_x\n"),
+    (("sweep/report.py", "from .spec import KEYS\n",
+      "from .spec import KEYS\nfrom . import engine\nX = engine._spread_x\n"),
      "reads sweep.engine._spread_x"),
 ])
 def test_each_rule_fails_when_broken(tmp_path, edit, words):

@@ -148,7 +148,8 @@ def test_a_missing_figure_is_named_and_supplying_it_makes_the_run_known(tmp_path
 
     # TPU v4's ICI bandwidth is not published: every layout that fits lacks a figure (missing_data,
     # as the sweep says too), not out_of_memory as estimate used to say
-    text = GOOD.replace("mfu = 0.45\n", "").replace("a100-sxm4-80gb", "tpu-v4").replace("devices = 512", "devices = 256")
+    text = (GOOD.replace("mfu = 0.45\n", "").replace("a100-sxm4-80gb", "tpu-v4")
+            .replace("devices = 512", "devices = 256"))
     path = write(tmp_path, text)
     _, doc, _ = cli(capsys, "estimate", path, "--json")
     doc = json.loads(doc)

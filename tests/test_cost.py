@@ -86,5 +86,6 @@ def test_prices_table_schema_is_checked(tmp_path):
     (tmp_path / "prices.csv").write_text("id,provider,offer,instance,hardware,devices_per_instance,"
                                          "usd_per_instance_hour,region,date,source,notes\n"
                                          "x,P,od,i,h100-sxm5-80gb,8,lots,,2025-01,s,\n")
-    with pytest.raises(hardware_db.DatabaseError, match="prices.csv: row 'x', column 'usd_per_instance_hour': 'lots' is not a number"):
+    with pytest.raises(hardware_db.DatabaseError,
+                       match="prices.csv: row 'x', column 'usd_per_instance_hour': 'lots' is not a number"):
         hardware_db.load(tmp_path)

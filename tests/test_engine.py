@@ -319,7 +319,8 @@ def test_a_dimension_named_like_an_output_is_the_grids_coordinate(tmp_path, monk
     monkeypatch.setattr(engine, "SMALL_GRID", 2)
     zarr = run(s, tmp_path / "zarr", chunk_size=2)
     assert (tmp_path / "zarr" / "grid.zarr").is_dir()
-    for ds in (mem.dataset, xr.open_dataset(tmp_path / "nc" / "grid.nc"), xr.open_zarr(tmp_path / "zarr" / "grid.zarr")):
+    for ds in (mem.dataset, xr.open_dataset(tmp_path / "nc" / "grid.nc"),
+               xr.open_zarr(tmp_path / "zarr" / "grid.zarr")):
         assert dim not in ds.data_vars and ds[dim].values.tolist() == values
         assert ds["total_tco2e"].dims == (dim, "lifespan_years")
     for res in (mem, files, zarr):
@@ -765,8 +766,9 @@ def test_chunks_whose_infeasible_points_are_whole_cells_reduce_as_the_full_grid(
     """Whole designs (top_k > experts) and a whole device (MI300X: no published die area) are
     infeasible here: such chunks reduce their statistics and count their reasons at the rank of
     the axes that decide them, and the summary, fronts and top-k equal the full grid's."""
-    grid = {"experts": [1, 4], "top_k": [1, 2], "layers": [12, 24], "d_model": [1024, 2048], "lifespan_years": [1, 3, 5],
-            "hardware": ["a100-sxm4-80gb", "mi300x", "h100-sxm5-80gb"], "tokens": [1e11, 3e11]}
+    grid = {"experts": [1, 4], "top_k": [1, 2], "layers": [12, 24], "d_model": [1024, 2048],
+            "lifespan_years": [1, 3, 5], "hardware": ["a100-sxm4-80gb", "mi300x", "h100-sxm5-80gb"],
+            "tokens": [1e11, 3e11]}
     full = run(spec(training__tokens=None) | {"grid": grid}, write=False, chunk_size=size)
     fast = run(spec(training__tokens=None, study__keep_full_grid=False) | {"grid": grid}, write=False, chunk_size=size)
     assert set(full.summary["infeasible"]) == {"top_k_exceeds_experts", "missing_data"}
@@ -818,7 +820,8 @@ def test_prefilter_by_cells_gives_the_per_point_masks_and_statistics(seed, n_pad
         if k != "__stats__reasons":
             np.testing.assert_array_equal(by_cells[k], per_point[k], err_msg=k)
     host = [Statistics().host_reduce(HostChunk({k: v[:n_valid] for k, v in out.items()},
-                                               {k[len("__stats__"):]: v for k, v in r.items() if k.startswith("__stats__")},
+                                               {k[len("__stats__"):]: v for k, v in r.items()
+                                                if k.startswith("__stats__")},
                                                0, [], (), False))["reasons"] for r in (by_cells, per_point)]
     np.testing.assert_array_equal(host[0], host[1])
 

@@ -47,23 +47,27 @@ def rows(db):
 
 
 def _layout(**kw):
-    base = dict(devices=1, tp=1, pp=1, ep=1, microbatch=1, recompute=0, interleave=1, shard_optimizer=0, sequence_parallel=0)
+    base = dict(devices=1, tp=1, pp=1, ep=1, microbatch=1, recompute=0, interleave=1, shard_optimizer=0,
+                sequence_parallel=0)
     base.update(kw)
     return {k: float(v) for k, v in base.items()}
 
 
 def _moe_design(experts, top_k=1, layers=24, d_model=2048, heads=16, d_ff=8192, batch=512, every=2):
     n_moe = float(moe_layer_count(layers, experts, every, 0))
-    params, active = param_counts(layers, d_model, heads, heads, d_model // heads, d_ff, 2, 51200, 1, experts, top_k, every, 0, 0, d_ff)
+    params, active = param_counts(layers, d_model, heads, heads, d_model // heads, d_ff, 2, 51200, 1, experts, top_k,
+                                  every, 0, 0, d_ff)
     return dict(
-        layers=layers, d_model=d_model, heads=heads, kv_heads=heads, head_dim=d_model / heads, d_ff=d_ff, ffn_matrices=2,
-        vocab=51200, seq_len=2048, tied_embeddings=1, experts=experts, top_k=top_k, moe_layers=n_moe, expert_d_ff=d_ff,
-        shared_experts=0, params=float(params), active_params=float(active), global_batch=batch, bytes_per_value=2,
+        layers=layers, d_model=d_model, heads=heads, kv_heads=heads, head_dim=d_model / heads, d_ff=d_ff,
+        ffn_matrices=2, vocab=51200, seq_len=2048, tied_embeddings=1, experts=experts, top_k=top_k,
+        moe_layers=n_moe, expert_d_ff=d_ff, shared_experts=0, params=float(params), active_params=float(active),
+        global_batch=batch, bytes_per_value=2,
     )
 
 
 # Simple hardware and constants for the hand-worked examples (round numbers; no tail-wave term).
-HAND_HW = dict(peak_flops=100e12, hbm_bytes=80e9, hbm_bw_bytes_s=1e12, intra_bw_bytes_s=100e9, inter_bw_bytes_s=10e9, devices_per_node=8.0)
+HAND_HW = dict(peak_flops=100e12, hbm_bytes=80e9, hbm_bw_bytes_s=1e12, intra_bw_bytes_s=100e9, inter_bw_bytes_s=10e9,
+               devices_per_node=8.0)
 HAND_CAL = dict(gemm_eff_max=0.5, hbm_eff=1.0, link_eff=1.0, collective_latency_s=0.0, grad_bytes=4.0, dp_overlap=0.0,
                 moe_imbalance=1.0, memory_reserve_bytes=0.0, gemm_wave_elements=0.0)
 
@@ -83,7 +87,8 @@ def test_hand_worked_dense_step_time():
                   params=params, active_params=params, global_batch=2, bytes_per_value=2)
     # forward GEMMs of one layer: QKV (2048×1024 → 3072), output (1024 → 1024), scores and P·V
     # (16 = 2·8 batched 1024×1024×128 and 1024×128×1024), FFN up (→ 4096) and down (4096 → 1024)
-    g = _gemm(T, 3072, h) + _gemm(T, h, h) + _gemm(s, s, 128, 16) + _gemm(s, 128, s, 16) + _gemm(T, 4096, h) + _gemm(T, h, 4096)
+    g = (_gemm(T, 3072, h) + _gemm(T, h, h) + _gemm(s, s, 128, 16) + _gemm(s, 128, s, 16) + _gemm(T, 4096, h)
+         + _gemm(T, h, 4096))
     # elementwise traffic, 2 bytes per element at 1e12 B/s: norms+dropout-add 11·h, gelu 2·4096,
     # softmax+dropout 4.5·heads·s per token
     mem = (11 * h + 2 * 4096 + 4.5 * 8 * s) * T * 2 / 1e12
@@ -230,8 +235,10 @@ def test_more_microbatches_never_enlarge_bubble_fraction(size, tp, pp, v, recomp
     L, h, a, f = size
     design = gpt_design(L, h, a, f, 51200, 2048, 512)
     cal = calibration(None, "a100-sxm4-80gb")
-    big = STEP(design, A100_80GB_FALLBACK, _layout(devices=256, tp=tp, pp=pp, microbatch=mb, interleave=v, recompute=recompute), cal)
-    small = STEP(design, A100_80GB_FALLBACK, _layout(devices=256, tp=tp, pp=pp, microbatch=mb // 2, interleave=v, recompute=recompute), cal)
+    big = STEP(design, A100_80GB_FALLBACK, _layout(devices=256, tp=tp, pp=pp, microbatch=mb, interleave=v,
+                                                   recompute=recompute), cal)
+    small = STEP(design, A100_80GB_FALLBACK, _layout(devices=256, tp=tp, pp=pp, microbatch=mb // 2, interleave=v,
+                                                     recompute=recompute), cal)
     frac = lambda o: float(o["bubble_s"]) / float(o["step_time_s"])  # noqa: E731
     assert frac(small) <= frac(big) + 1e-12
 
@@ -311,8 +318,8 @@ def test_gpt3_175b_on_1024_a100_full_layout_space_evaluates(a100, cal):
 
 def test_step_breakdown_adds_up(a100, cal):
     design = gpt_design(96, 12288, 96, 49152, 51200, 2048, 1536)
-    out = step(design, a100, _layout(devices=1024, tp=8, pp=8, microbatch=1, recompute=1, interleave=3, sequence_parallel=1,
-                                     shard_optimizer=1), cal)
+    out = step(design, a100, _layout(devices=1024, tp=8, pp=8, microbatch=1, recompute=1, interleave=3,
+                                     sequence_parallel=1, shard_optimizer=1), cal)
     total = float(out["compute_s"]) + float(out["comm_exposed_s"]) + float(out["bubble_s"])
     assert float(out["step_time_s"]) == pytest.approx(total, rel=1e-12)
     assert float(out["tokens_per_s"]) == pytest.approx(1536 * 2048 / float(out["step_time_s"]))

@@ -178,13 +178,14 @@ def modern_cases(n: int, seed: int = 11) -> tuple[dict, dict]:
     lay["pp"] = np.where(uneven, pick(2.0, 3.0, 4.0, 5.0, 8.0, 12.0, 16.0, 200.0), lay["pp"])
     replicated = rng.random(n) < 0.15  # tp above the KV heads
     lay["tp"] = np.where(replicated & (x["heads"] % (2 * x["kv_heads"]) == 0), 2 * x["kv_heads"], lay["tp"])
-    lay["devices"] = lay["tp"] * lay["pp"] * lay["cp"] * np.maximum(np.round(lay["devices"] / (lay["tp"] * lay["pp"] * lay["cp"])), 1)
+    lay["devices"] = (lay["tp"] * lay["pp"] * lay["cp"]
+                      * np.maximum(np.round(lay["devices"] / (lay["tp"] * lay["pp"] * lay["cp"])), 1))
     return x, lay
 
 
 MODERN_CAL = {"gemm_eff_fp8": 0.6, "grouped_gemm_eff": 0.8, "overlap_eff": 0.7, "fp8_cast_bytes": 3.0,
-              "fp8_weight_bytes": 1.0, "layer_latency_s": 2e-4, "moe_layer_latency_s": 5e-4, "moe_sync_latency_s": 7e-4, "attention_exp_per_s": 4e12,
-              "attention_eff": 0.55, "moe_expert_latency_s": 3e-5}
+              "fp8_weight_bytes": 1.0, "layer_latency_s": 2e-4, "moe_layer_latency_s": 5e-4, "moe_sync_latency_s": 7e-4,
+              "attention_exp_per_s": 4e12, "attention_eff": 0.55, "moe_expert_latency_s": 3e-5}
 
 
 def test_modern_layout_terms_kernel_equals_numpy_and_python(cal):
@@ -194,7 +195,8 @@ def test_modern_layout_terms_kernel_equals_numpy_and_python(cal):
                                 "vocab", "seq_len", "tied_embeddings", "experts", "top_k", "expert_d_ff",
                                 "shared_experts", "global_batch", "bytes_per_value", "params", "active_params",
                                 "dropout", "sliding_window", "window_layers")}
-    design["moe_layers"] = np.asarray(moe_layer_count(x["layers"], x["experts"], x["moe_every"], x["first_dense_layers"]))
+    design["moe_layers"] = np.asarray(moe_layer_count(x["layers"], x["experts"], x["moe_every"],
+                                                      x["first_dense_layers"]))
     hw = {k: x[k] for k in ("peak_flops", "peak_bf16_flops", "hbm_bytes", "hbm_bw_bytes_s", "intra_bw_bytes_s",
                             "inter_bw_bytes_s", "devices_per_node")}
     kernel = {k: np.asarray(v) for k, v in STEP(design, hw, lay, c).items()}

@@ -214,8 +214,8 @@ def test_search_space_distributions():
     from optuna.distributions import FloatDistribution as Flt
     from optuna.distributions import IntDistribution as Int
 
-    d = doc(grid={"layers": {"start": 8, "stop": 32, "step": 8}, "d_model": [1024, 2048], "experts": [1, 2, 4, 8], "top_k": [1, 3, 4],
-                  "devices": {"start": 64, "stop": 1024, "num": 5, "scale": "log"},
+    d = doc(grid={"layers": {"start": 8, "stop": 32, "step": 8}, "d_model": [1024, 2048], "experts": [1, 2, 4, 8],
+                  "top_k": [1, 3, 4], "devices": {"start": 64, "stop": 1024, "num": 5, "scale": "log"},
                   "lifespan_years": {"start": 2, "stop": 6, "num": 5}, "hardware": ["a100-sxm4-80gb", "h100-sxm5-80gb"],
                   "tied_embeddings": [False, True]})
     d["cluster"] = {"mfu": 0.4}

@@ -65,8 +65,8 @@ ZERO_OVERHEAD = {"hbm_eff": 1.0, "compute_eff": 1.0, "layer_latency_s": 0.0, "tp
 
 def test_small_batch_decode_streams_the_weights_once_per_step():
     # batch 1, no prompt, 2 output tokens (context 1): bytes = (8e9 − 128,256·4,096)·2 + 1·1·131,072
-    # = 7,474,663,424·2 + 131,072 = 14,949,326,848 + 131,072 = 14,949,457,920 B; at 3.35e12 B/s → 4.4625 ms; compute is 2·7.47e9 FLOP
-    # at 989.5e12 → 0.015 ms, so memory-bound
+    # = 7,474,663,424·2 + 131,072 = 14,949,326,848 + 131,072 = 14,949,457,920 B; at 3.35e12 B/s → 4.4625 ms;
+    # compute is 2·7.47e9 FLOP at 989.5e12 → 0.015 ms, so memory-bound
     m = _dense_8b()
     hw = {"peak_flops": 989.5e12, "hbm_bw_bytes_s": 3.35e12}
     st = ks.decode_step(m, hw, 1.0, 0.0, 2.0, 1.0, 2.0, 2.0, ZERO_OVERHEAD)
@@ -123,7 +123,8 @@ def _reference(m, hw, b, inp, outp, n, wb, kvb, c):
     f = (2 * m["active_params"] * tokens + b * ctx * a + b * (inp / outp) * (inp / 2) * a) / n
     multi = n > 1
     t = (np.maximum((w + kv) / (c["hbm_eff"] * hw["hbm_bw_bytes_s"]), f / (c["compute_eff"] * hw["peak_flops"]))
-         + m["layers"] * c["layer_latency_s"] + np.where(multi, 2 * (m["layers"] - m["moe_layers"]), 0) * c["tp_latency_s"]
+         + m["layers"] * c["layer_latency_s"]
+         + np.where(multi, 2 * (m["layers"] - m["moe_layers"]), 0) * c["tp_latency_s"]
          + np.where(multi, 2 * m["moe_layers"], 0) * c["ep_latency_s"] + b * c["seq_overhead_s"])
     p = np.minimum(c["static_frac"] * hw["tdp_w"] + hw["tdp_w"] * (c["flop_energy_frac"] * f / hw["peak_flops"]
                    + c["byte_energy_frac"] * (w + kv) / hw["hbm_bw_bytes_s"]) / t, hw["tdp_w"])
@@ -223,12 +224,15 @@ def test_serve_picks_a_configuration_meeting_the_latency_targets(capsys):
 
 @pytest.mark.parametrize("edit, key", [
     (('output_tokens = {dist = "lognormal", median = 450, sigma = 0.9}\n', ''), "[serving] output_tokens: is required"),
-    (('median = 450, sigma = 0.9}', 'rel = 0.3}'), "[serving] output_tokens: a request mix's distribution takes its own"),
-    (('median = 800, sigma = 0.8}', 'median = -5, sigma = 0.8}'), "[serving] input_tokens: median must be greater than 0"),
+    (('median = 450, sigma = 0.9}', 'rel = 0.3}'),
+     "[serving] output_tokens: a request mix's distribution takes its own"),
+    (('median = 800, sigma = 0.8}', 'median = -5, sigma = 0.8}'),
+     "[serving] input_tokens: median must be greater than 0"),
     (('input_tokens = {dist = "lognormal", median = 800, sigma = 0.8}', 'input_tokens = "long"'),
      "[serving] input_tokens: must be a number or a distribution"),
     (('[serving]\n', '[serving]\nmix_samples = 1\n'), "[serving] mix_samples: must be at least 2"),
-    (('median = 800, sigma = 0.8}', 'median = 800, sd = 0.8}'), "[serving] input_tokens: a lognormal distribution takes"),
+    (('median = 800, sigma = 0.8}', 'median = 800, sd = 0.8}'),
+     "[serving] input_tokens: a lognormal distribution takes"),
     (('weight_precision = "bf16"', 'weight_precision = "int3"'), "[serving] weight_precision: 'int3' is not allowed"),
     (('tpot_target_s = 0.05', 'tpot_target_s = -1'), "[serving] tpot_target_s: must be greater than 0"),
 ])
@@ -298,8 +302,8 @@ def test_a_zero_width_mix_gives_the_fixed_request_figures(tmp_path, capsys):
     fixed = STUDY.replace('input_tokens = {dist = "lognormal", median = 800, sigma = 0.8}', "input_tokens = 800") \
                  .replace('output_tokens = {dist = "lognormal", median = 450, sigma = 0.9}', "output_tokens = 450")
     a = _serve_json(capsys, tmp_path, fixed)
-    b = _serve_json(capsys, tmp_path, fixed.replace("input_tokens = 800", 'input_tokens = {dist = "uniform", low = 800, '
-                                                    'high = 800}'))
+    b = _serve_json(capsys, tmp_path, fixed.replace("input_tokens = 800",
+                                                    'input_tokens = {dist = "uniform", low = 800, high = 800}'))
     for k in ("wh_per_request", "gco2e_per_request", "tpot_s", "ttft_s", "replicas", "max_batch"):
         assert b[k] == pytest.approx(a[k], rel=1e-12), k
     assert b["wh_per_request_p5"] == pytest.approx(a["wh_per_request"], rel=1e-12)  # every request alike

@@ -50,7 +50,8 @@ def main(argv: list[str]) -> int:
           f" {'ratio pub':>9s} {'pred':>5s}")
     for dropless, drop in zip(pred[::2], pred[1::2]):
         print(f"{dropless['id']:34s} {drop['published']:9,.0f} / {drop['predicted']:7,.0f}"
-              f" ({drop['error_pct']:+5.1f} %) {dropless['published']:8,.0f} / {dropless['predicted']:6,.0f} ({dropless['error_pct']:+5.1f} %)"
+              f" ({drop['error_pct']:+5.1f} %) {dropless['published']:8,.0f} / {dropless['predicted']:6,.0f}"
+              f" ({dropless['error_pct']:+5.1f} %)"
               f" {drop['published'] / dropless['published']:9.2f} {drop['predicted'] / dropless['predicted']:5.2f}")
     return 0
 
