@@ -282,8 +282,11 @@ def step_python(p: dict, lay: dict, cal: dict) -> dict:
     comp_l = (1.0 - frac) * comp_dense + frac * comp_moe
     tp_l = (1.0 - frac) * comm_dense + frac * comm_moe
     a2a_layer = 2.0 * a2a * (3.0 if full else 2.0)
-    if opt("ep_overlap", 0.0) > 0:
-        a2a_layer = max(a2a_layer - cal.get("overlap_eff", 1.0) * comp_moe, 0.0)
+    if opt("ep_overlap", 0.0) > 0:  # hidden under the partner pass, exposed on the unpaired ones
+        hidden = max(a2a_layer - cal.get("overlap_eff", 1.0) * comp_moe, 0.0)
+        warmup = (pp - 1.0) + (v - 1.0) * pp if v > 1 else (pp - 1.0) / 2.0
+        unpaired = min((warmup + 1.0) / max(m * v, 1.0), 1.0)
+        a2a_layer = hidden + unpaired * (a2a_layer - hidden)
     a2a_l = frac * a2a_layer
     head = 3.0 * gemm(T, V / tp, h) + stream(6.0 * T * V / tp, 4.0)
     first, middle, last = _stage_layers_py(L, pp)
@@ -609,7 +612,10 @@ def step_numpy(p: dict, lay: dict, cal: dict) -> dict:
         tp_l = (1.0 - frac) * comm_dense + frac * comm_moe
         a2a_layer = 2.0 * a2a * np.where(full, dt.type(3.0), dt.type(2.0))
         ep_ov = opt("ep_overlap", zero_) > 0
-        a2a_layer = np.where(ep_ov, np.maximum(a2a_layer - c.get("overlap_eff", one) * comp_moe, zero_), a2a_layer)
+        hidden = np.maximum(a2a_layer - c.get("overlap_eff", one) * comp_moe, zero_)
+        warmup = np.where(v > 1, (pp - 1.0) + (v - 1.0) * pp, (pp - 1.0) / 2.0)
+        unpaired = np.minimum((warmup + 1.0) / np.maximum(m * v, one), one)
+        a2a_layer = np.where(ep_ov, hidden + unpaired * (a2a_layer - hidden), a2a_layer)
         a2a_l = frac * a2a_layer
         head = 3.0 * gemm(T, V / tp, h) + stream(6.0 * T * V / tp, dt.type(4.0))
         pp1 = np.maximum(pp, one)

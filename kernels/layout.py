@@ -206,6 +206,16 @@ def stage_layers(layers, pp):
     return first, jnp.where(pp1 >= 3.0, middle, first), q
 
 
+def unpaired_fraction(m, pp, v):
+    """Fraction of a stage's m·v forward (and backward) chunk passes that the overlapped 1F1B
+    schedule runs without a partner, averaged over the pp stages: a stage of rank r warms up with
+    pp − r − 1 forwards, 2·(pp − r − 1) + (v − 1)·pp chunks when interleaved (Megatron-core
+    ``schedules.py``), and its first forward has no backward before it, nor its last backward a
+    forward after it: (mean warm-up + 1) / (m·v), at most 1."""
+    warmup = jnp.where(v > 1, (pp - 1.0) + (v - 1.0) * pp, (pp - 1.0) / 2.0)
+    return jnp.minimum((warmup + 1.0) / jnp.maximum(m * v, 1.0), 1.0)
+
+
 # --------------------------------------------------------------------------------------------
 # Per-layer work of one micro-batch on one device
 # --------------------------------------------------------------------------------------------
@@ -690,9 +700,16 @@ def step(design: Mapping, hw: Mapping, layout: Mapping, cal: Mapping) -> dict:
     comp_moe, comm_moe = layer_time(moe_g, moe_m, c_fwd_moe, lat + moe_lat, sel_moe)
     a2a_layer = 2.0 * a2a * (2.0 + jnp.where(full, 1.0, 0.0))
     # with ep_overlap the all-to-all runs under another micro-batch's compute (DeepSeek-V3 DualPipe;
-    # Megatron-core's overlapped 1F1B for MoE): only what exceeds the MoE layer's compute is exposed
+    # Megatron-core's overlapped 1F1B for MoE): only what exceeds the MoE layer's compute is exposed,
+    # except on the passes that have no partner: the schedule pairs the forward of one micro-batch
+    # with the backward of the one before, so a stage's first forward, its last backward and its
+    # pipeline warm-up (Megatron-core's (pp − rank − 1), interleaved 2·(pp − rank − 1) + (v − 1)·pp
+    # chunks) run alone (Megatron-Bridge docs/training/moe-optimization.md: 'first FWD and last BWD
+    # can't be hidden'); unpaired_fraction averages them over the stages
     ep_ov = lay["ep_overlap"] * cal.get("overlap_eff", 1.0)
-    a2a_layer = jnp.where(lay["ep_overlap"] > 0, jnp.maximum(a2a_layer - ep_ov * comp_moe, 0.0), a2a_layer)
+    a2a_hidden = jnp.maximum(a2a_layer - ep_ov * comp_moe, 0.0)
+    unpaired = unpaired_fraction(m, pp, v)
+    a2a_layer = jnp.where(lay["ep_overlap"] > 0, a2a_hidden + unpaired * (a2a_layer - a2a_hidden), a2a_layer)
     # per-layer averages over the model (MoE layers spread over the stages)
     moe_frac = _safe_div(n_moe, L)
     comp_l = (1.0 - moe_frac) * comp_dense + moe_frac * comp_moe
