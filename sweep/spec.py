@@ -121,7 +121,8 @@ KEYS: dict[str, Key] = {
                   "reduce-scatter and all-gather, TP collectives); default: the accelerator class's "
                   "(hardware_db/calibration.toml: off for A100, on for H100 and later)"),
     "ep_overlap": _k("cluster", BOOL, False, "expert all-to-all hidden under another micro-batch's compute "
-                     "(DeepSeek-V3 DualPipe, Megatron-core MoE overlap)"),
+                     "(DeepSeek-V3 DualPipe, Megatron-core MoE overlap), except on the passes the schedule "
+                     "cannot pair: each stage's first forward, last backward and pipeline warm-up"),
     "moe_host_sync": _k("cluster", BOOL, False, "the MoE dispatcher synchronises with the host every MoE layer and "
                         "micro-batch (Megatron-core's dropless alltoall dispatcher: it copies the per-expert token "
                         "counts to the CPU; calibrated cost moe_sync_latency_s); false for DeepEP / HybridEP (the "
