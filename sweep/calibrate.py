@@ -184,8 +184,10 @@ def _err(file, i, run, key, msg):
     return SpecError(file, f"run {i + 1} ({run.get('id', '?')})", key, msg)
 
 
-def _num(run, file, i, section, key, default=None, positive=True):
-    table = run.get(section, {}) if section else run
+def _num(run, file, i, section, key, default=None, positive=True, table=None):
+    """A number from ``run[section][key]`` (or from ``table``, a nested table named by ``section``)."""
+    if table is None:
+        table = run.get(section, {}) if section else run
     v = table.get(key, default)
     if v is None:
         raise _err(file, i, run, f"{section + '.' if section else ''}{key}", "is required")
@@ -208,10 +210,7 @@ def _design(run, file, i):
     head_dim = g("head_dim", d_model / heads)
     kv_heads = g("kv_heads", heads)
     if isinstance(m.get("mla"), dict):
-        v = m["mla"].get("v_head_dim", head_dim)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-            raise _err(file, i, run, "model.mla.v_head_dim", f"must be a positive number, not {v!r}")
-        head_dim = float(v)
+        head_dim = _num(run, file, i, "model.mla", "v_head_dim", head_dim, table=m["mla"])
         kv_heads = 1.0
         notes.append("MLA approximated as heads × v_head_dim projections with one KV head")
     ffn = m.get("ffn", "gelu")

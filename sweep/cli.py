@@ -634,7 +634,7 @@ def build_parser() -> argparse.ArgumentParser:
     prs = pr.add_subparsers(dest="prices_command", metavar="list", required=True)
     prs.add_parser("list", help="list the offers").set_defaults(func=cmd_prices_list)
 
-    from .validate_layout import HELDOUT_SETS  # light: no jax, read only for the file names
+    from .validate_layout import HELDOUT_SETS, MODERN  # light: no jax, read only for the file names
 
     v = sub.add_parser(
         "validate", help="predictions beside published figures",
@@ -643,7 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "  footprint          LLMCarbon and From FLOPs to Footprints (operational, embodied, GPUs)\n"
                     "and a summary line for each of these sets:\n"
                     "  A100 set           Megatron-LM 2021-22 iteration times and TFLOP/s (mean <= 4 %, max <= 10 %)\n"
-                    "  modern set         hardware_db/throughput_runs_modern.toml, the runs the layout model's\n"
+                    f"  modern set         hardware_db/{MODERN}, the runs the layout model's\n"
                     "                     constants are fitted on (mean <= 10 %, max <= 25 % per kind), with the\n"
                     "                     leave-one-out errors the last refit recorded\n"
                     f"  held-out runs      {' and '.join(f for f, _, _ in HELDOUT_SETS)}:\n"

@@ -60,12 +60,10 @@ def model_arrays(model: dict) -> dict:
 
 
 def hardware_arrays(db, hw_id: str, precision: str) -> dict:
-    a = db.accelerator(hw_id)
-    peak = db.peak_tflops(hw_id, PRECISION_PEAK[precision])
-    if not np.isfinite(peak):
-        peak = db.peak_tflops(hw_id, "bf16")
-    return {"peak_flops": peak * 1e12, "hbm_bw_bytes_s": a["hbm_bw_gbs"] * 1e9,
-            "hbm_bytes": db.accelerator_si(hw_id)["hbm_bytes"], "tdp_w": float(a["tdp_w"])}
+    si = db.accelerator_si(hw_id, PRECISION_PEAK[precision])  # the kernels' units, usable memory
+    if not np.isfinite(si["peak_flops"]):
+        si = {**si, "peak_flops": db.peak_tflops(hw_id, "bf16") * 1e12}
+    return {k: float(si[k]) for k in ("peak_flops", "hbm_bw_bytes_s", "hbm_bytes", "tdp_w")}
 
 
 # ---- constants -------------------------------------------------------------------------------------------

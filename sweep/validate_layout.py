@@ -171,9 +171,9 @@ MODERN = "throughput_runs_modern.toml"  # the modern calibration set
 HELDOUT = "throughput_runs_heldout.toml"  # runs no constant is fitted on (a later release, a published A/B)
 HELDOUT_FSDP = "throughput_runs_heldout_fsdp.toml"  # nor on these: another framework (MosaicML llm-foundry, FSDP)
 # the held-out files as validate reports them: (file, set name, the summary line's opening words)
-HELDOUT_SETS = ((HELDOUT, "heldout", "held-out runs (throughput_runs_heldout.toml: a later release, a published A/B"),
-                (HELDOUT_FSDP, "heldout_fsdp", "held-out FSDP runs (throughput_runs_heldout_fsdp.toml: MosaicML "
-                                               "llm-foundry, H100 BF16, 2023"))
+HELDOUT_SETS = ((HELDOUT, "heldout", f"held-out runs ({HELDOUT}: a later release, a published A/B"),
+                (HELDOUT_FSDP, "heldout_fsdp", f"held-out FSDP runs ({HELDOUT_FSDP}: MosaicML llm-foundry, H100 "
+                                               "BF16, 2023"))
 
 
 def modern_validation_rows(db, file: str = MODERN, set_name: str = "modern") -> list[dict]:
