@@ -16,8 +16,8 @@ import pytest
 import hardware_db
 from kernels.reasons import CODE
 from sweep.calibration import calibration_for
-from sweep.calibrate import FITTABLE, batch, calibration_toml, fit, load_runs, packaged_constants, packaged_predictions
-from sweep.calibrate import predict
+from sweep.calibrate import (FITTABLE, batch, calibration_toml, fit, load_runs, packaged_constants,
+                             packaged_predictions, predict)
 from sweep.cli import main
 from sweep.estimate import evaluate
 from sweep.layouts import best_layouts
