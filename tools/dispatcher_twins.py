@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sys
 
-from twin_table import predict_pairs, print_pairs
+from twin_table import report
 
 # (26.04.01 row of the modern set, 26.04 tokens/s per GPU, the 26.04 preset's dispatcher or None: unchanged)
 PAIRS = (("mb260401-gptoss-120b-gb200-bf16", 15938.0, "flex (hybridep): 26.04 preset @ 74695a06d"),
@@ -28,11 +28,6 @@ TWINS = tuple((run_id, run_id.replace("mb260401", "mb2604"), published,
               for run_id, published, dispatcher in PAIRS)
 
 
-def main(argv: list[str]) -> int:
-    pairs = predict_pairs(argv, TWINS, "dispatcher_twins")
-    print_pairs(pairs, "26.04.01 alltoall", "26.04 twin", "26.04.01/26.04 pub", twin_over_row=False)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(report(sys.argv[1:], TWINS, "dispatcher_twins", "26.04.01 alltoall", "26.04 twin", "26.04.01/26.04 pub",
+                    twin_over_row=False))

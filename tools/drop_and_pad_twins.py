@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 
-from twin_table import predict_pairs, print_pairs
+from twin_table import report
 
 # (25.11 row of the modern set, 25.09 drop-and-pad tokens/s per GPU, the 25.09 layout where it differs)
 PAIRS = (("mb2511-qwen3-30b-b200-fp8-mx", 18066.0, {}),
@@ -23,11 +23,6 @@ TWINS = tuple((run_id, run_id + "-2509-drop-and-pad", published, {**layout, "moe
               for run_id, published, layout in PAIRS)
 
 
-def main(argv: list[str]) -> int:
-    pairs = predict_pairs(argv, TWINS, "drop_and_pad_twins")
-    print_pairs(pairs, "25.11 dropless", "25.09 drop-and-pad", "drop/dropless pub", twin_over_row=True)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(report(sys.argv[1:], TWINS, "drop_and_pad_twins", "25.11 dropless", "25.09 drop-and-pad",
+                    "drop/dropless pub", twin_over_row=True))

@@ -51,3 +51,10 @@ def print_pairs(pairs: list[tuple[dict, dict]], row_title: str, twin_title: str,
         print(f"{row['id']:34s} {twin['published']:9,.0f} / {twin['predicted']:7,.0f} ({twin['error_pct']:+5.1f} %)"
               f" {row['published']:9,.0f} / {row['predicted']:7,.0f} ({row['error_pct']:+5.1f} %)"
               f" {num['published'] / den['published']:18.3f} {num['predicted'] / den['predicted']:5.2f}")
+
+
+def report(argv: list[str], twins, name: str, row_title: str, twin_title: str, ratio_title: str,
+           twin_over_row: bool) -> int:
+    """A twin check's whole run: predict the pairs and print them (exit status 0)."""
+    print_pairs(predict_pairs(argv, twins, name), row_title, twin_title, ratio_title, twin_over_row)
+    return 0
