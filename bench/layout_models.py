@@ -276,7 +276,9 @@ def step_python(p: dict, lay: dict, cal: dict) -> dict:
     comp_dense, comm_dense = layer(dense_g, dense_m, c_dense, lat_l, sel_dense)
     moe_lat = (cal.get("moe_layer_latency_s", 0.0)
                + opt("moe_host_sync", 0.0) * cal.get("moe_sync_latency_s", 0.0)
-               + opt("gemm_per_expert", 0.0) * experts_dev * cal.get("moe_expert_latency_s", 0.0)) * launched
+               + opt("gemm_per_expert", 0.0) * experts_dev
+               * (cal.get("moe_expert_latency_s", 0.0) + (cal.get("moe_expert_fp8_latency_s", 0.0) if fp8 else 0.0))
+               ) * launched
     comp_moe, comm_moe = layer(moe_g, moe_m, c_moe, lat_l + moe_lat, sel_moe)
     frac = n_moe / L if L != 0 else n_moe
     comp_l = (1.0 - frac) * comp_dense + frac * comp_moe
@@ -605,7 +607,9 @@ def step_numpy(p: dict, lay: dict, cal: dict) -> dict:
         comp_dense, comm_dense = layer(dense_g, dense_m, c_dense, lat_l, sel_dense)
         moe_lat = (c.get("moe_layer_latency_s", zero_)
                    + opt("moe_host_sync", zero_) * c.get("moe_sync_latency_s", zero_)
-                   + opt("gemm_per_expert", zero_) * experts_dev * c.get("moe_expert_latency_s", zero_)) * launched
+                   + opt("gemm_per_expert", zero_) * experts_dev
+                   * (c.get("moe_expert_latency_s", zero_) + np.where(fp8, c.get("moe_expert_fp8_latency_s", zero_),
+                                                                      zero_))) * launched
         comp_moe, comm_moe = layer(moe_g, moe_m, c_moe, lat_l + moe_lat, sel_moe)
         frac = n_moe / np.where(L == 0, one, L)
         comp_l = (1.0 - frac) * comp_dense + frac * comp_moe

@@ -336,7 +336,8 @@ def layout_fields(layout: Mapping, cal: Mapping | None = None) -> dict:
     synchronises with the host every MoE layer, Megatron-core's alltoall dispatcher:
     moe_sync_latency_s per MoE layer and micro-batch), gemm_per_expert 0 (1 = the experts' grouped GEMM
     is one GEMM per local expert, Transformer Engine's multi-stream cuBLAS GroupedLinear:
-    moe_expert_latency_s per local expert, MoE layer and micro-batch), cuda_graphs 0 (1 = whole
+    moe_expert_latency_s per local expert, MoE layer and micro-batch, + moe_expert_fp8_latency_s in
+    an FP8 run), cuda_graphs 0 (1 = whole
     layers replayed as CUDA graphs: no per-layer launch, per-expert launch or host-sync latency),
     cp_allgather 0 (1 = context parallelism by an exposed all-gather of K and V, Llama 3's, instead
     of the overlapped ring), offload_layers 0
@@ -690,11 +691,16 @@ def step(design: Mapping, hw: Mapping, layout: Mapping, cal: Mapping) -> dict:
     # ``gemm_per_expert`` the experts' grouped GEMM is not one kernel: Transformer Engine's GroupedLinear
     # (Megatron-core's TEGroupedMLP) runs nvte_multi_stream_cublas_gemm, one cuBLAS GEMM per local
     # expert issued round-robin on 4 compute streams (NVIDIA/TransformerEngine,
-    # transformer_engine/common/gemm/cublaslt_gemm.cu), each expert's FP8 input quantised apart: fixed
-    # work per local expert, layer and micro-batch (``moe_expert_latency_s``, forward and backward)
-    # that more tokens per expert do not spread; a single grouped kernel (DeepGEMM, CUTLASS grouped
-    # GEMM, torch._grouped_mm) has none (0, the default)
-    per_expert = lay["gemm_per_expert"] * experts_dev * cal.get("moe_expert_latency_s", 0.0)
+    # transformer_engine/common/gemm/cublaslt_gemm.cu): fixed work per local expert, layer and
+    # micro-batch (``moe_expert_latency_s``, forward and backward) that more tokens per expert do not
+    # spread; a single grouped kernel (DeepGEMM, CUTLASS grouped GEMM, torch._grouped_mm) has none (0,
+    # the default). In an FP8 run GroupedLinear also quantises per expert, with one quantiser per GEMM
+    # for the input, the weight and the output gradient (fused_multi_quantize / split quantise over the
+    # m_splits; current scaling first reduces each tensor's amax): more launches per local expert,
+    # ``moe_expert_fp8_latency_s`` on top
+    fp8_extra_s = jnp.where(fp8, cal.get("moe_expert_fp8_latency_s", 0.0), 0.0)
+    per_expert_s = cal.get("moe_expert_latency_s", 0.0) + fp8_extra_s
+    per_expert = lay["gemm_per_expert"] * experts_dev * per_expert_s
     moe_lat = launched * (cal.get("moe_layer_latency_s", 0.0)
                           + lay["moe_host_sync"] * cal.get("moe_sync_latency_s", 0.0) + per_expert)
     comp_moe, comm_moe = layer_time(moe_g, moe_m, c_fwd_moe, lat + moe_lat, sel_moe)

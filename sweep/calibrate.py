@@ -36,10 +36,10 @@ from .spec import CP_COMM_CODE, SpecError
 FITTABLE = {"gemm_eff_max": "fraction", "attention_eff": "fraction", "gemm_eff_fp8": "fraction",
             "grouped_gemm_eff": "fraction", "overlap_eff": "fraction", "hbm_eff": "fraction",
             "layer_latency_s": "seconds", "moe_layer_latency_s": "seconds", "moe_sync_latency_s": "seconds",
-            "moe_expert_latency_s": "seconds"}
+            "moe_expert_latency_s": "seconds", "moe_expert_fp8_latency_s": "seconds"}
 # the grouped-GEMM efficiency (it sat at 1) and the dense layer latency add nothing to the fit
 DEFAULT_FIT = ("attention_eff", "gemm_eff_fp8", "gemm_eff_max", "overlap_eff", "moe_layer_latency_s",
-               "moe_sync_latency_s", "moe_expert_latency_s")
+               "moe_sync_latency_s", "moe_expert_latency_s", "moe_expert_fp8_latency_s")
 # A per-class constant that only some runs measure (INFORMED_BY) moves only in a class with at least
 # MIN_INFORMING_RUNS of them; elsewhere it keeps its packaged value (calibration.toml: a datasheet or
 # MAMF figure). The others move with any run.
@@ -56,10 +56,11 @@ MIN_INFORMING_RUNS = 2
 # kernel benchmark (``benchmark``: for gemm_eff_max the maximum achievable matmul FLOPS), takes that
 # benchmark times the ratio fitted/benchmark of the classes that are measured (geometric mean): what
 # a framework reaches of a GEMM benchmark carries over between GPU generations, where the raw
-# benchmark does not (H100: MAMF 0.80 of peak, 0.61 fitted on the runs; B200's raw MAMF 0.78 made its
+# benchmark does not (H100: MAMF 0.80 of peak, 0.56 fitted on the runs; B200's raw MAMF 0.78 made its
 # BF16 runs ~30 % fast).
 TRANSFER = ("gemm_eff_max",)
-DEFAULT_SHARED = ("overlap_eff", "moe_layer_latency_s", "moe_sync_latency_s", "moe_expert_latency_s")
+DEFAULT_SHARED = ("overlap_eff", "moe_layer_latency_s", "moe_sync_latency_s", "moe_expert_latency_s",
+                  "moe_expert_fp8_latency_s")
 LATENCY_START_S = 1e-4  # a fitted time that starts at 0 starts here (the log map needs a positive value)
 PRIOR_WEIGHT = 1e-3
 ITERATIONS = 60

@@ -706,7 +706,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("runs", help="runs TOML file ([[run]] tables)")
     c.add_argument("--fit", metavar="NAMES", help="comma-separated constants to fit (default: "
                    "attention_eff, gemm_eff_fp8, gemm_eff_max per accelerator class; overlap_eff, "
-                   "moe_layer_latency_s, moe_sync_latency_s, moe_expert_latency_s shared)")
+                   "moe_layer_latency_s, moe_sync_latency_s, moe_expert_latency_s, "
+                   "moe_expert_fp8_latency_s shared)")
     c.add_argument("--out", metavar="FILE", default="calibration.toml",
                    help="calibration file to write (default calibration.toml)")
     c.add_argument("--force", action="store_true", help="replace --out if it exists")

@@ -129,7 +129,8 @@ KEYS: dict[str, Key] = {
                         "flex dispatcher), drop-and-pad or CUDA-graphed MoE layers"),
     "gemm_per_expert": _k("cluster", BOOL, False, "the experts' grouped GEMM runs as one GEMM per local expert "
                           "(Transformer Engine's multi-stream cuBLAS GroupedLinear, Megatron-core's TEGroupedMLP): a "
-                          "fixed cost per local expert, MoE layer and micro-batch (calibrated moe_expert_latency_s); "
+                          "fixed cost per local expert, MoE layer and micro-batch (calibrated moe_expert_latency_s, "
+                          "+ moe_expert_fp8_latency_s in FP8, whose GroupedLinear quantises each expert apart); "
                           "false for one grouped kernel (DeepGEMM, CUTLASS grouped GEMM, torch._grouped_mm)"),
     "ep_dedup": _k("cluster", BOOL, False, "a token crosses the network once per remote node it has experts on, "
                    "then is forwarded over NVLink (DeepEP / HybridEP, Megatron-core's flex dispatcher; DeepSeek-V3's "
@@ -139,7 +140,8 @@ KEYS: dict[str, Key] = {
                        "exposed; Llama 3)", choices=tuple(CP_COMM_CODE)),
     "cuda_graphs": _k("cluster", BOOL, False, "whole layers replayed as CUDA graphs (Megatron-core full-iteration "
                       "capture, NeMo's per-layer enable_cuda_graph): no per-layer kernel-launch or host-sync latency "
-                      "(layer_latency_s, moe_layer_latency_s, moe_sync_latency_s, moe_expert_latency_s); false for "
+                      "(layer_latency_s, moe_layer_latency_s, moe_sync_latency_s, moe_expert_latency_s, "
+                      "moe_expert_fp8_latency_s); false for "
                       "eager execution or graphs of parts of a layer (attention, router)"),
     "moe_imbalance": _k("cluster", NUM, None, "busiest device's expert load over the mean (default: the "
                         "calibrated 1.25; 1 = balanced routing)", minimum=1.0),

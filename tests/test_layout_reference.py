@@ -185,7 +185,8 @@ def modern_cases(n: int, seed: int = 11) -> tuple[dict, dict]:
 
 MODERN_CAL = {"gemm_eff_fp8": 0.6, "grouped_gemm_eff": 0.8, "overlap_eff": 0.7, "fp8_cast_bytes": 3.0,
               "fp8_weight_bytes": 1.0, "layer_latency_s": 2e-4, "moe_layer_latency_s": 5e-4, "moe_sync_latency_s": 7e-4,
-              "attention_exp_per_s": 4e12, "attention_eff": 0.55, "moe_expert_latency_s": 3e-5}
+              "attention_exp_per_s": 4e12, "attention_eff": 0.55, "moe_expert_latency_s": 3e-5,
+              "moe_expert_fp8_latency_s": 9e-5}
 
 
 def test_modern_layout_terms_kernel_equals_numpy_and_python(cal):

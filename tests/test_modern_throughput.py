@@ -75,12 +75,11 @@ def test_every_a100_run_stays_feasible_and_accurate(db):
 
 
 def test_modern_set_error_with_packaged_constants_is_bounded(db, modern):
-    # The targets are mean <= 10 %, max <= 25 % per kind: the dense runs meet both (5.7 %,
-    # 14.9 %), the MoE runs the mean (8.2 %) but not yet the max (26.6 %), bounded here at 30 % so
-    # that it cannot grow back unseen (README: Accuracy)
+    # The targets are mean <= 10 %, max <= 25 % per kind: measured dense 5.5 % (max 14.5 %),
+    # MoE 8.0 % (max 24.9 %, Qwen3-30B on 16 H100 in 25.11: close to the bound; README: Accuracy)
     _, runs, _ = modern
     rows = packaged_predictions(db, runs)
-    for kind, mean_bound, max_bound in (("dense", 10.0, 25.0), ("moe", 10.0, 30.0)):
+    for kind, mean_bound, max_bound in (("dense", 10.0, 25.0), ("moe", 10.0, 25.0)):
         err = [abs(r["error_pct"]) for r in rows if r["kind"] == kind]
         assert np.mean(err) <= mean_bound and max(err) <= max_bound, (kind, np.mean(err), max(err))
 
@@ -255,6 +254,19 @@ def test_one_gemm_per_local_expert_costs_its_latency_per_expert_layer_and_micro_
     grouped = evaluate(SMALL_MOE, db)
     per_expert = evaluate({**SMALL_MOE, "gemm_per_expert": True}, db)
     assert latency_s > 0 and grouped["reason"] == per_expert["reason"] == 0
+    assert per_expert["step_time_s"] - grouped["step_time_s"] == pytest.approx(8 * 4 * 8 * latency_s, rel=1e-9)
+
+
+def test_an_fp8_run_adds_the_per_expert_quantisation_latency_by_hand(db):
+    # FP8: Transformer Engine's GroupedLinear quantises each expert's slice apart, so each local
+    # expert costs the BF16 latency + moe_expert_fp8_latency_s: 8 micro-batches × 4 MoE layers × 8
+    # local experts × (both latencies)
+    cal = calibration_for(db, "h100-sxm5-80gb")
+    latency_s = cal["moe_expert_latency_s"] + cal["moe_expert_fp8_latency_s"]
+    fp8 = {**SMALL_MOE, "precision": "fp8"}
+    grouped = evaluate(fp8, db)
+    per_expert = evaluate({**fp8, "gemm_per_expert": True}, db)
+    assert cal["moe_expert_fp8_latency_s"] > 0 and grouped["reason"] == per_expert["reason"] == 0
     assert per_expert["step_time_s"] - grouped["step_time_s"] == pytest.approx(8 * 4 * 8 * latency_s, rel=1e-9)
 
 
@@ -600,7 +612,7 @@ def test_the_held_out_release_is_feasible_and_reported_by_validate(db, capsys, m
     errors = [abs(r["error_pct"]) for r in rows]
     assert len(rows) >= 10 and all(np.isfinite(errors))  # every run feasible with its published layout
     release = [abs(r["error_pct"]) for r in rows if r["case"].startswith("mb2606-")]
-    assert len(release) == 8 and np.mean(release) <= 10.0  # measured 7.0 % (README: Accuracy); none fitted
+    assert len(release) == 8 and np.mean(release) <= 10.0  # measured 6.9 % (README: Accuracy); none fitted
     monkeypatch.setattr(sweep.cli, "validation_rows", lambda db: rows)
     assert main(["validate"]) == 0
     assert any(x.startswith("held-out runs") for x in capsys.readouterr().out.splitlines())
@@ -620,7 +632,7 @@ def test_the_fsdp_held_out_table_is_predicted_within_10_percent_up_to_4096_token
     doc = tomllib.loads((HERE / HELDOUT_FSDP).read_text())
     seq_len = {run["id"]: run["model"]["seq_len"] for run in doc["run"]}
     short = [abs(r["error_pct"]) for r in feasible if seq_len[r["case"].split(" ")[0]] <= 4096]
-    assert len(short) == 35 and np.mean(short) <= 10.0  # measured 7.3 % (README: Accuracy)
+    assert len(short) == 35 and np.mean(short) <= 10.0  # measured 7.6 % (README: Accuracy)
     monkeypatch.setattr(sweep.cli, "validation_rows", lambda db: rows)
     assert main(["validate"]) == 0
     assert any(x.startswith("held-out FSDP runs") for x in capsys.readouterr().out.splitlines())
@@ -664,7 +676,7 @@ def test_the_published_expert_overlap_a_b_is_predicted_as_a_gain_within_a_quarte
     off, on = (rows[f"mbskill2607-qwen3-30b-h100-bf16-hybridep-ep-overlap-{x}"] for x in ("off", "on"))
     assert off["published"] / on["published"] == pytest.approx(20.9920 / 24.7138, rel=1e-9)  # tokens/s
     gain = on["predicted"] / off["predicted"]
-    assert gain > 1.0 and abs(math.log(gain / (24.7138 / 20.9920))) < math.log(1.25)  # measured 1.32
+    assert gain > 1.0 and abs(math.log(gain / (24.7138 / 20.9920))) < math.log(1.25)  # measured 1.35
 
 
 def test_an_all_gather_context_parallelism_is_exposed_where_the_ring_hides_it(db):
