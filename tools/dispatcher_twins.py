@@ -9,6 +9,14 @@ Each 26.04 twin takes its 26.04.01 row with ``moe_dispatcher = "flex (hybridep)"
 as ``ep_dedup = true`` and ``moe_host_sync = false``. The H100 row, whose preset did not change, is the
 control: it measures what the container patch alone moved. Published 26.04 tokens/s per GPU:
 NVIDIA-NeMo/Megatron-Bridge docs/performance-summary.md @ 74695a06d, "26.04 NeMo Container" (Apache-2.0).
+
+A second table, on H100: the overlap A/B's "off" run in hardware_db/throughput_runs_heldout.toml
+(Qwen3-30B-A3B, 16 H100, BF16, EP 16, HybridEP, 24.7138 s per step) and the same recipe with the alltoall
+dispatcher, eager: 41.36 s per step over iterations 5-8 on 2026-05-18 (Megatron-Bridge
+skills/nemo-mbridge-perf-cuda-graphs/SKILL.md @ 067f987df, pitfall 13; a five-step run of 2026-05-17 with
+permutation fusion off took 45.65 s, skills/nemo-mbridge-perf-moe-dispatcher-selection/SKILL.md), that is
+1024 x 4096 / 41.36 / 16 = 6,338 tokens/s per GPU. A four-iteration measurement, so it stays out of the
+runs files.
 Prints, per pair, both runs published / predicted with the packaged constants and the alltoall/HybridEP
 ratios. Usage: python tools/dispatcher_twins.py [DB_FOLDER]
 """
@@ -28,6 +36,14 @@ TWINS = tuple((run_id, run_id.replace("mb260401", "mb2604"), published,
               for run_id, published, dispatcher in PAIRS)
 
 
+# the H100 pair: (held-out HybridEP row, the alltoall run's tokens/s per GPU)
+H100_TWINS = (("mbskill2607-qwen3-30b-h100-bf16-hybridep-ep-overlap-off", "skills-2605-qwen3-30b-h100-bf16-alltoall",
+               1024 * 4096 / 41.36 / 16, {"moe_dispatcher": "alltoall (eager, 2026-05-18)", "cuda_graphs": "none"}),)
+
+
 if __name__ == "__main__":
-    sys.exit(report(sys.argv[1:], TWINS, "dispatcher_twins", "26.04.01 alltoall", "26.04 twin", "26.04.01/26.04 pub",
-                    twin_over_row=False))
+    report(sys.argv[1:], TWINS, "dispatcher_twins", "26.04.01 alltoall", "26.04 twin", "26.04.01/26.04 pub",
+           twin_over_row=False)
+    print()
+    sys.exit(report(sys.argv[1:], H100_TWINS, "dispatcher_twins", "HybridEP (A/B off)", "alltoall",
+                    "HybridEP/alltoall pub", twin_over_row=False))

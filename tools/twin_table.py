@@ -1,6 +1,6 @@
 """Shared by the twin checks (tools/drop_and_pad_twins.py, tools/dispatcher_twins.py): predict pairs of
-runs-file rows, a row of the modern set and its twin from another table, with the packaged constants, and
-print them side by side with the published and predicted ratios."""
+runs-file rows, a row of the modern set (or of the held-out file) and its twin from another table, with the
+packaged constants, and print them side by side with the published and predicted ratios."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import hardware_db
 from sweep.calibrate import load_runs, packaged_predictions
 
 ROOT = Path(__file__).resolve().parents[1]
+RUNS_FILES = ("throughput_runs_modern.toml", "throughput_runs_heldout.toml")  # where a pair's row may be
 
 
 def twin_rows(doc: dict, twins) -> list[dict]:
@@ -24,17 +25,18 @@ def twin_rows(doc: dict, twins) -> list[dict]:
         twin = copy.deepcopy(row)
         twin["id"] = twin_id
         twin["published_tokens_per_s_per_device"] = published
-        twin.pop("published_tflops_per_device", None)
+        for measured in ("published_tflops_per_device", "published_step_time_s"):
+            twin.pop(measured, None)
         twin["layout"].update(changes)
         rows += [row, twin]
     return rows
 
 
 def predict_pairs(argv: list[str], twins, name: str) -> list[tuple[dict, dict]]:
-    """(row, twin) predictions of ``twins`` (as for ``twin_rows``) from the modern runs file;
+    """(row, twin) predictions of ``twins`` (as for ``twin_rows``) from the modern or held-out runs file;
     ``argv`` may name a database folder."""
     db = hardware_db.load(argv[0]) if argv else hardware_db.load()
-    doc = tomllib.loads((ROOT / "hardware_db" / "throughput_runs_modern.toml").read_text())
+    doc = {"run": [row for f in RUNS_FILES for row in tomllib.loads((ROOT / "hardware_db" / f).read_text())["run"]]}
     runs, _ = load_runs({"run": twin_rows(doc, twins)}, db, name)
     pred = packaged_predictions(db, runs)
     return list(zip(pred[::2], pred[1::2]))
