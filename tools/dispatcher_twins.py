@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import sys
 
-from twin_table import report
+from twin_table import predict_pairs, print_pairs
 
 # (26.04.01 row of the modern set, 26.04 tokens/s per GPU, the 26.04 preset's dispatcher or None: unchanged)
 PAIRS = (("mb260401-gptoss-120b-gb200-bf16", 15938.0, "flex (hybridep): 26.04 preset @ 74695a06d"),
@@ -34,16 +34,14 @@ PAIRS = (("mb260401-gptoss-120b-gb200-bf16", 15938.0, "flex (hybridep): 26.04 pr
 TWINS = tuple((run_id, run_id.replace("mb260401", "mb2604"), published,
                {} if dispatcher is None else {"moe_dispatcher": dispatcher})
               for run_id, published, dispatcher in PAIRS)
-
-
-# the H100 pair: (held-out HybridEP row, the alltoall run's tokens/s per GPU)
+# the H100 pair, as twin_rows takes it: the held-out HybridEP row, its alltoall twin, that run's tokens/s per
+# GPU and the twin's settings
 H100_TWINS = (("mbskill2607-qwen3-30b-h100-bf16-hybridep-ep-overlap-off", "skills-2605-qwen3-30b-h100-bf16-alltoall",
                1024 * 4096 / 41.36 / 16, {"moe_dispatcher": "alltoall (eager, 2026-05-18)", "cuda_graphs": "none"}),)
 
 
 if __name__ == "__main__":
-    report(sys.argv[1:], TWINS, "dispatcher_twins", "26.04.01 alltoall", "26.04 twin", "26.04.01/26.04 pub",
-           twin_over_row=False)
+    pairs = predict_pairs(sys.argv[1:], TWINS + H100_TWINS, "dispatcher_twins")  # one load, one prediction
+    print_pairs(pairs[:len(TWINS)], "26.04.01 alltoall", "26.04 twin", "26.04.01/26.04 pub", twin_over_row=False)
     print()
-    sys.exit(report(sys.argv[1:], H100_TWINS, "dispatcher_twins", "HybridEP (A/B off)", "alltoall",
-                    "HybridEP/alltoall pub", twin_over_row=False))
+    print_pairs(pairs[len(TWINS):], "HybridEP (A/B off)", "alltoall", "HybridEP/alltoall pub", twin_over_row=False)

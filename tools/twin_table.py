@@ -46,11 +46,13 @@ def print_pairs(pairs: list[tuple[dict, dict]], row_title: str, twin_title: str,
                 twin_over_row: bool) -> None:  # titles: the row's table, the twin's table, the ratio
     """One line per pair: the row's id, the twin's and the row's published / predicted tokens/s per GPU,
     and the ratio of the two (twin / row, or row / twin), published and predicted."""
-    print(f"{'run':34s} {twin_title + ': pub / pred':>32s} {row_title + ': pub / pred':>30s}"
+    width = max([34] + [len(row["id"]) for row, _ in pairs])
+    print(f"{'run':{width}s} {twin_title + ': pub / pred':>32s} {row_title + ': pub / pred':>30s}"
           f" {ratio_title:>18s} {'pred':>5s}")
     for row, twin in pairs:
         num, den = (twin, row) if twin_over_row else (row, twin)
-        print(f"{row['id']:34s} {twin['published']:9,.0f} / {twin['predicted']:7,.0f} ({twin['error_pct']:+5.1f} %)"
+        print(f"{row['id']:{width}s} {twin['published']:9,.0f} / {twin['predicted']:7,.0f}"
+              f" ({twin['error_pct']:+5.1f} %)"
               f" {row['published']:9,.0f} / {row['predicted']:7,.0f} ({row['error_pct']:+5.1f} %)"
               f" {num['published'] / den['published']:18.3f} {num['predicted'] / den['predicted']:5.2f}")
 
